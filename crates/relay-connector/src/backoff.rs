@@ -1,0 +1,69 @@
+//! Reconnect delays: exponential, jittered, between a minimum and a maximum.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+/// "Full jitter" back-off: each delay is uniform in `[min, min(max, min·2^n)]`, so a fleet of
+/// connectors that lost the same server spreads its reconnects instead of storming back.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max: max.max(min),
+            attempt: 0,
+        }
+    }
+
+    /// Adopts new bounds (pushed settings) without restarting the sequence.
+    pub fn set_bounds(&mut self, min: Duration, max: Duration) {
+        self.min = min;
+        self.max = max.max(min);
+    }
+
+    /// Called once a tunnel was up: the next failure starts from the minimum again.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let factor = 2u32.saturating_pow(self.attempt.min(16));
+        self.attempt = self.attempt.saturating_add(1);
+        let ceiling = self.min.saturating_mul(factor).min(self.max);
+        if ceiling <= self.min {
+            return self.min;
+        }
+        let spread = (ceiling - self.min).as_millis() as u64;
+        self.min + Duration::from_millis(rand::rng().random_range(0..=spread))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_within_bounds_and_grows() {
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        let mut b = Backoff::new(min, max);
+        let first = b.next_delay();
+        assert_eq!(first, min);
+        let mut largest = Duration::ZERO;
+        for _ in 0..50 {
+            let d = b.next_delay();
+            assert!(d >= min && d <= max, "{d:?}");
+            largest = largest.max(d);
+        }
+        assert!(largest > Duration::from_secs(1), "back-off never grew: {largest:?}");
+        b.reset();
+        assert_eq!(b.next_delay(), min);
+    }
+}

@@ -1,0 +1,149 @@
+//! The on-premises connector: dials out to relay servers and serves relayed requests to
+//! targets inside the private network. No inbound port is opened.
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`control`]: discovery document and token (client credentials) calls.
+//! - `tunnel`: one upgraded connection served as HTTP/2, with drain and keep-alive.
+//! - [`targets`]: forwarding to targets, built-in `ping` and `echo`.
+//! - `backoff`: jittered reconnect delays.
+//!
+//! One tunnel loop runs per configured relay URL, so a connector given several relay nodes
+//! keeps a tunnel to each.
+
+pub mod config;
+pub mod control;
+pub mod error;
+pub mod targets;
+
+mod backoff;
+mod tunnel;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_proto::discovery::TunnelSettings;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::Config;
+use crate::control::{ControlClient, TokenSource};
+pub use crate::error::ConnectorError;
+use crate::targets::Targets;
+use crate::tunnel::Ended;
+
+/// State shared by every tunnel of one connector.
+pub(crate) struct Shared {
+    tenant: String,
+    machine: String,
+    control: ControlClient,
+    tokens: TokenSource,
+    targets: Targets,
+    shutdown_grace: Duration,
+    live: watch::Sender<usize>,
+}
+
+impl Shared {
+    fn tunnel_up(&self) {
+        self.live.send_modify(|n| *n += 1);
+    }
+
+    fn tunnel_down(&self) {
+        self.live.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A configured connector, ready to run.
+pub struct Connector {
+    shared: Arc<Shared>,
+    relay_urls: Vec<String>,
+}
+
+impl Connector {
+    /// Prepares a connector; reads the secret file but does not connect.
+    pub fn new(config: &Config) -> Result<Connector, ConnectorError> {
+        let secret = config.read_secret()?;
+        let targets = Targets::new(&config.targets, config.builtin_targets)
+            .map_err(|m| relay_core::config::ConfigError::key("targets", m))?;
+        let control = ControlClient::default();
+        let (live, _) = watch::channel(0);
+        let shared = Shared {
+            tenant: config.tenant.clone(),
+            machine: config.machine_name.clone().unwrap_or_else(host_name),
+            tokens: TokenSource::new(control.clone(), config.tenant.clone(), secret),
+            control,
+            targets,
+            shutdown_grace: config.shutdown_grace,
+            live,
+        };
+        Ok(Connector {
+            shared: Arc::new(shared),
+            relay_urls: config.relay_url.as_slice().to_vec(),
+        })
+    }
+
+    /// The number of tunnels currently up; changes are observable.
+    pub fn live_tunnels(&self) -> watch::Receiver<usize> {
+        self.shared.live.subscribe()
+    }
+
+    /// Keeps one tunnel per relay URL up until `shutdown` fires, then lets in-flight requests
+    /// finish within the shutdown grace.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        for url in self.relay_urls {
+            let shared = self.shared.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move { keep_tunnel(shared, url, shutdown).await });
+        }
+        tracker.close();
+        tracker.wait().await;
+    }
+}
+
+/// Reconnect loop of one relay URL. Never gives up: an unreachable relay or refused
+/// credentials are logged and retried with back-off, since an operator may fix either.
+async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: CancellationToken) {
+    let mut settings = TunnelSettings::default();
+    let mut backoff = backoff::Backoff::new(settings.reconnect_min_delay, settings.reconnect_max_delay);
+    let mut failures = 0u32;
+    while !shutdown.is_cancelled() {
+        let result = tunnel::connect_and_serve(&shared, &relay_url, &mut settings, &shutdown).await;
+        backoff.set_bounds(settings.reconnect_min_delay, settings.reconnect_max_delay);
+        match result {
+            Ok(Ended::Shutdown) => break,
+            Ok(Ended::Drained) => {
+                backoff.reset();
+                failures = 0;
+            }
+            Ok(Ended::Lost(reason)) => {
+                backoff.reset();
+                failures = 0;
+                tracing::warn!(relay = %relay_url, %reason, "Tunnel lost; reconnecting.");
+            }
+            Err(e) => {
+                failures += 1;
+                // The first failure is a warning; repeats of the same outage stay quieter.
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(relay = %relay_url, error = %e, failures, "Cannot open tunnel; retrying.");
+                } else {
+                    tracing::debug!(relay = %relay_url, error = %e, failures, "Cannot open tunnel; retrying.");
+                }
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}

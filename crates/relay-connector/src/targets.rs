@@ -1,0 +1,284 @@
+//! Targets: where relayed requests go inside the private network.
+//!
+//! A request arriving on the tunnel as `/{target}/{rest}?{query}` is sent to the target's base
+//! URL with `/{rest}` appended. The built-in `ping` answers `PONG`, `echo` returns the request
+//! body with its content type; both exist so a fresh installation can be checked end to end.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use relay_proto::headers;
+
+use crate::config::TargetConfig;
+
+/// Body of every response the connector sends back through the tunnel.
+pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+
+/// Most redirect hops followed for a target with `follow_redirects`.
+const MAX_REDIRECTS: usize = 10;
+
+/// The targets of one connector, looked up case-insensitively.
+pub struct Targets {
+    by_name: HashMap<String, Target>,
+    builtins: bool,
+    client: Client<HttpConnector, ResponseBody>,
+}
+
+struct Target {
+    base: Uri,
+    host: HeaderValue,
+    timeout: Duration,
+    follow_redirects: bool,
+}
+
+impl Targets {
+    /// Builds the target table; URLs were checked by `Config::validate`.
+    pub fn new(config: &std::collections::BTreeMap<String, TargetConfig>, builtins: bool) -> Result<Self, String> {
+        let mut by_name = HashMap::new();
+        for (name, target) in config {
+            let base: Uri = target.url.parse().map_err(|e| format!("targets.{name}.url: {e}"))?;
+            let authority = base
+                .authority()
+                .ok_or_else(|| format!("targets.{name}.url: no host"))?;
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|e| format!("targets.{name}.url: {e}"))?;
+            by_name.insert(
+                name.to_ascii_lowercase(),
+                Target {
+                    base,
+                    host,
+                    timeout: target.timeout,
+                    follow_redirects: target.follow_redirects,
+                },
+            );
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Targets {
+            by_name,
+            builtins,
+            client,
+        })
+    }
+
+    /// Answers one relayed request. `name` is the target segment, `rest` the remaining path
+    /// and query (starting with `/`, possibly just `/`).
+    pub async fn call(&self, name: &str, rest: &str, req: Request<Incoming>) -> Response<ResponseBody> {
+        let trace = req.headers().contains_key(headers::TRACE);
+        let started = Instant::now();
+        let lower = name.to_ascii_lowercase();
+        let mut response = match self.by_name.get(&lower) {
+            Some(target) => self.forward(target, rest, req).await,
+            None if self.builtins && lower == "ping" => text(StatusCode::OK, "PONG"),
+            None if self.builtins && lower == "echo" => echo(req),
+            None => relay_error(
+                StatusCode::NOT_FOUND,
+                "target-unknown",
+                format!("target '{name}' is not configured at this connector"),
+            ),
+        };
+        if trace && let Ok(v) = HeaderValue::from_str(&started.elapsed().as_millis().to_string()) {
+            response.headers_mut().insert(headers::TARGET_DURATION, v);
+        }
+        response
+    }
+
+    async fn forward(&self, target: &Target, rest: &str, req: Request<Incoming>) -> Response<ResponseBody> {
+        let (mut parts, body) = req.into_parts();
+        let mut uri = match join(&target.base, rest) {
+            Ok(uri) => uri,
+            Err(e) => return relay_error(StatusCode::BAD_REQUEST, "bad-path", e),
+        };
+        add_forwarding_headers(&mut parts.headers);
+        headers::strip_relay_headers(&mut parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(header::HOST, target.host.clone());
+        let follow = target.follow_redirects && matches!(parts.method, Method::GET | Method::HEAD);
+        let deadline = tokio::time::Instant::now() + target.timeout;
+        let mut body = Some(body.boxed());
+        for _ in 0..=MAX_REDIRECTS {
+            let mut out = Request::builder()
+                .method(parts.method.clone())
+                .uri(uri.clone())
+                .body(body.take().unwrap_or_else(|| Empty::new().map_err(never).boxed()))
+                .unwrap_or_default();
+            *out.headers_mut() = parts.headers.clone();
+            let response = match tokio::time::timeout_at(deadline, self.client.request(out)).await {
+                Err(_) => {
+                    return relay_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "target-timeout",
+                        format!("target did not answer within {}", humantime_secs(target.timeout)),
+                    );
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, uri = %uri, "Target call failed.");
+                    let reason = if e.is_connect() { "target unreachable" } else { "target failed" };
+                    return relay_error(StatusCode::BAD_GATEWAY, "target-unreachable", reason.to_owned());
+                }
+                Ok(Ok(response)) => response,
+            };
+            match redirect_location(follow, &uri, &response) {
+                Some(next) => {
+                    if next.authority() != uri.authority()
+                        && let Some(host) = next.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    {
+                        parts.headers.insert(header::HOST, host);
+                    }
+                    uri = next;
+                }
+                None => {
+                    let (mut parts, body) = response.into_parts();
+                    headers::strip_hop_by_hop(&mut parts.headers);
+                    headers::strip_relay_headers(&mut parts.headers);
+                    return Response::from_parts(parts, body.boxed());
+                }
+            }
+        }
+        relay_error(StatusCode::BAD_GATEWAY, "too-many-redirects", "target redirected too often".into())
+    }
+}
+
+fn never(e: std::convert::Infallible) -> hyper::Error {
+    match e {}
+}
+
+fn humantime_secs(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// `base` + `rest`, keeping the base path: `http://h/base` + `/x?q` = `http://h/base/x?q`.
+fn join(base: &Uri, rest: &str) -> Result<Uri, String> {
+    let base_path = base.path().trim_end_matches('/');
+    let rest = if rest.starts_with('/') || rest.starts_with('?') { rest.to_owned() } else { format!("/{rest}") };
+    let mut path = format!("{base_path}{rest}");
+    if path.is_empty() || path.starts_with('?') {
+        path.insert(0, '/');
+    }
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(path.parse().map_err(|e| format!("invalid path: {e}"))?);
+    Uri::from_parts(parts).map_err(|e| format!("invalid path: {e}"))
+}
+
+fn redirect_location(follow: bool, current: &Uri, response: &Response<Incoming>) -> Option<Uri> {
+    if !follow || !response.status().is_redirection() {
+        return None;
+    }
+    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
+    let location: Uri = location.parse().ok()?;
+    if location.scheme().is_some() {
+        return (location.scheme_str() == Some("http")).then_some(location);
+    }
+    let mut parts = current.clone().into_parts();
+    parts.path_and_query = location.path_and_query().cloned();
+    Uri::from_parts(parts).ok()
+}
+
+/// Turns the relay's client metadata headers into `X-Forwarded-*` and `Forwarded`.
+fn add_forwarding_headers(h: &mut http::HeaderMap) {
+    let addr = h.get(headers::CLIENT_ADDR).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let host = h.get(headers::CLIENT_HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let proto = h.get(headers::CLIENT_PROTO).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if let Some(addr) = &addr {
+        let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {addr}"),
+            None => addr.clone(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    if let Some(v) = host.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.insert("x-forwarded-host", v);
+    }
+    if let Some(v) = proto.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.insert("x-forwarded-proto", v);
+    }
+    let mut forwarded = Vec::new();
+    if let Some(addr) = &addr {
+        forwarded.push(if addr.contains(':') { format!("for=\"[{addr}]\"") } else { format!("for={addr}") });
+    }
+    if let Some(host) = &host {
+        forwarded.push(format!("host=\"{host}\""));
+    }
+    if let Some(proto) = &proto {
+        forwarded.push(format!("proto={proto}"));
+    }
+    if !forwarded.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&forwarded.join(";"))
+    {
+        h.append(header::FORWARDED, v);
+    }
+}
+
+fn echo(req: Request<Incoming>) -> Response<ResponseBody> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
+    let mut response = Response::new(req.into_body().boxed());
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(never).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// A response the connector makes itself, marked with `x-relay-error` so the server can
+/// tell it from a target's answer.
+pub fn relay_error(status: StatusCode, code: &'static str, message: String) -> Response<ResponseBody> {
+    let mut response = Response::new(Full::new(Bytes::from(message + "\n")).map_err(never).boxed());
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(headers::RELAY_ERROR, HeaderValue::from_static(code));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_keeps_base_path_and_query() {
+        let base: Uri = "http://h:8080/base".parse().expect("uri");
+        assert_eq!(join(&base, "/x/y?q=1").expect("joins").to_string(), "http://h:8080/base/x/y?q=1");
+        assert_eq!(join(&base, "/").expect("joins").to_string(), "http://h:8080/base/");
+        let root: Uri = "http://h".parse().expect("uri");
+        assert_eq!(join(&root, "/").expect("joins").to_string(), "http://h/");
+        assert_eq!(join(&root, "?a=b").expect("joins").to_string(), "http://h/?a=b");
+    }
+
+    #[test]
+    fn forwarding_headers_append_to_prior_hops() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert(headers::CLIENT_ADDR, HeaderValue::from_static("192.0.2.7"));
+        h.insert(headers::CLIENT_HOST, HeaderValue::from_static("relay.example.com"));
+        h.insert(headers::CLIENT_PROTO, HeaderValue::from_static("https"));
+        add_forwarding_headers(&mut h);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-host"], "relay.example.com");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h[header::FORWARDED], "for=192.0.2.7;host=\"relay.example.com\";proto=https");
+    }
+}

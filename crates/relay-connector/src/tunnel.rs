@@ -1,0 +1,236 @@
+//! One tunnel to one relay server: discover, authenticate, upgrade, then serve HTTP/2.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri, header};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use relay_proto::discovery::TunnelSettings;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::error::ConnectorError;
+use crate::targets::{ResponseBody, relay_error};
+
+/// How a served tunnel ended.
+pub enum Ended {
+    /// The process is shutting down; in-flight requests were given the grace period.
+    Shutdown,
+    /// The server asked us to move; the old tunnel finishes in the background.
+    Drained,
+    /// The connection closed or failed.
+    Lost(String),
+}
+
+/// HTTP/2 tuning of the tunnel: large frames and windows for bulk bodies, bounded memory.
+const MAX_FRAME_SIZE: u32 = 1 << 20;
+const STREAM_WINDOW: u32 = 4 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+const MAX_STREAMS: u32 = 2048;
+
+/// Opens a tunnel to `relay_url` and serves it until it ends. `settings` is updated from the
+/// discovery document and from settings the server pushes.
+pub async fn connect_and_serve(
+    shared: &Arc<Shared>,
+    relay_url: &str,
+    settings: &mut TunnelSettings,
+    shutdown: &CancellationToken,
+) -> Result<Ended, ConnectorError> {
+    let doc = shared.control.discover(relay_url).await?;
+    *settings = doc.settings;
+    let token = shared.tokens.token(&doc.token_endpoint).await?;
+    let endpoint: Uri = doc
+        .tunnel_endpoint
+        .parse()
+        .map_err(|e| ConnectorError::Protocol(format!("tunnel endpoint `{}`: {e}", doc.tunnel_endpoint)))?;
+    let authority = endpoint
+        .authority()
+        .ok_or_else(|| ConnectorError::Protocol(format!("tunnel endpoint `{endpoint}` has no host")))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let unreachable = |e: std::io::Error| ConnectorError::Unreachable {
+        url: doc.tunnel_endpoint.clone(),
+        message: e.to_string(),
+    };
+    let tcp = TcpStream::connect((authority.host(), port)).await.map_err(unreachable)?;
+    tcp.set_nodelay(true).map_err(unreachable)?;
+
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(ConnectorError::Tunnel)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "Tunnel upgrade connection ended.");
+        }
+    });
+    let path = endpoint.path_and_query().map_or(relay_proto::TUNNEL_PATH, |p| p.as_str());
+    let request = Request::get(path)
+        .header(header::HOST, authority.as_str())
+        .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, relay_proto::UPGRADE_PROTOCOL)
+        .header(relay_proto::headers::CONNECTOR_VERSION, env!("CARGO_PKG_VERSION"))
+        .header(relay_proto::headers::CONNECTOR_MACHINE, shared.machine.as_str())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ConnectorError::Protocol(e.to_string()))?;
+    let response = sender.send_request(request).await.map_err(ConnectorError::Tunnel)?;
+    match response.status() {
+        StatusCode::SWITCHING_PROTOCOLS => {}
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+            shared.tokens.invalidate();
+            let reason = body_text(response).await;
+            return Err(ConnectorError::Rejected(format!("relay refused the tunnel: {reason}")));
+        }
+        status => {
+            let reason = body_text(response).await;
+            return Err(ConnectorError::Protocol(format!("relay answered {status}: {reason}")));
+        }
+    }
+    let upgraded = hyper::upgrade::on(response).await.map_err(ConnectorError::Tunnel)?;
+    serve(shared, upgraded, settings, shutdown).await
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    io: hyper::upgrade::Upgraded,
+    settings: &mut TunnelSettings,
+    shutdown: &CancellationToken,
+) -> Result<Ended, ConnectorError> {
+    let drain = Arc::new(Notify::new());
+    let pushed = Arc::new(std::sync::Mutex::new(None::<TunnelSettings>));
+    let service = {
+        let shared = shared.clone();
+        let drain = drain.clone();
+        let pushed = pushed.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let shared = shared.clone();
+            let drain = drain.clone();
+            let pushed = pushed.clone();
+            async move { Ok::<_, Infallible>(handle(&shared, req, &drain, &pushed).await) }
+        })
+    };
+    let keep_alive = settings.keep_alive_interval.max(Duration::from_secs(1));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_frame_size(MAX_FRAME_SIZE)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_send_buf_size(1 << 20)
+        .keep_alive_interval(keep_alive)
+        .keep_alive_timeout(keep_alive)
+        .serve_connection(io, service);
+    let mut conn = Box::pin(conn);
+    shared.tunnel_up();
+    let _down = scopeguard(shared.clone());
+    tracing::info!(tenant = %shared.tenant, "Tunnel established.");
+    let ended = tokio::select! {
+        result = conn.as_mut() => {
+            return Ok(Ended::Lost(match result {
+                Ok(()) => "closed by the server".to_owned(),
+                Err(e) => e.to_string(),
+            }));
+        }
+        () = drain.notified() => Ended::Drained,
+        () = shutdown.cancelled() => Ended::Shutdown,
+    };
+    if let Ok(pushed) = pushed.lock()
+        && let Some(new) = *pushed
+    {
+        *settings = new;
+    }
+    conn.as_mut().graceful_shutdown();
+    match ended {
+        Ended::Drained => {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        _ => {
+            if tokio::time::timeout(shared.shutdown_grace, conn).await.is_err() {
+                tracing::warn!("In-flight requests did not finish within the shutdown grace.");
+            }
+        }
+    }
+    Ok(ended)
+}
+
+async fn handle(
+    shared: &Shared,
+    req: Request<Incoming>,
+    drain: &Notify,
+    pushed: &std::sync::Mutex<Option<TunnelSettings>>,
+) -> Response<ResponseBody> {
+    let path = req.uri().path();
+    if let Some(control) = path.strip_prefix(relay_proto::CONTROL_PREFIX) {
+        return match control {
+            "drain" => {
+                tracing::info!("Relay server is draining; moving to a new tunnel.");
+                drain.notify_one();
+                empty(StatusCode::NO_CONTENT)
+            }
+            "settings" => match req.into_body().collect().await.map(|b| b.to_bytes()) {
+                Ok(bytes) => match serde_json::from_slice::<TunnelSettings>(&bytes) {
+                    Ok(new) => {
+                        tracing::info!(?new, "Tunnel settings updated by the server.");
+                        if let Ok(mut slot) = pushed.lock() {
+                            *slot = Some(new);
+                        }
+                        empty(StatusCode::NO_CONTENT)
+                    }
+                    Err(e) => relay_error(StatusCode::BAD_REQUEST, "bad-settings", e.to_string()),
+                },
+                Err(e) => relay_error(StatusCode::BAD_REQUEST, "bad-settings", e.to_string()),
+            },
+            _ => relay_error(StatusCode::NOT_FOUND, "unknown-control", format!("no control path {path}")),
+        };
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return relay_error(StatusCode::BAD_REQUEST, "bad-path", "path must start with /".into());
+    };
+    let (target, tail) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let tail = match req.uri().query() {
+        Some(q) => format!("{tail}?{q}"),
+        None => tail.to_owned(),
+    };
+    let target = target.to_owned();
+    shared.targets.call(&target, &tail, req).await
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut r = Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+    *r.status_mut() = status;
+    r
+}
+
+async fn body_text(response: Response<Incoming>) -> String {
+    let bytes = http_body_util::Limited::new(response.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).trim().to_owned()
+}
+
+/// Decrements the live-tunnel count when a served tunnel ends, however it ends.
+struct TunnelDown(Arc<Shared>);
+
+fn scopeguard(shared: Arc<Shared>) -> TunnelDown {
+    TunnelDown(shared)
+}
+
+impl Drop for TunnelDown {
+    fn drop(&mut self) {
+        self.0.tunnel_down();
+    }
+}

@@ -1,0 +1,234 @@
+//! The `relay-identity` configuration (`identity.toml`, `RELAY_IDENTITY__*` overrides).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use relay_core::config::ConfigError;
+use relay_core::secret::Secret;
+use relay_core::telemetry::LogConfig;
+use serde::Deserialize;
+
+/// Environment prefix of overrides: `RELAY_IDENTITY__KEYS__ROTATION_INTERVAL=7d`.
+pub const ENV_PREFIX: &str = "RELAY_IDENTITY";
+
+/// Everything `relay-identity` reads at start. Only `[database]` is required.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: ListenConfig,
+    pub database: DatabaseConfig,
+    /// Base URL clients reach this service under, used as the token issuer (set it when
+    /// behind a proxy). Default `http://{listen.public}`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Lifetime of issued access tokens.
+    #[serde(default = "default_token_lifetime", with = "humantime_serde")]
+    pub token_lifetime: Duration,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[listen]`: socket addresses.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Token, discovery, JWKS and health endpoints.
+    pub public: SocketAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            public: SocketAddr::from(([127, 0, 0, 1], 5002)),
+        }
+    }
+}
+
+/// `[database]`: exactly one of `url` and `url_file` (a file holding the URL, for
+/// PostgreSQL URLs with a password; systemd `LoadCredential` names are resolved).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite:///var/lib/relay/relay.db` or `postgres://...`.
+    #[serde(default)]
+    pub url: Option<Secret>,
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+}
+
+impl DatabaseConfig {
+    /// The database URL, reading `url_file` if that is how it was given.
+    pub fn resolve_url(&self) -> std::io::Result<Secret> {
+        match (&self.url, &self.url_file) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(path)) => Secret::from_file(path),
+            (None, None) => Err(std::io::Error::other("database.url is not set")),
+        }
+    }
+}
+
+/// `[keys]`: signing-key rotation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// How long one key signs before its successor takes over.
+    #[serde(with = "humantime_serde")]
+    pub rotation_interval: Duration,
+    /// How long a successor is published in the JWKS before it signs, so relying services
+    /// know it before the first token arrives.
+    #[serde(with = "humantime_serde")]
+    pub publish_ahead: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            rotation_interval: Duration::from_secs(30 * 24 * 3600),
+            publish_ahead: Duration::from_secs(3600),
+        }
+    }
+}
+
+fn default_token_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+
+impl Config {
+    /// Defaults everywhere except the database URL (monolithic mode, tests).
+    pub fn with_database_url(url: impl Into<String>) -> Self {
+        Self {
+            listen: ListenConfig::default(),
+            database: DatabaseConfig {
+                url: Some(Secret::new(url)),
+                url_file: None,
+            },
+            public_url: None,
+            token_lifetime: default_token_lifetime(),
+            keys: KeysConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+
+    /// Checks values serde cannot; each error names its key. Reads no files.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (&self.database.url, &self.database.url_file) {
+            (None, None) => {
+                return Err(ConfigError::key("database.url", "set `url` or `url_file`"));
+            }
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::key(
+                    "database.url_file",
+                    "set only one of `url` and `url_file`",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(url) = &self.public_url {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.contains(['?', '#']) || url.parse::<axum::http::Uri>().is_err() {
+                return Err(ConfigError::key(
+                    "public_url",
+                    "expected an http(s) URL without query or fragment",
+                ));
+            }
+        }
+        if self.token_lifetime < Duration::from_secs(60)
+            || self.token_lifetime > Duration::from_secs(24 * 3600)
+        {
+            return Err(ConfigError::key(
+                "token_lifetime",
+                "must be between 1m and 24h",
+            ));
+        }
+        if self.keys.rotation_interval < Duration::from_secs(3600) {
+            return Err(ConfigError::key(
+                "keys.rotation_interval",
+                "must be at least 1h",
+            ));
+        }
+        if self.keys.publish_ahead >= self.keys.rotation_interval {
+            return Err(ConfigError::key(
+                "keys.publish_ahead",
+                "must be shorter than keys.rotation_interval",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The token issuer: `public_url` without trailing slash, else `http://{listen.public}`.
+    pub fn issuer(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen.public),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        let config: Config =
+            relay_core::config::load_from(text, "identity.toml", ENV_PREFIX, Vec::new())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = load("[database]\nurl = \"sqlite:///tmp/x.db\"\n").expect("valid");
+        assert_eq!(config.listen.public.to_string(), "127.0.0.1:5002");
+        assert_eq!(config.issuer(), "http://127.0.0.1:5002");
+        assert_eq!(config.token_lifetime, Duration::from_secs(3600));
+        assert_eq!(
+            config.keys.rotation_interval,
+            Duration::from_secs(30 * 86400)
+        );
+        assert!(
+            !format!("{config:?}").contains("/tmp/x.db"),
+            "database URL is masked"
+        );
+    }
+
+    #[test]
+    fn durations_and_public_url_parse() {
+        let config = load(
+            "public_url = \"https://id.example.com/\"\ntoken_lifetime = \"15m\"\n\
+             [database]\nurl = \"sqlite::memory:\"\n[keys]\nrotation_interval = \"7d\"\npublish_ahead = \"2h\"\n",
+        )
+        .expect("valid");
+        assert_eq!(config.issuer(), "https://id.example.com");
+        assert_eq!(config.token_lifetime, Duration::from_secs(900));
+        assert_eq!(config.keys.publish_ahead, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[listen]\npublic = \"127.0.0.1:1\"\n", "database"),
+            ("[database]\nurl = \"x\"\nport = 1\n", "port"),
+            (
+                "token_lifetime = \"5s\"\n[database]\nurl = \"x\"\n",
+                "token_lifetime",
+            ),
+            (
+                "public_url = \"ftp://x\"\n[database]\nurl = \"x\"\n",
+                "public_url",
+            ),
+            (
+                "[database]\nurl = \"x\"\n[keys]\npublish_ahead = \"31d\"\n",
+                "keys.publish_ahead",
+            ),
+            ("[database]\n", "database.url"),
+        ];
+        for (text, key) in cases {
+            let err = load(text).expect_err(text).to_string();
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+    }
+}

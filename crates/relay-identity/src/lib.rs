@@ -1,0 +1,62 @@
+//! `relay-identity`: the OAuth2 token service of Relay.
+//!
+//! Issues RS256 access tokens for the client-credentials grant (tenant name and client
+//! secret in, `connector`/`client` scoped token out), publishes OpenID Connect discovery
+//! and the JWKS, and rotates signing keys kept in the shared config DB so that any number
+//! of nodes can run side by side. Relying services validate with `relay_token::Validator`.
+//!
+//! Module map:
+//! - `config`   — [`Config`] (`identity.toml`, `RELAY_IDENTITY__*`), `validate()`, issuer.
+//! - `state`    — [`AppState`]: config, store, in-memory keys; the rotation timer.
+//! - `routes`   — [`router`]: `POST /connect/token`, `/.well-known/*`, `/health/*`.
+//! - `rotation` — the pure rotation plan over (keys, now, policy), unit-tested with
+//!   explicit times.
+//! - `keys`     — loading, creating and deleting keys in the DB; the in-memory key ring.
+//! - `error`    — [`IdentityError`]; RFC 6749 §5.2 error answers.
+//!
+//! The service never migrates the database by itself (`relay-identity --migrate` or
+//! `relayctl migrate` do), and never logs secrets or tokens.
+
+mod config;
+mod error;
+mod keys;
+pub mod rotation;
+mod routes;
+mod state;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, DatabaseConfig, ENV_PREFIX, KeysConfig, ListenConfig};
+pub use error::IdentityError;
+pub use routes::{DISCOVERY_PATH, JWKS_PATH, TOKEN_PATH, router};
+pub use state::{AppState, ROTATION_TICK};
+
+/// Serves the identity endpoints on `listener` until `shutdown` is cancelled, rotating
+/// signing keys meanwhile. `store` must be connected and migrated. Returns once in-flight
+/// requests have finished.
+pub async fn serve(
+    config: Config,
+    store: relay_store::Store,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), IdentityError> {
+    let state = AppState::new(config, store).await?;
+    let rotation_stop = shutdown.child_token();
+    let rotation = tokio::spawn({
+        let state = state.clone();
+        let stop = rotation_stop.clone();
+        async move { state.run_key_rotation(stop).await }
+    });
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, issuer = %state.issuer(), "Identity service listening.");
+    }
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    rotation_stop.cancel();
+    if let Err(e) = rotation.await {
+        tracing::warn!(error = %e, "Key rotation task ended abnormally.");
+    }
+    served.map_err(IdentityError::Serve)
+}

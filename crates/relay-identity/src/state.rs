@@ -1,0 +1,103 @@
+//! [`AppState`]: configuration, store and signing keys shared by all handlers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_store::Store;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::{KeyManager, KeyRing};
+use crate::rotation::RotationPolicy;
+use crate::{Config, IdentityError};
+
+/// How often every node reloads keys and runs the rotation.
+pub const ROTATION_TICK: Duration = Duration::from_secs(60);
+
+/// Shared state of the identity endpoints. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    issuer: String,
+    store: Store,
+    keys: KeyManager,
+}
+
+impl AppState {
+    /// Validates `config`, loads the signing keys and makes sure one can sign (generating
+    /// one if needed, which takes a moment). The store must already be migrated.
+    pub async fn new(config: Config, store: Store) -> Result<Self, IdentityError> {
+        config.validate()?;
+        let policy = RotationPolicy {
+            rotation_interval: config.keys.rotation_interval,
+            publish_ahead: config.keys.publish_ahead,
+            token_lifetime: config.token_lifetime,
+        };
+        let keys = KeyManager::new(store.clone(), policy);
+        keys.rotate().await?;
+        let issuer = config.issuer();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                issuer,
+                store,
+                keys,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The `iss` of issued tokens and the `issuer` of the discovery document.
+    pub fn issuer(&self) -> &str {
+        &self.inner.issuer
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub(crate) fn key_ring(&self) -> Arc<KeyRing> {
+        self.inner.keys.ring()
+    }
+
+    /// Runs the rotation now (on demand, when no key can sign).
+    pub(crate) async fn rotate_keys(&self) -> Result<(), IdentityError> {
+        self.inner.keys.rotate().await
+    }
+
+    /// Reloads and rotates keys every [`ROTATION_TICK`] until `shutdown` is cancelled.
+    /// Failures (database briefly down) are logged and retried at the next tick.
+    pub async fn run_key_rotation(&self, shutdown: CancellationToken) {
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + ROTATION_TICK, ROTATION_TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.rotate_keys().await {
+                tracing::warn!(error = %error_chain(&e), "Signing key rotation failed; retrying next minute.");
+            }
+        }
+    }
+}
+
+/// `error: cause: cause` for one-line logs.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,159 @@
+//! A real identity service on 127.0.0.1:0 over a fresh SQLite file, and an HTTP client.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::http::{HeaderMap, Method, Request, StatusCode, header};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use relay_identity::{Config, IdentityError};
+use relay_store::{NewTenant, Store, Tenant};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let path =
+            std::env::temp_dir().join(format!("relay-identity-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub json: serde_json::Value,
+}
+
+pub struct TestIdentity {
+    pub base: String,
+    pub store: Store,
+    pub tenant: Tenant,
+    pub secret: String,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), IdentityError>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    _dir: TempDir,
+}
+
+impl TestIdentity {
+    /// Migrated store with tenant `Acme` and one secret, service serving on a fresh port.
+    pub async fn start() -> Self {
+        let dir = TempDir::new();
+        let url = format!("sqlite://{}", dir.0.join("relay.db").display());
+        let store = Store::connect(&url).await.expect("connect");
+        store.migrate().await.expect("migrate");
+        let tenant = store
+            .create_tenant(NewTenant {
+                name: "Acme".into(),
+                ..NewTenant::default()
+            })
+            .await
+            .expect("tenant");
+        let (_, secret) = store.create_secret(&tenant.id, None).await.expect("secret");
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut config = Config::with_database_url(url);
+        config.listen.public = addr;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relay_identity::serve(
+            config,
+            store.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        Self {
+            base: format!("http://{addr}"),
+            store,
+            tenant,
+            secret,
+            shutdown,
+            task,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            _dir: dir,
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Answer {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request");
+        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
+            .await
+            .expect("answer within 30 s")
+            .expect("response");
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("body").to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            json,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.request(Method::GET, path, &[], "").await
+    }
+
+    /// `POST /connect/token` with a form body.
+    pub async fn token(&self, form: &str) -> Answer {
+        let form_type = [("content-type", "application/x-www-form-urlencoded")];
+        self.request(Method::POST, "/connect/token", &form_type, form)
+            .await
+    }
+
+    /// `POST /connect/token` with HTTP Basic client authentication.
+    pub async fn token_basic(&self, id: &str, secret: &str, form: &str) -> Answer {
+        let auth = format!("Basic {}", STANDARD.encode(format!("{id}:{secret}")));
+        let headers = [
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", auth.as_str()),
+        ];
+        self.request(Method::POST, "/connect/token", &headers, form)
+            .await
+    }
+
+    pub fn form(&self, client_id: &str, secret: &str) -> String {
+        format!("grant_type=client_credentials&client_id={client_id}&client_secret={secret}")
+    }
+}
+
+/// The `kid` of a JWT's header.
+pub fn token_kid(token: &str) -> String {
+    let header = token.split('.').next().expect("header segment");
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("base64url")).expect("json");
+    header["kid"].as_str().expect("kid").to_owned()
+}

@@ -1,0 +1,72 @@
+//! The client's request body on its way into the tunnel: size limit enforced while
+//! streaming, never buffered.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::registry::BoxError;
+
+/// The body went over the tenant's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {0} bytes")]
+pub struct TooLarge(pub u64);
+
+/// Streams the client's body, failing once more than `limit` bytes have passed. `tripped`
+/// tells the request handler afterwards that a failure was this and not the tunnel.
+pub struct LimitedBody {
+    inner: Incoming,
+    limit: Option<u64>,
+    seen: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl LimitedBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, Arc<AtomicBool>) {
+        let tripped = Arc::new(AtomicBool::new(false));
+        let body = LimitedBody {
+            inner,
+            limit,
+            seen: 0,
+            tripped: tripped.clone(),
+        };
+        (body, tripped)
+    }
+}
+
+impl Body for LimitedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(limit)) = (frame.data_ref(), this.limit) {
+                    this.seen += data.len() as u64;
+                    if this.seen > limit {
+                        this.tripped.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,155 @@
+//! The relay server: public relay endpoint, connector tunnel endpoint, discovery document
+//! and health, optionally with the token service in the same process (monolithic mode).
+//!
+//! - [`config`]: the TOML configuration.
+//! - `public`: the public listener (HTTP/1.1 and h2c) and its routes.
+//! - `relay`: the relay path — tenant lookup, limits, dispatch into a tunnel, answers.
+//! - `tunnel`: the connector endpoint — authentication, upgrade, reversed HTTP/2, drain.
+//! - `registry`: live tunnels by tenant and the choice of tunnel per request.
+//! - `tenants`: the cached tenant directory over the configuration store.
+//! - `spool`: `queue` mode on one node (body spooled to the body store).
+//! - [`dev`]: `relay-server --dev`, the embedded default with a demo connector.
+
+pub mod config;
+pub mod dev;
+
+mod body;
+mod public;
+mod registry;
+mod relay;
+mod responses;
+mod spool;
+mod tenants;
+mod tunnel;
+
+use std::sync::Arc;
+
+use relay_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use crate::config::Config;
+use crate::registry::Registry;
+use crate::tenants::TenantDirectory;
+
+/// Version reported in the discovery document and to connectors.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything request handlers share.
+pub(crate) struct AppState {
+    config: Config,
+    store: Store,
+    tenants: Arc<TenantDirectory>,
+    registry: Registry,
+    validator: relay_token::Validator,
+    /// This node's id (an origin in multi-node set-ups).
+    origin_id: String,
+    /// Cancelled once shutdown begins: new tunnels are refused, readiness fails.
+    draining: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Sockets the server serves on; bound by the caller so tests can use port 0.
+pub struct Listeners {
+    pub public: TcpListener,
+    /// The in-process token service's listener (monolithic mode).
+    pub identity: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config.listen`.
+    pub async fn bind(config: &Config) -> std::io::Result<Listeners> {
+        let public = TcpListener::bind(config.listen.public).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("binding {}: {e}", config.listen.public))
+        })?;
+        let identity = match config.listen.identity {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { public, identity })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration store: {0}")]
+    Store(#[from] relay_store::StoreError),
+    #[error("body store {path}: {source}")]
+    BodyStore {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("token service: {0}")]
+    Identity(String),
+}
+
+/// Runs the server until `shutdown` fires, then drains: new tunnels are refused, connectors
+/// are told to move, in-flight requests get `config.shutdown_grace` to finish.
+pub async fn run(config: Config, store: Store, listeners: Listeners, shutdown: CancellationToken) -> Result<(), ServerError> {
+    tokio::fs::create_dir_all(&config.body_store.path)
+        .await
+        .map_err(|source| ServerError::BodyStore {
+            path: config.body_store.path.display().to_string(),
+            source,
+        })?;
+    let tenants = Arc::new(TenantDirectory::new(store.clone(), config.relay.clone()));
+    let count = tenants.reload().await?;
+    tracing::info!(tenants = count, "Tenants loaded.");
+    let tasks = TaskTracker::new();
+    let identity_done = match listeners.identity {
+        Some(listener) => Some(start_identity(&config, store.clone(), listener, shutdown.clone(), &tasks).await?),
+        None => None,
+    };
+    let state = Arc::new(AppState {
+        validator: relay_token::Validator::new(&config.identity.authority, &config.identity.audience),
+        origin_id: uuid::Uuid::new_v4().to_string(),
+        config,
+        store,
+        tenants: tenants.clone(),
+        registry: Registry::default(),
+        draining: CancellationToken::new(),
+        tasks: tasks.clone(),
+    });
+    tasks.spawn(tenants.refresh_loop(shutdown.clone()));
+    let addr = listeners.public.local_addr().ok();
+    tracing::info!(addr = ?addr, origin = %state.origin_id, "Relay server listening.");
+    public::serve(state.clone(), listeners.public, shutdown).await;
+    tasks.close();
+    if let Some(done) = identity_done {
+        let _ = done.await;
+    }
+    let grace = state.config.shutdown_grace;
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("Background tasks still running at the end of the shutdown grace.");
+    }
+    tracing::info!("Relay server stopped.");
+    Ok(())
+}
+
+async fn start_identity(
+    config: &Config,
+    store: Store,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<tokio::task::JoinHandle<()>, ServerError> {
+    let addr = listener.local_addr().map_err(|e| ServerError::Identity(e.to_string()))?;
+    let mut identity = relay_identity::Config::with_database_url(config.database.url.clone());
+    identity.listen.public = addr;
+    identity.public_url = Some(config.identity.authority.clone());
+    identity.log = config.log.clone();
+    tracing::info!(%addr, "Token service listening (in process).");
+    let handle = tokio::spawn(async move {
+        if let Err(e) = relay_identity::serve(identity, store, listener, shutdown).await {
+            tracing::error!(error = %e, "Token service failed.");
+        }
+    });
+    let _ = tasks;
+    Ok(handle)
+}

@@ -1,0 +1,124 @@
+//! The public listener: HTTP/1.1 and h2c on one port, routes, graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use relay_proto::discovery::DiscoveryDocument;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::relay::{self, Mode};
+use crate::responses::{Body, error, json, text};
+
+/// Accepts connections until `shutdown`, then drains tunnels and open connections within
+/// the shutdown grace.
+pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_frame_size(1 << 20)
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_concurrent_streams(1024);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Usually EMFILE; back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(&state, req, remote).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%remote, error = %e, "Client connection ended with an error.");
+            }
+        });
+    }
+    drop(listener);
+    state.draining.cancel();
+    let grace = state.config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!(grace = ?grace, "Listener closed; draining.");
+    let tunnels = crate::tunnel::drain_all(&state, grace);
+    let connections = async {
+        if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
+            tracing::warn!("Client connections still open at the end of the shutdown grace.");
+        }
+    };
+    tokio::join!(tunnels, connections);
+}
+
+async fn route(state: &Arc<AppState>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let trimmed = path.trim_start_matches('/');
+    let (first, after) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    if let Some(mode) = Mode::parse(first) {
+        return relay::handle(state, mode, req, remote, after).await;
+    }
+    match (req.method(), path.as_str()) {
+        (&Method::GET, relay_proto::TUNNEL_PATH) => crate::tunnel::accept(state, req, remote).await,
+        (&Method::GET, relay_proto::DISCOVERY_PATH) => json(StatusCode::OK, &discovery(state, &req)),
+        (&Method::GET, "/health/live") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/health/ready") => ready(state).await,
+        (_, "/") => text(StatusCode::OK, "Relay server. Relay paths: /relay/{tenant}/{target}/{path}\n"),
+        _ => error(StatusCode::NOT_FOUND, "not-found", "no such endpoint"),
+    }
+}
+
+fn discovery(state: &AppState, req: &Request<Incoming>) -> DiscoveryDocument {
+    let base = match &state.config.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => {
+            let host = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_else(|| state.config.listen.public.to_string());
+            format!("http://{host}")
+        }
+    };
+    DiscoveryDocument {
+        server_version: crate::VERSION.to_owned(),
+        authority: state.config.identity.authority.clone(),
+        token_endpoint: state.config.token_endpoint(),
+        tunnel_endpoint: format!("{base}{}", relay_proto::TUNNEL_PATH),
+        settings: state.config.tunnel.settings(),
+    }
+}
+
+async fn ready(state: &AppState) -> Response<Body> {
+    if state.draining.is_cancelled() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "shutting down");
+    }
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
+        _ => error(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "configuration store unreachable"),
+    }
+}

@@ -1,0 +1,248 @@
+//! The public relay path: `/{relay|queue|trace}/{tenant}/{target}/{path…}?{query}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use relay_proto::headers;
+
+use crate::AppState;
+use crate::body::LimitedBody;
+use crate::registry::TunnelBody;
+use crate::responses::{Body, error};
+use crate::tenants::TenantEntry;
+
+/// How the client wants its request handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Request–response, streamed.
+    Relay,
+    /// Fire-and-forget: `202` once the request is handed over.
+    Queue,
+    /// Like `Relay`, plus diagnostic response headers.
+    Trace,
+}
+
+impl Mode {
+    pub fn parse(segment: &str) -> Option<Mode> {
+        match segment {
+            "relay" => Some(Mode::Relay),
+            "queue" => Some(Mode::Queue),
+            "trace" => Some(Mode::Trace),
+            _ => None,
+        }
+    }
+}
+
+/// The parts of a relay path: tenant, target and the rest (`/…`, possibly `/`).
+pub struct RelayPath<'a> {
+    pub tenant: &'a str,
+    pub target: &'a str,
+    pub rest: &'a str,
+}
+
+/// Splits `{tenant}/{target}/{rest…}` (what follows `/{mode}/`).
+pub fn split_path(after_mode: &str) -> Option<RelayPath<'_>> {
+    let (tenant, after_tenant) = after_mode.split_once('/')?;
+    let (target, rest) = match after_tenant.find('/') {
+        Some(i) => (&after_tenant[..i], &after_tenant[i..]),
+        None => (after_tenant, "/"),
+    };
+    (!tenant.is_empty() && !target.is_empty()).then_some(RelayPath { tenant, target, rest })
+}
+
+pub fn empty_tunnel_body() -> TunnelBody {
+    Empty::<Bytes>::new().map_err(|e| match e {}).boxed()
+}
+
+/// Handles one relayed request end to end.
+pub async fn handle(state: &Arc<AppState>, mode: Mode, req: Request<Incoming>, remote: SocketAddr, after_mode: &str) -> Response<Body> {
+    let started = Instant::now();
+    let Some(path) = split_path(after_mode) else {
+        return error(StatusCode::NOT_FOUND, "path-invalid", "use /{mode}/{tenant}/{target}/{path}");
+    };
+    if !relay_proto::is_valid_name(path.tenant) {
+        return unknown_tenant();
+    }
+    if !relay_proto::is_valid_name(path.target) {
+        return error(StatusCode::NOT_FOUND, "target-invalid", "target names are letters, digits, '_', '-' and '.'");
+    }
+    let tenant = match state.tenants.get(path.tenant).await {
+        Ok(Some(tenant)) => tenant,
+        Ok(None) => return unknown_tenant(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Configuration database unavailable.");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "configuration store unavailable; retry later");
+        }
+    };
+    if tenant.require_client_auth
+        && let Some(denied) = check_client_token(state, &tenant, &req).await
+    {
+        return denied;
+    }
+    if let (Some(limit), Some(length)) = (tenant.max_body_bytes, content_length(&req))
+        && length > limit
+    {
+        return too_large(limit);
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let (tripped, request) = match to_tunnel_request(req, &path, remote, &request_id, mode, tenant.max_body_bytes) {
+        Ok(pair) => pair,
+        Err(response) => return response,
+    };
+    if mode == Mode::Queue {
+        return crate::spool::enqueue(state, &tenant, request, request_id, tripped).await;
+    }
+    let wait = state.config.relay.connector_wait.min(tenant.request_expiry);
+    let deadline = tokio::time::Instant::now() + tenant.request_expiry;
+    let Some(tunnel) = state.registry.acquire(&tenant.key, wait).await else {
+        return no_connector(state);
+    };
+    let _inflight = tunnel.begin();
+    let mut sender = tunnel.sender.clone();
+    let response = match tokio::time::timeout_at(deadline, sender.send_request(request)).await {
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request-expired",
+                format!("request expired after {}s in the relay", tenant.request_expiry.as_secs_f64()),
+            );
+        }
+        Ok(Err(e)) => {
+            if tripped.load(Ordering::Acquire) {
+                return too_large(tenant.max_body_bytes.unwrap_or_default());
+            }
+            tracing::info!(tenant = %tenant.key, request = %request_id, error = %e, "Tunnel request failed.");
+            return error(StatusCode::BAD_GATEWAY, "connector-lost", "the connector's tunnel failed during the request");
+        }
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    if mode == Mode::Trace {
+        let h = &mut parts.headers;
+        insert(h, headers::REQUEST_ID, &request_id);
+        insert(h, headers::TRACE_CONNECTOR_MACHINE, &tunnel.machine);
+        insert(h, headers::TRACE_CONNECTOR_VERSION, &tunnel.version);
+        insert(h, headers::TRACE_RELAY_DURATION, &started.elapsed().as_millis().to_string());
+    } else {
+        parts.headers.remove(headers::TARGET_DURATION);
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Rewrites the client's request for the tunnel: `/{target}{rest}?{query}`, hop-by-hop and
+/// spoofed `x-relay-*` headers removed, client metadata added.
+fn to_tunnel_request(
+    req: Request<Incoming>,
+    path: &RelayPath<'_>,
+    remote: SocketAddr,
+    request_id: &str,
+    mode: Mode,
+    limit: Option<u64>,
+) -> Result<(Arc<std::sync::atomic::AtomicBool>, Request<TunnelBody>), Response<Body>> {
+    let (mut parts, body) = req.into_parts();
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("/{}{}?{q}", path.target, path.rest),
+        None => format!("/{}{}", path.target, path.rest),
+    };
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority("tunnel")
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "path-invalid", "the request path is not valid"))?;
+    parts.version = Version::HTTP_2;
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    headers::strip_relay_headers(h);
+    h.remove(header::HOST);
+    h.remove(header::EXPECT);
+    insert(h, headers::REQUEST_ID, request_id);
+    insert(h, headers::CLIENT_ADDR, &remote.ip().to_string());
+    insert(h, headers::CLIENT_PROTO, "http");
+    if let Some(host) = client_host {
+        h.insert(headers::CLIENT_HOST, host);
+    }
+    if mode == Mode::Trace {
+        h.insert(headers::TRACE, HeaderValue::from_static("1"));
+    }
+    let (body, tripped) = LimitedBody::new(body, limit);
+    Ok((tripped, Request::from_parts(parts, body.boxed())))
+}
+
+async fn check_client_token(state: &AppState, tenant: &TenantEntry, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let denied = || {
+        let mut r = error(StatusCode::UNAUTHORIZED, "client-token-required", "this tenant requires a valid bearer token");
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let Some(token) = crate::tunnel::bearer_token(req) else {
+        return Some(denied());
+    };
+    match state.validator.validate(token).await {
+        Ok(claims)
+            if claims.has_scope(relay_token::SCOPE_CLIENT)
+                && claims.tenant.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(&tenant.name)) =>
+        {
+            None
+        }
+        Err(e) if e.is_unavailable() => Some(error(StatusCode::SERVICE_UNAVAILABLE, "authority-unavailable", "token authority unreachable")),
+        _ => Some(denied()),
+    }
+}
+
+fn content_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn insert(h: &mut http::HeaderMap, name: http::HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+pub fn unknown_tenant() -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "tenant-unknown", "unknown tenant")
+}
+
+pub fn too_large(limit: u64) -> Response<Body> {
+    error(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("request body exceeds the limit of {limit} bytes"))
+}
+
+pub fn no_connector(state: &AppState) -> Response<Body> {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "no-connector", "no connector of this tenant is connected");
+    if let Ok(v) = HeaderValue::from_str(&state.config.relay.retry_after_secs.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_relay_paths() {
+        let p = split_path("acme/web/a/b").expect("splits");
+        assert_eq!((p.tenant, p.target, p.rest), ("acme", "web", "/a/b"));
+        let p = split_path("acme/web").expect("splits");
+        assert_eq!(p.rest, "/");
+        let p = split_path("acme/web/").expect("splits");
+        assert_eq!(p.rest, "/");
+        assert!(split_path("acme").is_none());
+        assert!(split_path("acme/").is_none());
+        assert!(split_path("/web").is_none());
+    }
+}

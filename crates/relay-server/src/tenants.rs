@@ -1,0 +1,131 @@
+//! Tenant directory: the relay path's view of tenants, cached in memory.
+//!
+//! No database query happens per relayed request once a tenant is known: entries are
+//! refreshed in the background, misses are looked up once and remembered for a short while,
+//! and a failing database leaves the last known entries serving.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use relay_store::{Store, StoreError, Tenant, TenantConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RelayConfig;
+
+/// How long an unknown tenant name is remembered as unknown.
+const NEGATIVE_TTL: Duration = Duration::from_secs(2);
+/// How often the whole directory is reloaded (picks up config changes and deletions).
+const REFRESH_EVERY: Duration = Duration::from_secs(15);
+
+/// Effective settings of one tenant: its own configuration over the server defaults.
+#[derive(Debug, Clone)]
+pub struct TenantEntry {
+    pub id: String,
+    pub name: String,
+    /// Lower-cased name: the key of every per-tenant table in the server.
+    pub key: String,
+    pub request_expiry: Duration,
+    pub max_body_bytes: Option<u64>,
+    pub require_client_auth: bool,
+}
+
+impl TenantEntry {
+    fn new(tenant: Tenant, config: &TenantConfig, defaults: &RelayConfig) -> Self {
+        let ms = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).map(Duration::from_millis);
+        TenantEntry {
+            key: tenant.name.to_ascii_lowercase(),
+            id: tenant.id,
+            name: tenant.name,
+            request_expiry: ms(config.request_expiry_ms).unwrap_or(defaults.request_expiry),
+            max_body_bytes: config
+                .max_body_bytes
+                .and_then(|v| u64::try_from(v).ok())
+                .or(defaults.max_body_bytes),
+            require_client_auth: config.require_client_auth.unwrap_or(false),
+        }
+    }
+}
+
+pub struct TenantDirectory {
+    store: Store,
+    defaults: RelayConfig,
+    known: RwLock<HashMap<String, Arc<TenantEntry>>>,
+    missing: Mutex<HashMap<String, Instant>>,
+}
+
+impl TenantDirectory {
+    pub fn new(store: Store, defaults: RelayConfig) -> Self {
+        TenantDirectory {
+            store,
+            defaults,
+            known: RwLock::new(HashMap::new()),
+            missing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The tenant named `name` (case-insensitive), or `None` when it does not exist.
+    pub async fn get(&self, name: &str) -> Result<Option<Arc<TenantEntry>>, StoreError> {
+        let key = name.to_ascii_lowercase();
+        if let Some(entry) = self.known.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(Some(entry));
+        }
+        if let Ok(missing) = self.missing.lock()
+            && missing.get(&key).is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+        {
+            return Ok(None);
+        }
+        let Some(tenant) = self.store.tenant_by_name(&key).await? else {
+            if let Ok(mut missing) = self.missing.lock() {
+                missing.retain(|_, at| at.elapsed() < NEGATIVE_TTL);
+                missing.insert(key, Instant::now());
+            }
+            return Ok(None);
+        };
+        let config = self.store.tenant_config(&tenant.id).await?;
+        let entry = Arc::new(TenantEntry::new(tenant, &config, &self.defaults));
+        if let Ok(mut known) = self.known.write() {
+            known.insert(key, entry.clone());
+        }
+        Ok(Some(entry))
+    }
+
+    /// Replaces the cache with the database's current view.
+    pub async fn reload(&self) -> Result<usize, StoreError> {
+        let tenants = self.store.list_tenants().await?;
+        let mut fresh = HashMap::with_capacity(tenants.len());
+        for tenant in tenants {
+            let config = self.store.tenant_config(&tenant.id).await?;
+            let entry = TenantEntry::new(tenant, &config, &self.defaults);
+            fresh.insert(entry.key.clone(), Arc::new(entry));
+        }
+        let count = fresh.len();
+        if let Ok(mut known) = self.known.write() {
+            *known = fresh;
+        }
+        Ok(count)
+    }
+
+    /// Reloads every [`REFRESH_EVERY`] until shutdown; failures are logged and retried.
+    pub async fn refresh_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(REFRESH_EVERY) => {}
+                () = shutdown.cancelled() => return,
+            }
+            match self.reload().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("Configuration database reachable again.");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "Cannot reload tenants; serving the cached ones.");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}

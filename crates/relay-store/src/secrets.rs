@@ -1,0 +1,214 @@
+//! Client secrets: generation, argon2id hashing, listing, revocation and verification.
+//!
+//! The plaintext (32 random bytes, base64url without padding) is returned once by
+//! [`Store::create_secret`] and never stored; the database holds only its argon2id PHC hash
+//! (argon2 crate defaults: v19, m=19456 KiB, t=2, p=1).
+
+use std::sync::OnceLock;
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use rand::RngCore;
+
+use crate::models::{SecretInfo, Tenant};
+use crate::schema::client_secrets;
+use crate::store::with_conn;
+use crate::{Store, StoreError, now_ms};
+
+const SECRET_BYTES: usize = 32;
+/// Longer inputs cannot be one of our secrets; reject them before spending a hash on them.
+const MAX_PLAINTEXT_LEN: usize = 256;
+
+fn generate_plaintext() -> String {
+    let mut bytes = [0u8; SECRET_BYTES];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash(plaintext: &str) -> Result<String, StoreError> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(plaintext.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(StoreError::Hash)
+}
+
+fn verifies(phc: &str, plaintext: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default()
+            .verify_password(plaintext.as_bytes(), &parsed)
+            .is_ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "Stored client secret hash is malformed.");
+            false
+        }
+    }
+}
+
+/// A hash of a random value, verified against when there is nothing real to check, so that
+/// "unknown tenant" costs as much time as "wrong secret".
+fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| hash(&generate_plaintext()).unwrap_or_default())
+}
+
+impl Store {
+    /// Creates a secret for the tenant and returns it with its plaintext, which is not
+    /// stored and cannot be recovered. [`StoreError::NotFound`] for an unknown tenant,
+    /// [`StoreError::Invalid`] if `expires_at` is not in the future.
+    pub async fn create_secret(
+        &self,
+        tenant_id: &str,
+        expires_at: Option<i64>,
+    ) -> Result<(SecretInfo, String), StoreError> {
+        let now = now_ms();
+        if expires_at.is_some_and(|e| e <= now) {
+            return Err(StoreError::Invalid {
+                field: "expires_at",
+                message: "must be in the future".into(),
+            });
+        }
+        if self.tenant_by_id(tenant_id).await?.is_none() {
+            return Err(StoreError::NotFound);
+        }
+        let plaintext = generate_plaintext();
+        let hashed = {
+            let plaintext = plaintext.clone();
+            tokio::task::spawn_blocking(move || hash(&plaintext)).await??
+        };
+        let info = SecretInfo {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant_id: tenant_id.to_owned(),
+            created_at: now,
+            expires_at,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let values = (
+            client_secrets::id.eq(&info.id),
+            client_secrets::tenant_id.eq(&info.tenant_id),
+            client_secrets::hash.eq(hashed),
+            client_secrets::created_at.eq(info.created_at),
+            client_secrets::expires_at.eq(info.expires_at),
+        );
+        with_conn!(self, |conn| {
+            diesel::insert_into(client_secrets::table)
+                .values(values)
+                .execute(conn)
+                .await
+        })?;
+        Ok((info, plaintext))
+    }
+
+    /// All secrets of the tenant (including revoked and expired ones), oldest first.
+    pub async fn list_secrets(&self, tenant_id: &str) -> Result<Vec<SecretInfo>, StoreError> {
+        Ok(with_conn!(self, |conn| {
+            client_secrets::table
+                .filter(client_secrets::tenant_id.eq(tenant_id))
+                .order((client_secrets::created_at, client_secrets::id))
+                .select(SecretInfo::as_select())
+                .load(conn)
+                .await
+        })?)
+    }
+
+    /// Revokes a secret of the tenant. `Ok(true)` if the secret exists (revoking twice is
+    /// fine and keeps the first revocation time), `Ok(false)` if the tenant has no such secret.
+    pub async fn revoke_secret(
+        &self,
+        tenant_id: &str,
+        secret_id: &str,
+    ) -> Result<bool, StoreError> {
+        let of_tenant = client_secrets::table
+            .filter(client_secrets::id.eq(secret_id))
+            .filter(client_secrets::tenant_id.eq(tenant_id));
+        let revoke = diesel::update(of_tenant.filter(client_secrets::revoked_at.is_null()))
+            .set(client_secrets::revoked_at.eq(now_ms()));
+        let exists = diesel::select(diesel::dsl::exists(of_tenant));
+        let (updated, exists) = with_conn!(self, |conn| {
+            let updated = revoke.execute(conn).await?;
+            let exists: bool = exists.get_result(conn).await?;
+            Ok::<_, StoreError>((updated, exists))
+        })?;
+        Ok(updated > 0 || exists)
+    }
+
+    /// Checks `plaintext` against every secret of the tenant (found ignoring case) that is
+    /// neither revoked nor expired at `now_ms`, and records the use of the matching one.
+    /// `Ok(None)` for an unknown tenant, no match, or only expired/revoked secrets.
+    pub async fn verify_secret(
+        &self,
+        tenant_name: &str,
+        plaintext: &str,
+        now_ms: i64,
+    ) -> Result<Option<Tenant>, StoreError> {
+        if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Ok(None);
+        }
+        let tenant = self.tenant_by_name(tenant_name).await?;
+        let candidates: Vec<(String, String)> = match &tenant {
+            Some(t) => {
+                let query = client_secrets::table
+                    .filter(client_secrets::tenant_id.eq(&t.id))
+                    .filter(client_secrets::revoked_at.is_null())
+                    .filter(
+                        client_secrets::expires_at
+                            .is_null()
+                            .or(client_secrets::expires_at.gt(now_ms)),
+                    )
+                    .select((client_secrets::id, client_secrets::hash));
+                with_conn!(self, |conn| query.load(conn).await)?
+            }
+            None => Vec::new(),
+        };
+        let plaintext = plaintext.to_owned();
+        let matched = tokio::task::spawn_blocking(move || {
+            if candidates.is_empty() {
+                verifies(dummy_hash(), &plaintext);
+            }
+            candidates
+                .into_iter()
+                .find(|(_, phc)| verifies(phc, &plaintext))
+                .map(|(id, _)| id)
+        })
+        .await?;
+        let (Some(tenant), Some(secret_id)) = (tenant, matched) else {
+            return Ok(None);
+        };
+        let touch = diesel::update(client_secrets::table.find(secret_id))
+            .set(client_secrets::last_used_at.eq(now_ms));
+        with_conn!(self, |conn| touch.execute(conn).await)?;
+        Ok(Some(tenant))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_is_43_chars_of_base64url() {
+        let s = generate_plaintext();
+        assert_eq!(s.len(), 43);
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_ne!(s, generate_plaintext());
+    }
+
+    #[test]
+    fn hash_is_argon2id_phc_and_verifies() -> Result<(), StoreError> {
+        let phc = hash("correct horse")?;
+        assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
+        assert!(verifies(&phc, "correct horse"));
+        assert!(!verifies(&phc, "wrong horse"));
+        assert!(!verifies("not a phc string", "correct horse"));
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of `relay-store` against real databases; see `harness` for how the
+//! SQLite and PostgreSQL variants of each test get their own database.
+
+mod harness;
+
+mod connect;
+mod connections;
+mod keys;
+mod secrets;
+mod tenants;
