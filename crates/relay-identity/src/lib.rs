@@ -35,12 +35,20 @@ pub use state::{AppState, ROTATION_TICK};
 /// Serves the identity endpoints on `listener` until `shutdown` is cancelled, rotating
 /// signing keys meanwhile. `store` must be connected and migrated. Returns once in-flight
 /// requests have finished.
+///
+/// Without `public_url`, the issuer is `http://` + the listener's actual address, so a
+/// listener bound to port 0 works.
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     store: relay_store::Store,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), IdentityError> {
+    if config.public_url.is_none()
+        && let Ok(addr) = listener.local_addr()
+    {
+        config.listen.public = addr;
+    }
     let state = AppState::new(config, store).await?;
     let rotation_stop = shutdown.child_token();
     let rotation = tokio::spawn({

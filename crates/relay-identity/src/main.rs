@@ -44,11 +44,17 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let config = load_config(&cli)?;
     if let Some(Command::CheckConfig) = cli.command {
-        println!("configuration is valid");
+        match load_config(&cli) {
+            Ok(_) => println!("configuration is valid"),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
         return Ok(());
     }
+    let config = load_config(&cli)?;
     relay_core::telemetry::init(&config.log);
 
     let url = config

@@ -17,6 +17,7 @@ fn policy() -> RotationPolicy {
 /// expired ones. Returns the actions taken.
 fn step(keys: &mut Vec<KeySchedule>, now: i64) -> Vec<RotationAction> {
     let actions = plan(keys, now, &policy());
+    let mut next = next_index(keys);
     for action in &actions {
         match *action {
             RotationAction::Create {
@@ -24,7 +25,10 @@ fn step(keys: &mut Vec<KeySchedule>, now: i64) -> Vec<RotationAction> {
                 retires_at,
                 expires_at,
             } => keys.push(KeySchedule {
-                kid: format!("k{}", keys.len() + 1),
+                kid: {
+                    next += 1;
+                    format!("k{}", next - 1)
+                },
                 activates_at,
                 retires_at: Some(retires_at),
                 expires_at: Some(expires_at),
@@ -33,6 +37,15 @@ fn step(keys: &mut Vec<KeySchedule>, now: i64) -> Vec<RotationAction> {
         }
     }
     actions
+}
+
+/// Keys are named `k1`, `k2`, ... in creation order, also after deletions.
+fn next_index(keys: &[KeySchedule]) -> u32 {
+    let last = keys
+        .iter()
+        .filter_map(|k| k.kid.strip_prefix('k')?.parse::<u32>().ok())
+        .max();
+    last.unwrap_or(0) + 1
 }
 
 fn signer_kid(keys: &[KeySchedule], now: i64) -> Option<&str> {
@@ -111,12 +124,27 @@ fn a_late_tick_still_hands_over_without_gap() {
 fn downtime_past_retirement_creates_an_immediate_key() {
     let mut keys = Vec::new();
     step(&mut keys, T0);
-    let later = T0 + 31 * DAY;
+    // Retired but still published: only a new key is needed.
+    let later = T0 + 30 * DAY + 30 * MIN;
     let actions = step(&mut keys, later);
     assert!(
         matches!(actions[..], [RotationAction::Create { activates_at, .. }] if activates_at == later)
     );
     assert_eq!(signer_kid(&keys, later), Some("k2"));
+
+    // Long outage: the old key is also gone from the JWKS.
+    let mut keys = Vec::new();
+    step(&mut keys, T0);
+    let much_later = T0 + 40 * DAY;
+    let actions = step(&mut keys, much_later);
+    assert!(matches!(
+        actions[..],
+        [RotationAction::DeleteExpired, RotationAction::Create { activates_at, .. }] if activates_at == much_later
+    ));
+    assert_eq!(
+        keys.iter().map(|k| k.kid.as_str()).collect::<Vec<_>>(),
+        ["k2"]
+    );
 }
 
 #[test]
@@ -134,7 +162,7 @@ fn open_ended_key_gets_a_successor_after_the_interval() {
         matches!(actions[..], [RotationAction::Create { activates_at, .. }] if activates_at == due + HOUR)
     );
     assert_eq!(signer_kid(&keys, due + HOUR - 1), Some("legacy"));
-    assert_eq!(signer_kid(&keys, due + HOUR), Some("k2"));
+    assert_eq!(signer_kid(&keys, due + HOUR), Some("k1"));
 }
 
 #[test]

@@ -128,14 +128,19 @@ impl Store {
         &self.pool
     }
 
-    /// Applies all pending embedded migrations. Idempotent; on PostgreSQL concurrent callers
-    /// (several nodes starting at once) are serialised by an advisory lock.
+    /// Applies all pending embedded migrations. Idempotent. Concurrent callers (several nodes
+    /// or processes starting at once) are serialised: by an advisory lock on PostgreSQL, by
+    /// an IMMEDIATE transaction on SQLite.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let applied = match self.pool() {
             DbPool::Sqlite(pool) => {
                 let mut conn = pool.get().await?;
+                // One IMMEDIATE transaction (diesel turns each migration's own transaction
+                // into a savepoint) makes concurrent processes wait for each other.
                 conn.spawn_blocking(|c: &mut SqliteConnection| {
-                    Ok(c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()))
+                    Ok(c.immediate_transaction(|c| {
+                        c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len())
+                    }))
                 })
                 .await?
             }

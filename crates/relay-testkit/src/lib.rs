@@ -1,1 +1,12 @@
-//! relay-testkit
+//! Test support shared by the end-to-end tests and the benchmark.
+//!
+//! - [`target`]: an HTTP server standing in for a private-network service.
+//! - [`process`]: the real binaries as child processes (kill, SIGTERM, memory).
+//! - [`client`]: a plain HTTP client and streaming byte patterns with checksums.
+//! - [`wait`]: waiting on a condition with a deadline (no bare sleeps in tests).
+#![allow(clippy::unwrap_used)]
+
+pub mod client;
+pub mod process;
+pub mod target;
+pub mod wait;

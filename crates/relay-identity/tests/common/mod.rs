@@ -1,13 +1,15 @@
 //! A real identity service on 127.0.0.1:0 over a fresh SQLite file, and an HTTP client.
+#![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::http::{HeaderMap, Method, Request, StatusCode, header};
+use hyper::http::{HeaderMap, Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -41,20 +43,17 @@ pub struct Answer {
     pub json: serde_json::Value,
 }
 
-pub struct TestIdentity {
-    pub base: String,
+/// A migrated SQLite store with tenant `Acme` and one secret.
+pub struct Seed {
+    pub url: String,
     pub store: Store,
     pub tenant: Tenant,
     pub secret: String,
-    pub shutdown: CancellationToken,
-    pub task: JoinHandle<Result<(), IdentityError>>,
-    client: Client<HttpConnector, Full<Bytes>>,
-    _dir: TempDir,
+    dir: Arc<TempDir>,
 }
 
-impl TestIdentity {
-    /// Migrated store with tenant `Acme` and one secret, service serving on a fresh port.
-    pub async fn start() -> Self {
+impl Seed {
+    pub async fn new() -> Self {
         let dir = TempDir::new();
         let url = format!("sqlite://{}", dir.0.join("relay.db").display());
         let store = Store::connect(&url).await.expect("connect");
@@ -67,27 +66,54 @@ impl TestIdentity {
             .await
             .expect("tenant");
         let (_, secret) = store.create_secret(&tenant.id, None).await.expect("secret");
+        Self {
+            url,
+            store,
+            tenant,
+            secret,
+            dir: Arc::new(dir),
+        }
+    }
+}
 
+pub struct TestIdentity {
+    pub base: String,
+    pub store: Store,
+    pub tenant: Tenant,
+    pub secret: String,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), IdentityError>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    _dir: Arc<TempDir>,
+}
+
+impl TestIdentity {
+    /// A service over a fresh [`Seed`].
+    pub async fn start() -> Self {
+        Self::serve(&Seed::new().await).await
+    }
+
+    /// A service (one "node") over the seeded database, on a fresh port.
+    pub async fn serve(seed: &Seed) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut config = Config::with_database_url(url);
-        config.listen.public = addr;
+        let config = Config::with_database_url(seed.url.clone());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(relay_identity::serve(
             config,
-            store.clone(),
+            seed.store.clone(),
             listener,
             shutdown.clone(),
         ));
         Self {
             base: format!("http://{addr}"),
-            store,
-            tenant,
-            secret,
+            store: seed.store.clone(),
+            tenant: seed.tenant.clone(),
+            secret: seed.secret.clone(),
             shutdown,
             task,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            _dir: dir,
+            _dir: seed.dir.clone(),
         }
     }
 

@@ -2,7 +2,7 @@
 
 use relay_store::{Backend, Store, StoreError};
 
-use crate::harness::{error_chain, temp_dir_path};
+use crate::harness::{TestDb, error_chain, temp_dir_path};
 
 #[tokio::test]
 async fn sqlite_creates_directories_and_uses_wal() {
@@ -63,4 +63,30 @@ async fn connect_error_hides_the_password() {
     assert!(matches!(err, StoreError::Connect { .. }), "{chain}");
     assert!(chain.contains("relay:***@127.0.0.1:1"), "{chain}");
     assert!(!chain.contains("hunter2"), "{chain}");
+}
+
+/// Several nodes (separate pools) migrating one fresh database at once must all succeed.
+async fn concurrent_migrations(db: TestDb) {
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let store = Store::connect(&db.url).await.expect("connect");
+        tasks.push(tokio::spawn(async move { store.migrate().await }));
+    }
+    for task in tasks {
+        task.await.expect("join").expect("migrate");
+    }
+    db.store.migrate().await.expect("migrate again");
+    assert!(db.store.list_tenants().await.expect("list").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_sqlite() {
+    concurrent_migrations(TestDb::sqlite_unmigrated().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_postgres() {
+    if let Some(db) = TestDb::postgres_unmigrated().await {
+        concurrent_migrations(db).await;
+    }
 }

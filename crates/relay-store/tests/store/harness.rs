@@ -17,6 +17,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct TestDb {
     pub store: Store,
+    /// The URL `store` was opened with.
+    pub url: String,
     cleanup: Cleanup,
 }
 
@@ -64,19 +66,34 @@ pub fn temp_dir_path() -> PathBuf {
 impl TestDb {
     /// A migrated store on a new SQLite file in a not-yet-existing nested directory.
     pub async fn sqlite() -> TestDb {
+        let db = Self::sqlite_unmigrated().await;
+        db.store.migrate().await.expect("migrate SQLite");
+        db
+    }
+
+    pub async fn sqlite_unmigrated() -> TestDb {
         let dir = temp_dir_path();
         let url = format!("sqlite://{}", dir.join("nested").join("relay.db").display());
         let cleanup = Cleanup::Dir(dir);
         let store = Store::connect(&url)
             .await
             .expect("open temp SQLite database");
-        store.migrate().await.expect("migrate SQLite");
-        TestDb { store, cleanup }
+        TestDb {
+            store,
+            url,
+            cleanup,
+        }
     }
 
     /// A migrated store on a new PostgreSQL database, or `None` (after printing why) when
     /// PostgreSQL is unreachable and not required.
     pub async fn postgres() -> Option<TestDb> {
+        let db = Self::postgres_unmigrated().await?;
+        db.store.migrate().await.expect("migrate PostgreSQL");
+        Some(db)
+    }
+
+    pub async fn postgres_unmigrated() -> Option<TestDb> {
         let admin_url = std::env::var("RELAY_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned());
         let mut admin = match admin_connection(&admin_url).await {
@@ -103,11 +120,15 @@ impl TestDb {
             admin_url: admin_url.clone(),
             database: database.clone(),
         };
-        let store = Store::connect(&with_database(&admin_url, &database))
+        let url = with_database(&admin_url, &database);
+        let store = Store::connect(&url)
             .await
             .expect("connect to test database");
-        store.migrate().await.expect("migrate PostgreSQL");
-        Some(TestDb { store, cleanup })
+        Some(TestDb {
+            store,
+            url,
+            cleanup,
+        })
     }
 }
 
