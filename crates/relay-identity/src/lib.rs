@@ -9,6 +9,7 @@
 //! - `config`   — [`Config`] (`identity.toml`, `RELAY_IDENTITY__*`), `validate()`, issuer.
 //! - `state`    — [`AppState`]: config, store, in-memory keys; the rotation timer.
 //! - `routes`   — [`router`]: `POST /connect/token`, `/.well-known/*`, `/health/*`.
+//!   `routes::client_auth` parses HTTP Basic / form client credentials.
 //! - `rotation` — the pure rotation plan over (keys, now, policy), unit-tested with
 //!   explicit times.
 //! - `keys`     — loading, creating and deleting keys in the DB; the in-memory key ring.

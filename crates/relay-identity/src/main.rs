@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = relay_core::lifecycle::shutdown_on_signal();
     relay_identity::serve(config, store, listener, shutdown)
         .await
-        .context("running the identity service")?;
+        .context("running the identity service (is the database migrated? `relayctl migrate` or --migrate)")?;
     tracing::info!("Identity service stopped.");
     Ok(())
 }

@@ -143,5 +143,4 @@ fn millis(d: Duration) -> i64 {
 }
 
 #[cfg(test)]
-#[path = "rotation_tests.rs"]
 mod tests;

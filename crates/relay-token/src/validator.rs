@@ -36,6 +36,16 @@ pub struct Validator {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Validator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let authority = self.inner.remote.as_ref().map(|r| r.discovery.as_str());
+        f.debug_struct("Validator")
+            .field("audience", &self.inner.audience)
+            .field("discovery", &authority)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     audience: String,
     /// `None` for a fixed key set ([`Validator::from_jwks`]).

@@ -1,5 +1,6 @@
 //! HTTP routes of the identity service.
 
+mod client_auth;
 mod token;
 mod wellknown;
 
