@@ -62,7 +62,10 @@ mod tests {
             assert!(d >= min && d <= max, "{d:?}");
             largest = largest.max(d);
         }
-        assert!(largest > Duration::from_secs(1), "back-off never grew: {largest:?}");
+        assert!(
+            largest > Duration::from_secs(1),
+            "back-off never grew: {largest:?}"
+        );
         b.reset();
         assert_eq!(b.next_delay(), min);
     }

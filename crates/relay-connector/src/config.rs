@@ -99,7 +99,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let urls = self.relay_url.as_slice();
         if urls.is_empty() {
-            return Err(ConfigError::key("relay_url", "at least one relay URL is required"));
+            return Err(ConfigError::key(
+                "relay_url",
+                "at least one relay URL is required",
+            ));
         }
         for url in urls {
             check_http_url(url).map_err(|m| ConfigError::key("relay_url", m))?;
@@ -112,10 +115,16 @@ impl Config {
         }
         match (&self.secret, &self.secret_file) {
             (None, None) => {
-                return Err(ConfigError::key("secret_file", "set `secret_file` (or `secret`)"));
+                return Err(ConfigError::key(
+                    "secret_file",
+                    "set `secret_file` (or `secret`)",
+                ));
             }
             (Some(_), Some(_)) => {
-                return Err(ConfigError::key("secret", "set either `secret` or `secret_file`, not both"));
+                return Err(ConfigError::key(
+                    "secret",
+                    "set either `secret` or `secret_file`, not both",
+                ));
             }
             _ => {}
         }
@@ -126,9 +135,13 @@ impl Config {
                     "target names are 1-64 characters of letters, digits, '_', '-' or '.'",
                 ));
             }
-            check_http_url(&target.url).map_err(|m| ConfigError::key(format!("targets.{name}.url"), m))?;
+            check_http_url(&target.url)
+                .map_err(|m| ConfigError::key(format!("targets.{name}.url"), m))?;
             if target.timeout.is_zero() {
-                return Err(ConfigError::key(format!("targets.{name}.timeout"), "must be positive"));
+                return Err(ConfigError::key(
+                    format!("targets.{name}.timeout"),
+                    "must be positive",
+                ));
             }
         }
         Ok(())
@@ -141,16 +154,25 @@ impl Config {
             (None, Some(path)) => {
                 Secret::from_file(path).map_err(|e| ConfigError::key("secret_file", e.to_string()))
             }
-            (None, None) => Err(ConfigError::key("secret_file", "set `secret_file` (or `secret`)")),
+            (None, None) => Err(ConfigError::key(
+                "secret_file",
+                "set `secret_file` (or `secret`)",
+            )),
         }
     }
 }
 
 fn check_http_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => return Err(format!("`{url}`: https is not supported yet; use http behind a TLS terminator")),
+        Some("https") => {
+            return Err(format!(
+                "`{url}`: https is not supported yet; use http behind a TLS terminator"
+            ));
+        }
         _ => return Err(format!("`{url}` must start with http://")),
     }
     if uri.host().is_none_or(str::is_empty) {
@@ -164,7 +186,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = relay_core::config::load_from(text, "connector.toml", ENV_PREFIX, Vec::new())?;
+        let config: Config =
+            relay_core::config::load_from(text, "connector.toml", ENV_PREFIX, Vec::new())?;
         config.validate()?;
         Ok(config)
     }
@@ -190,22 +213,36 @@ mod tests {
 
     #[test]
     fn accepts_a_list_of_relays() {
-        let config = parse(
-            "relay_url = [\"http://a:1\", \"http://b:2\"]\ntenant = \"t\"\nsecret = \"x\"\n",
-        )
-        .expect("valid");
+        let config =
+            parse("relay_url = [\"http://a:1\", \"http://b:2\"]\ntenant = \"t\"\nsecret = \"x\"\n")
+                .expect("valid");
         assert_eq!(config.relay_url.as_slice().len(), 2);
     }
 
     #[test]
     fn errors_name_the_key() {
         let cases = [
-            ("relay_url = \"ftp://x\"\ntenant = \"t\"\nsecret = \"x\"\n", "relay_url"),
-            ("relay_url = \"http://x\"\ntenant = \"a b\"\nsecret = \"x\"\n", "tenant"),
+            (
+                "relay_url = \"ftp://x\"\ntenant = \"t\"\nsecret = \"x\"\n",
+                "relay_url",
+            ),
+            (
+                "relay_url = \"http://x\"\ntenant = \"a b\"\nsecret = \"x\"\n",
+                "tenant",
+            ),
             ("relay_url = \"http://x\"\ntenant = \"t\"\n", "secret_file"),
-            ("relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\n[targets.w]\nurl = \"nope\"\n", "targets.w.url"),
-            ("relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\n[targets.w]\nurl = \"http://a\"\ntimeout = \"soon\"\n", "targets.w.timeout"),
-            ("relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\ntimeout = 3\n", "timeout"),
+            (
+                "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\n[targets.w]\nurl = \"nope\"\n",
+                "targets.w.url",
+            ),
+            (
+                "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\n[targets.w]\nurl = \"http://a\"\ntimeout = \"soon\"\n",
+                "targets.w.timeout",
+            ),
+            (
+                "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\ntimeout = 3\n",
+                "timeout",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -215,7 +252,8 @@ mod tests {
 
     #[test]
     fn secret_is_masked_in_debug() {
-        let config = parse("relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"hunter2\"\n").expect("valid");
+        let config = parse("relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"hunter2\"\n")
+            .expect("valid");
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 }

@@ -41,7 +41,11 @@ impl Default for ControlClient {
 impl ControlClient {
     /// Fetches the relay's discovery document from its base URL.
     pub async fn discover(&self, relay_url: &str) -> Result<DiscoveryDocument, ConnectorError> {
-        let url = format!("{}{}", relay_url.trim_end_matches('/'), relay_proto::DISCOVERY_PATH);
+        let url = format!(
+            "{}{}",
+            relay_url.trim_end_matches('/'),
+            relay_proto::DISCOVERY_PATH
+        );
         let request = Request::get(&url)
             .header(header::ACCEPT, "application/json")
             .body(Full::default())
@@ -53,8 +57,15 @@ impl ControlClient {
         parse(&url, &body)
     }
 
-    async fn call(&self, url: &str, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), ConnectorError> {
-        let unreachable = |e: String| ConnectorError::Unreachable { url: url.to_owned(), message: e };
+    async fn call(
+        &self,
+        url: &str,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ConnectorError> {
+        let unreachable = |e: String| ConnectorError::Unreachable {
+            url: url.to_owned(),
+            message: e,
+        };
         let response = tokio::time::timeout(CALL_TIMEOUT, self.client.request(request))
             .await
             .map_err(|_| unreachable("timed out".into()))?
@@ -70,7 +81,8 @@ impl ControlClient {
 }
 
 fn parse<T: DeserializeOwned>(url: &str, body: &[u8]) -> Result<T, ConnectorError> {
-    serde_json::from_slice(body).map_err(|e| ConnectorError::Protocol(format!("{url}: unexpected answer: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ConnectorError::Protocol(format!("{url}: unexpected answer: {e}")))
 }
 
 #[derive(Deserialize)]
@@ -128,13 +140,24 @@ impl TokenSource {
         let (status, body) = self.client.call(token_endpoint, request).await?;
         if status != StatusCode::OK {
             let reason = serde_json::from_slice::<TokenError>(&body)
-                .map(|e| format!("{}{}", e.error, e.error_description.map(|d| format!(": {d}")).unwrap_or_default()))
+                .map(|e| {
+                    format!(
+                        "{}{}",
+                        e.error,
+                        e.error_description
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default()
+                    )
+                })
                 .unwrap_or_else(|_| status.to_string());
-            return Err(ConnectorError::Rejected(format!("token endpoint refused the credentials ({reason})")));
+            return Err(ConnectorError::Rejected(format!(
+                "token endpoint refused the credentials ({reason})"
+            )));
         }
         let answer: TokenResponse = parse(token_endpoint, &body)?;
         let token = Secret::new(answer.access_token);
-        let refresh_at = Instant::now() + Duration::from_secs(answer.expires_in.saturating_mul(4) / 5);
+        let refresh_at =
+            Instant::now() + Duration::from_secs(answer.expires_in.saturating_mul(4) / 5);
         if let Ok(mut cached) = self.cached.lock() {
             *cached = Some((token.clone(), refresh_at));
         }

@@ -105,7 +105,8 @@ impl Connector {
 /// credentials are logged and retried with back-off, since an operator may fix either.
 async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: CancellationToken) {
     let mut settings = TunnelSettings::default();
-    let mut backoff = backoff::Backoff::new(settings.reconnect_min_delay, settings.reconnect_max_delay);
+    let mut backoff =
+        backoff::Backoff::new(settings.reconnect_min_delay, settings.reconnect_max_delay);
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
         let result = tunnel::connect_and_serve(&shared, &relay_url, &mut settings, &shutdown).await;

@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use relay_connector::{Config, Connector};
 
 #[derive(Parser)]
-#[command(version, about = "Relay connector: dials out to a relay server and serves its requests")]
+#[command(
+    version,
+    about = "Relay connector: dials out to a relay server and serves its requests"
+)]
 struct Cli {
     /// Configuration file (TOML); `RELAY_CONNECTOR__…` variables override it.
     #[arg(long, global = true, env = "RELAY_CONNECTOR_CONFIG")]

@@ -42,10 +42,16 @@ struct Target {
 
 impl Targets {
     /// Builds the target table; URLs were checked by `Config::validate`.
-    pub fn new(config: &std::collections::BTreeMap<String, TargetConfig>, builtins: bool) -> Result<Self, String> {
+    pub fn new(
+        config: &std::collections::BTreeMap<String, TargetConfig>,
+        builtins: bool,
+    ) -> Result<Self, String> {
         let mut by_name = HashMap::new();
         for (name, target) in config {
-            let base: Uri = target.url.parse().map_err(|e| format!("targets.{name}.url: {e}"))?;
+            let base: Uri = target
+                .url
+                .parse()
+                .map_err(|e| format!("targets.{name}.url: {e}"))?;
             let authority = base
                 .authority()
                 .ok_or_else(|| format!("targets.{name}.url: no host"))?;
@@ -77,7 +83,12 @@ impl Targets {
 
     /// Answers one relayed request. `name` is the target segment, `rest` the remaining path
     /// and query (starting with `/`, possibly just `/`).
-    pub async fn call(&self, name: &str, rest: &str, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub async fn call(
+        &self,
+        name: &str,
+        rest: &str,
+        req: Request<Incoming>,
+    ) -> Response<ResponseBody> {
         let trace = req.headers().contains_key(headers::TRACE);
         let started = Instant::now();
         let lower = name.to_ascii_lowercase();
@@ -97,7 +108,12 @@ impl Targets {
         response
     }
 
-    async fn forward(&self, target: &Target, rest: &str, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn forward(
+        &self,
+        target: &Target,
+        rest: &str,
+        req: Request<Incoming>,
+    ) -> Response<ResponseBody> {
         let (mut parts, body) = req.into_parts();
         let mut uri = match join(&target.base, rest) {
             Ok(uri) => uri,
@@ -114,7 +130,10 @@ impl Targets {
             let mut out = Request::builder()
                 .method(parts.method.clone())
                 .uri(uri.clone())
-                .body(body.take().unwrap_or_else(|| Empty::new().map_err(never).boxed()))
+                .body(
+                    body.take()
+                        .unwrap_or_else(|| Empty::new().map_err(never).boxed()),
+                )
                 .unwrap_or_default();
             *out.headers_mut() = parts.headers.clone();
             let response = match tokio::time::timeout_at(deadline, self.client.request(out)).await {
@@ -122,20 +141,33 @@ impl Targets {
                     return relay_error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "target-timeout",
-                        format!("target did not answer within {}", humantime_secs(target.timeout)),
+                        format!(
+                            "target did not answer within {}",
+                            humantime_secs(target.timeout)
+                        ),
                     );
                 }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, uri = %uri, "Target call failed.");
-                    let reason = if e.is_connect() { "target unreachable" } else { "target failed" };
-                    return relay_error(StatusCode::BAD_GATEWAY, "target-unreachable", reason.to_owned());
+                    let reason = if e.is_connect() {
+                        "target unreachable"
+                    } else {
+                        "target failed"
+                    };
+                    return relay_error(
+                        StatusCode::BAD_GATEWAY,
+                        "target-unreachable",
+                        reason.to_owned(),
+                    );
                 }
                 Ok(Ok(response)) => response,
             };
             match redirect_location(follow, &uri, &response) {
                 Some(next) => {
                     if next.authority() != uri.authority()
-                        && let Some(host) = next.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                        && let Some(host) = next
+                            .authority()
+                            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
                     {
                         parts.headers.insert(header::HOST, host);
                     }
@@ -149,7 +181,11 @@ impl Targets {
                 }
             }
         }
-        relay_error(StatusCode::BAD_GATEWAY, "too-many-redirects", "target redirected too often".into())
+        relay_error(
+            StatusCode::BAD_GATEWAY,
+            "too-many-redirects",
+            "target redirected too often".into(),
+        )
     }
 }
 
@@ -164,7 +200,11 @@ fn humantime_secs(d: Duration) -> String {
 /// `base` + `rest`, keeping the base path: `http://h/base` + `/x?q` = `http://h/base/x?q`.
 fn join(base: &Uri, rest: &str) -> Result<Uri, String> {
     let base_path = base.path().trim_end_matches('/');
-    let rest = if rest.starts_with('/') || rest.starts_with('?') { rest.to_owned() } else { format!("/{rest}") };
+    let rest = if rest.starts_with('/') || rest.starts_with('?') {
+        rest.to_owned()
+    } else {
+        format!("/{rest}")
+    };
     let mut path = format!("{base_path}{rest}");
     if path.is_empty() || path.starts_with('?') {
         path.insert(0, '/');
@@ -190,9 +230,18 @@ fn redirect_location(follow: bool, current: &Uri, response: &Response<Incoming>)
 
 /// Turns the relay's client metadata headers into `X-Forwarded-*` and `Forwarded`.
 fn add_forwarding_headers(h: &mut http::HeaderMap) {
-    let addr = h.get(headers::CLIENT_ADDR).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let host = h.get(headers::CLIENT_HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let proto = h.get(headers::CLIENT_PROTO).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let addr = h
+        .get(headers::CLIENT_ADDR)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let host = h
+        .get(headers::CLIENT_HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let proto = h
+        .get(headers::CLIENT_PROTO)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if let Some(addr) = &addr {
         let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prior) => format!("{prior}, {addr}"),
@@ -210,7 +259,11 @@ fn add_forwarding_headers(h: &mut http::HeaderMap) {
     }
     let mut forwarded = Vec::new();
     if let Some(addr) = &addr {
-        forwarded.push(if addr.contains(':') { format!("for=\"[{addr}]\"") } else { format!("for={addr}") });
+        forwarded.push(if addr.contains(':') {
+            format!("for=\"[{addr}]\"")
+        } else {
+            format!("for={addr}")
+        });
     }
     if let Some(host) = &host {
         forwarded.push(format!("host=\"{host}\""));
@@ -235,21 +288,37 @@ fn echo(req: Request<Incoming>) -> Response<ResponseBody> {
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(never).boxed());
+    let mut response = Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(never)
+            .boxed(),
+    );
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 /// A response the connector makes itself, marked with `x-relay-error` so the server can
 /// tell it from a target's answer.
-pub fn relay_error(status: StatusCode, code: &'static str, message: String) -> Response<ResponseBody> {
-    let mut response = Response::new(Full::new(Bytes::from(message + "\n")).map_err(never).boxed());
+pub fn relay_error(
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(message + "\n"))
+            .map_err(never)
+            .boxed(),
+    );
     *response.status_mut() = status;
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert(headers::RELAY_ERROR, HeaderValue::from_static(code));
     response
 }
@@ -261,11 +330,20 @@ mod tests {
     #[test]
     fn join_keeps_base_path_and_query() {
         let base: Uri = "http://h:8080/base".parse().expect("uri");
-        assert_eq!(join(&base, "/x/y?q=1").expect("joins").to_string(), "http://h:8080/base/x/y?q=1");
-        assert_eq!(join(&base, "/").expect("joins").to_string(), "http://h:8080/base/");
+        assert_eq!(
+            join(&base, "/x/y?q=1").expect("joins").to_string(),
+            "http://h:8080/base/x/y?q=1"
+        );
+        assert_eq!(
+            join(&base, "/").expect("joins").to_string(),
+            "http://h:8080/base/"
+        );
         let root: Uri = "http://h".parse().expect("uri");
         assert_eq!(join(&root, "/").expect("joins").to_string(), "http://h/");
-        assert_eq!(join(&root, "?a=b").expect("joins").to_string(), "http://h/?a=b");
+        assert_eq!(
+            join(&root, "?a=b").expect("joins").to_string(),
+            "http://h/?a=b"
+        );
     }
 
     #[test]
@@ -273,12 +351,18 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert(headers::CLIENT_ADDR, HeaderValue::from_static("192.0.2.7"));
-        h.insert(headers::CLIENT_HOST, HeaderValue::from_static("relay.example.com"));
+        h.insert(
+            headers::CLIENT_HOST,
+            HeaderValue::from_static("relay.example.com"),
+        );
         h.insert(headers::CLIENT_PROTO, HeaderValue::from_static("https"));
         add_forwarding_headers(&mut h);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-host"], "relay.example.com");
         assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h[header::FORWARDED], "for=192.0.2.7;host=\"relay.example.com\";proto=https");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.7;host=\"relay.example.com\";proto=https"
+        );
     }
 }

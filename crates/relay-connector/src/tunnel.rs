@@ -46,20 +46,23 @@ pub async fn connect_and_serve(
     let doc = shared.control.discover(relay_url).await?;
     *settings = doc.settings;
     let token = shared.tokens.token(&doc.token_endpoint).await?;
-    let endpoint: Uri = doc
-        .tunnel_endpoint
-        .parse()
-        .map_err(|e| ConnectorError::Protocol(format!("tunnel endpoint `{}`: {e}", doc.tunnel_endpoint)))?;
+    let endpoint: Uri = doc.tunnel_endpoint.parse().map_err(|e| {
+        ConnectorError::Protocol(format!("tunnel endpoint `{}`: {e}", doc.tunnel_endpoint))
+    })?;
     let authority = endpoint
         .authority()
-        .ok_or_else(|| ConnectorError::Protocol(format!("tunnel endpoint `{endpoint}` has no host")))?
+        .ok_or_else(|| {
+            ConnectorError::Protocol(format!("tunnel endpoint `{endpoint}` has no host"))
+        })?
         .clone();
     let port = authority.port_u16().unwrap_or(80);
     let unreachable = |e: std::io::Error| ConnectorError::Unreachable {
         url: doc.tunnel_endpoint.clone(),
         message: e.to_string(),
     };
-    let tcp = TcpStream::connect((authority.host(), port)).await.map_err(unreachable)?;
+    let tcp = TcpStream::connect((authority.host(), port))
+        .await
+        .map_err(unreachable)?;
     tcp.set_nodelay(true).map_err(unreachable)?;
 
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -70,30 +73,47 @@ pub async fn connect_and_serve(
             tracing::debug!(error = %e, "Tunnel upgrade connection ended.");
         }
     });
-    let path = endpoint.path_and_query().map_or(relay_proto::TUNNEL_PATH, |p| p.as_str());
+    let path = endpoint
+        .path_and_query()
+        .map_or(relay_proto::TUNNEL_PATH, |p| p.as_str());
     let request = Request::get(path)
         .header(header::HOST, authority.as_str())
         .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, relay_proto::UPGRADE_PROTOCOL)
-        .header(relay_proto::headers::CONNECTOR_VERSION, env!("CARGO_PKG_VERSION"))
-        .header(relay_proto::headers::CONNECTOR_MACHINE, shared.machine.as_str())
+        .header(
+            relay_proto::headers::CONNECTOR_VERSION,
+            env!("CARGO_PKG_VERSION"),
+        )
+        .header(
+            relay_proto::headers::CONNECTOR_MACHINE,
+            shared.machine.as_str(),
+        )
         .body(Empty::<Bytes>::new())
         .map_err(|e| ConnectorError::Protocol(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(ConnectorError::Tunnel)?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(ConnectorError::Tunnel)?;
     match response.status() {
         StatusCode::SWITCHING_PROTOCOLS => {}
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             shared.tokens.invalidate();
             let reason = body_text(response).await;
-            return Err(ConnectorError::Rejected(format!("relay refused the tunnel: {reason}")));
+            return Err(ConnectorError::Rejected(format!(
+                "relay refused the tunnel: {reason}"
+            )));
         }
         status => {
             let reason = body_text(response).await;
-            return Err(ConnectorError::Protocol(format!("relay answered {status}: {reason}")));
+            return Err(ConnectorError::Protocol(format!(
+                "relay answered {status}: {reason}"
+            )));
         }
     }
-    let upgraded = hyper::upgrade::on(response).await.map_err(ConnectorError::Tunnel)?;
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(ConnectorError::Tunnel)?;
     serve(shared, upgraded, settings, shutdown).await
 }
 
@@ -154,7 +174,10 @@ async fn serve(
             });
         }
         _ => {
-            if tokio::time::timeout(shared.shutdown_grace, conn).await.is_err() {
+            if tokio::time::timeout(shared.shutdown_grace, conn)
+                .await
+                .is_err()
+            {
                 tracing::warn!("In-flight requests did not finish within the shutdown grace.");
             }
         }
@@ -189,11 +212,19 @@ async fn handle(
                 },
                 Err(e) => relay_error(StatusCode::BAD_REQUEST, "bad-settings", e.to_string()),
             },
-            _ => relay_error(StatusCode::NOT_FOUND, "unknown-control", format!("no control path {path}")),
+            _ => relay_error(
+                StatusCode::NOT_FOUND,
+                "unknown-control",
+                format!("no control path {path}"),
+            ),
         };
     }
     let Some(rest) = path.strip_prefix('/') else {
-        return relay_error(StatusCode::BAD_REQUEST, "bad-path", "path must start with /".into());
+        return relay_error(
+            StatusCode::BAD_REQUEST,
+            "bad-path",
+            "path must start with /".into(),
+        );
     };
     let (target, tail) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),

@@ -57,10 +57,12 @@ pub fn load_from<T: DeserializeOwned>(
     env_prefix: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ConfigError> {
-    let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        origin: origin.to_owned(),
-        message: e.message().to_owned(),
-    })?;
+    let mut root: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.message().to_owned(),
+        })?;
     let marker = format!("{env_prefix}__");
     let mut overrides: Vec<(String, String)> = env
         .into_iter()
@@ -83,7 +85,11 @@ pub fn load_from<T: DeserializeOwned>(
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         ConfigError::Key {
-            key: if key == "." { "(top level)".into() } else { key },
+            key: if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            },
             message: e.into_inner().to_string(),
         }
     })
@@ -92,12 +98,18 @@ pub fn load_from<T: DeserializeOwned>(
 fn parse_env_value(raw: &str) -> toml::Value {
     let wrapped = format!("v = {raw}");
     match wrapped.parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
         Err(_) => toml::Value::String(raw.to_owned()),
     }
 }
 
-fn apply_override(root: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+fn apply_override(
+    root: &mut toml::Table,
+    path: &[String],
+    value: toml::Value,
+) -> Result<(), String> {
     let Some((last, parents)) = path.split_last() else {
         return Err("empty key".into());
     };
@@ -126,8 +138,9 @@ pub mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration like \"30s\": {e}")))
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("`{s}` is not a duration like \"30s\": {e}"))
+        })
     }
 
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -161,7 +174,10 @@ mod tests {
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -170,7 +186,10 @@ mod tests {
             "name = \"a\"\n[listen]\nport = 1\n",
             "t.toml",
             "RELAY_X",
-            env(&[("RELAY_X__LISTEN__PORT", "8080"), ("RELAY_X__LISTEN__WAIT", "30s")]),
+            env(&[
+                ("RELAY_X__LISTEN__PORT", "8080"),
+                ("RELAY_X__LISTEN__WAIT", "30s"),
+            ]),
         )
         .expect("loads");
         assert_eq!(cfg.name, "a");
@@ -180,8 +199,13 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = load_from::<Sample>("name = \"a\"\n[listen]\nprot = 1\n", "t.toml", "R", env(&[]))
-            .expect_err("rejects");
+        let err = load_from::<Sample>(
+            "name = \"a\"\n[listen]\nprot = 1\n",
+            "t.toml",
+            "R",
+            env(&[]),
+        )
+        .expect_err("rejects");
         let text = err.to_string();
         assert!(text.contains("listen"), "{text}");
         assert!(text.contains("prot"), "{text}");
@@ -189,8 +213,13 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_key() {
-        let err = load_from::<Sample>("name = \"a\"\n[listen]\nport = \"x\"\n", "t.toml", "R", env(&[]))
-            .expect_err("rejects");
+        let err = load_from::<Sample>(
+            "name = \"a\"\n[listen]\nport = \"x\"\n",
+            "t.toml",
+            "R",
+            env(&[]),
+        )
+        .expect_err("rejects");
         assert!(err.to_string().contains("listen.port"), "{err}");
     }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 use relay_connector::config::{RelayUrls, TargetConfig};
 use relay_core::secret::Secret;
 use relay_server::config::{
-    BodyStoreConfig, BusConfig, Config, DatabaseConfig, IdentityConfig, ListenConfig, RelayConfig, TunnelConfig,
+    BodyStoreConfig, BusConfig, Config, DatabaseConfig, IdentityConfig, ListenConfig, RelayConfig,
+    TunnelConfig,
 };
 use relay_store::{NewTenant, Store};
 use tokio::net::TcpListener;
@@ -42,7 +43,10 @@ impl Drop for Scratch {
 fn uuid_like() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{t:x}{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
@@ -107,7 +111,12 @@ impl Stack {
             public,
             identity: Some(identity),
         };
-        let server = tokio::spawn(relay_server::run(config, store.clone(), listeners, shutdown.clone()));
+        let server = tokio::spawn(relay_server::run(
+            config,
+            store.clone(),
+            listeners,
+            shutdown.clone(),
+        ));
         let ready = format!("http://{relay_addr}/health/ready");
         relay_testkit::wait::until(Duration::from_secs(20), "relay ready", || async {
             let answer = relay_testkit::client::client()
@@ -147,7 +156,12 @@ impl Stack {
     }
 
     /// Starts a connector for `tenant` with the given `(name, url)` targets.
-    pub fn connector(&self, tenant: &str, secret: &str, targets: &[(&str, String)]) -> ConnectorHandle {
+    pub fn connector(
+        &self,
+        tenant: &str,
+        secret: &str,
+        targets: &[(&str, String)],
+    ) -> ConnectorHandle {
         let targets = targets
             .iter()
             .map(|(name, url)| {
@@ -164,7 +178,12 @@ impl Stack {
         self.connector_with(tenant, secret, targets)
     }
 
-    pub fn connector_with(&self, tenant: &str, secret: &str, targets: BTreeMap<String, TargetConfig>) -> ConnectorHandle {
+    pub fn connector_with(
+        &self,
+        tenant: &str,
+        secret: &str,
+        targets: BTreeMap<String, TargetConfig>,
+    ) -> ConnectorHandle {
         let config = relay_connector::Config {
             relay_url: RelayUrls::One(self.url("")),
             tenant: tenant.to_owned(),
@@ -180,7 +199,11 @@ impl Stack {
         let live = connector.live_tunnels();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(connector.run(shutdown.clone()));
-        ConnectorHandle { live, shutdown, task }
+        ConnectorHandle {
+            live,
+            shutdown,
+            task,
+        }
     }
 }
 
@@ -200,10 +223,13 @@ pub struct ConnectorHandle {
 impl ConnectorHandle {
     /// Waits until at least `n` tunnels are up.
     pub async fn connected(&mut self, n: usize) {
-        tokio::time::timeout(Duration::from_secs(20), self.live.wait_for(|live| *live >= n))
-            .await
-            .expect("connector connected in time")
-            .expect("connector alive");
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            self.live.wait_for(|live| *live >= n),
+        )
+        .await
+        .expect("connector connected in time")
+        .expect("connector alive");
     }
 }
 

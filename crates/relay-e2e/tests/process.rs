@@ -14,7 +14,11 @@ use relay_testkit::target::TestTarget;
 use relay_testkit::wait;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn relayctl(db: &str, args: &[&str]) -> String {
@@ -24,7 +28,11 @@ fn relayctl(db: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap();
-    assert!(output.status.success(), "relayctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "relayctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -76,7 +84,12 @@ impl Deployment {
             &[],
             dir,
         );
-        let deployment = Deployment { scratch, relay_port, server, connector };
+        let deployment = Deployment {
+            scratch,
+            relay_port,
+            server,
+            connector,
+        };
         deployment.wait_connected().await;
         deployment
     }
@@ -99,14 +112,23 @@ impl Deployment {
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "connector did not connect:\n{}", logs());
+            assert!(
+                Instant::now() < deadline,
+                "connector did not connect:\n{}",
+                logs()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
 fn start_server(dir: &Path) -> Proc {
-    Proc::spawn("relay-server", &["--config", dir.join("server.toml").to_str().unwrap()], &[], dir)
+    Proc::spawn(
+        "relay-server",
+        &["--config", dir.join("server.toml").to_str().unwrap()],
+        &[],
+        dir,
+    )
 }
 
 #[tokio::test]
@@ -125,7 +147,11 @@ async fn a_gigabyte_each_way_with_flat_memory() {
     assert_eq!(upload.text(), format!("{size} {}", pattern_sha256(size)));
 
     let response = client::client()
-        .request(Request::get(deployment.url(&format!("/relay/acme/web/bytes/{size}"))).body(full(Bytes::new())).unwrap())
+        .request(
+            Request::get(deployment.url(&format!("/relay/acme/web/bytes/{size}")))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
@@ -135,7 +161,11 @@ async fn a_gigabyte_each_way_with_flat_memory() {
     for proc in [&deployment.server, &deployment.connector] {
         let (rss, peak) = proc.memory_kib();
         eprintln!("{}: rss {} KiB, peak {} KiB", proc.name(), rss, peak);
-        assert!(peak < 100 * 1024, "{} peaked at {peak} KiB moving 1 GiB bodies", proc.name());
+        assert!(
+            peak < 100 * 1024,
+            "{} peaked at {peak} KiB moving 1 GiB bodies",
+            proc.name()
+        );
     }
 }
 
@@ -151,9 +181,16 @@ async fn a_killed_connector_fails_the_in_flight_request_fast() {
     .await;
     let killed_at = Instant::now();
     deployment.connector.kill().await;
-    let answer = tokio::time::timeout(Duration::from_secs(10), pending).await.expect("no hang").unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("no hang")
+        .unwrap();
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
-    assert!(killed_at.elapsed() < Duration::from_secs(5), "502 took {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(5),
+        "502 took {:?}",
+        killed_at.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -166,22 +203,51 @@ async fn the_connector_comes_back_after_a_server_restart() {
         .await
         .expect("server stopped within the grace")
         .unwrap();
-    assert!(status.success(), "SIGTERM exit: {status:?}\n{}", deployment.server.log_text());
+    assert!(
+        status.success(),
+        "SIGTERM exit: {status:?}\n{}",
+        deployment.server.log_text()
+    );
 
     deployment.server = start_server(&deployment.scratch.0);
     deployment.wait_connected().await;
-    assert_eq!(get(&deployment.url("/relay/acme/web/status/204")).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        get(&deployment.url("/relay/acme/web/status/204"))
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
 }
 
 #[test]
 fn check_config_names_the_bad_key() {
     let scratch = Scratch::new("check");
     let cases = [
-        ("relay-server", "[database]\nurl = \"sqlite:///tmp/x.db\"\n[relay]\nconector_wait = \"1s\"\n", "conector_wait"),
-        ("relay-server", "[database]\nurl = \"mysql://x\"\n", "database.url"),
-        ("relay-server", "[database]\nurl = \"sqlite:///x\"\n[listen]\npublic = \"nowhere\"\n", "listen.public"),
-        ("relay-connector", "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"s\"\n[targets.web]\nurl = \"http://a\"\ntimeout = \"never\"\n", "targets.web.timeout"),
-        ("relay-connector", "relay_url = \"http://x\"\ntenant = \"t\"\n", "secret_file"),
+        (
+            "relay-server",
+            "[database]\nurl = \"sqlite:///tmp/x.db\"\n[relay]\nconector_wait = \"1s\"\n",
+            "conector_wait",
+        ),
+        (
+            "relay-server",
+            "[database]\nurl = \"mysql://x\"\n",
+            "database.url",
+        ),
+        (
+            "relay-server",
+            "[database]\nurl = \"sqlite:///x\"\n[listen]\npublic = \"nowhere\"\n",
+            "listen.public",
+        ),
+        (
+            "relay-connector",
+            "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"s\"\n[targets.web]\nurl = \"http://a\"\ntimeout = \"never\"\n",
+            "targets.web.timeout",
+        ),
+        (
+            "relay-connector",
+            "relay_url = \"http://x\"\ntenant = \"t\"\n",
+            "secret_file",
+        ),
     ];
     for (binary, text, key) in cases {
         let path = scratch.0.join("bad.toml");
@@ -192,7 +258,10 @@ fn check_config_names_the_bad_key() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{binary} accepted:\n{text}");
-        assert!(stderr.contains(key), "{binary}: expected `{key}` in: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{binary}: expected `{key}` in: {stderr}"
+        );
     }
 }
 
@@ -214,7 +283,12 @@ fn every_example_config_is_valid() {
             .env("RELAY_CONNECTOR__SECRET_FILE", "/dev/null")
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
         checked += 1;
     }
     assert!(checked >= 3, "only {checked} example configs found");

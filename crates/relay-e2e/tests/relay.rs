@@ -30,7 +30,11 @@ async fn request_reaches_the_target_unchanged_and_the_answer_comes_back() {
     let stack = Stack::start().await;
     let target = TestTarget::start().await;
     let secret = stack.tenant("acme").await;
-    let mut c = stack.connector("acme", &secret, &[("web", format!("{}/inspect", target.url()))]);
+    let mut c = stack.connector(
+        "acme",
+        &secret,
+        &[("web", format!("{}/inspect", target.url()))],
+    );
     c.connected(1).await;
 
     let answer = send(
@@ -51,11 +55,20 @@ async fn request_reaches_the_target_unchanged_and_the_answer_comes_back() {
     assert_eq!(seen["body"], "payload");
     assert_eq!(header(&seen, "cookie"), ["session=abc; theme=dark"]);
     assert_eq!(header(&seen, "x-custom"), ["one"]);
-    assert!(header(&seen, "x-hop").is_empty(), "hop-by-hop header forwarded");
-    assert!(header(&seen, "x-relay-request-id").is_empty(), "relay header leaked to the target");
+    assert!(
+        header(&seen, "x-hop").is_empty(),
+        "hop-by-hop header forwarded"
+    );
+    assert!(
+        header(&seen, "x-relay-request-id").is_empty(),
+        "relay header leaked to the target"
+    );
     assert_eq!(header(&seen, "host"), [target.addr.to_string().as_str()]);
     assert_eq!(header(&seen, "x-forwarded-for"), ["127.0.0.1"]);
-    assert_eq!(header(&seen, "x-forwarded-host"), [stack.relay_addr.to_string().as_str()]);
+    assert_eq!(
+        header(&seen, "x-forwarded-host"),
+        [stack.relay_addr.to_string().as_str()]
+    );
     assert_eq!(header(&seen, "x-forwarded-proto"), ["http"]);
     assert_eq!(header(&seen, "forwarded").len(), 1);
 }
@@ -73,7 +86,12 @@ async fn redirects_and_multiple_cookies_pass_through() {
     assert_eq!(redirect.header("location"), Some("/inspect"));
 
     let cookies = get(&stack.url("/relay/acme/web/cookies")).await;
-    let set: Vec<_> = cookies.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    let set: Vec<_> = cookies
+        .headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     assert_eq!(set, ["a=1; Path=/", "b=2; HttpOnly"]);
 }
 
@@ -87,13 +105,26 @@ async fn trace_mode_adds_diagnostics_and_relay_mode_does_not() {
     let traced = get(&stack.url("/trace/acme/ping")).await;
     assert_eq!(traced.text(), "PONG");
     assert_eq!(traced.header("x-relay-request-id").map(str::len), Some(36));
-    assert_eq!(traced.header("x-relay-connector-machine"), Some("test-acme"));
-    assert_eq!(traced.header("x-relay-connector-version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        traced.header("x-relay-connector-machine"),
+        Some("test-acme")
+    );
+    assert_eq!(
+        traced.header("x-relay-connector-version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
     assert!(traced.header("x-relay-target-duration-ms").is_some());
     assert!(traced.header("x-relay-duration-ms").is_some());
 
     let plain = get(&stack.url("/relay/acme/ping")).await;
-    assert!(plain.headers.keys().all(|k| !k.as_str().starts_with("x-relay-")), "{:?}", plain.headers);
+    assert!(
+        plain
+            .headers
+            .keys()
+            .all(|k| !k.as_str().starts_with("x-relay-")),
+        "{:?}",
+        plain.headers
+    );
 }
 
 #[tokio::test]
@@ -110,9 +141,11 @@ async fn queue_mode_answers_202_and_delivers_when_a_connector_arrives() {
 
     let mut c = stack.connector("q", &secret, &[("web", target.url())]);
     c.connected(1).await;
-    wait::until(Duration::from_secs(10), "queued request delivered", || async {
-        (target.counters.requests.load(Ordering::SeqCst) == 1).then_some(())
-    })
+    wait::until(
+        Duration::from_secs(10),
+        "queued request delivered",
+        || async { (target.counters.requests.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
     .await;
     // The spooled body is deleted after delivery.
     let bodies = stack.scratch.0.join("bodies");
@@ -128,8 +161,15 @@ async fn expired_queued_requests_are_never_executed() {
     let target = TestTarget::start().await;
     let secret = stack.tenant("late").await;
     let tenant = stack.store.tenant_by_name("late").await.unwrap().unwrap();
-    let config = TenantConfig { request_expiry_ms: Some(300), ..TenantConfig::default() };
-    stack.store.set_tenant_config(&tenant.id, &config).await.unwrap();
+    let config = TenantConfig {
+        request_expiry_ms: Some(300),
+        ..TenantConfig::default()
+    };
+    stack
+        .store
+        .set_tenant_config(&tenant.id, &config)
+        .await
+        .unwrap();
 
     let accepted = post(&stack.url("/queue/late/web/sha256"), "x").await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED);
@@ -175,18 +215,28 @@ async fn two_connectors_of_one_tenant_share_the_load() {
     b.connected(1).await;
 
     for _ in 0..40 {
-        assert_eq!(get(&stack.url("/relay/pair/web/status/200")).await.status, StatusCode::OK);
+        assert_eq!(
+            get(&stack.url("/relay/pair/web/status/200")).await.status,
+            StatusCode::OK
+        );
     }
-    let (x, y) = (first.counters.requests.load(Ordering::SeqCst), second.counters.requests.load(Ordering::SeqCst));
+    let (x, y) = (
+        first.counters.requests.load(Ordering::SeqCst),
+        second.counters.requests.load(Ordering::SeqCst),
+    );
     assert_eq!(x + y, 40);
     assert!(x >= 10 && y >= 10, "unbalanced: {x} / {y}");
 
     // One connector leaves: the other carries everything.
     drop(a);
-    wait::until(Duration::from_secs(10), "requests served by the remaining connector", || async {
-        let answer = get(&stack.url("/relay/pair/web/status/200")).await;
-        (answer.status == StatusCode::OK).then_some(())
-    })
+    wait::until(
+        Duration::from_secs(10),
+        "requests served by the remaining connector",
+        || async {
+            let answer = get(&stack.url("/relay/pair/web/status/200")).await;
+            (answer.status == StatusCode::OK).then_some(())
+        },
+    )
     .await;
 }
 
@@ -198,7 +248,9 @@ async fn client_going_away_cancels_the_target_call() {
     let mut c = stack.connector("gone", &secret, &[("web", target.url())]);
     c.connected(1).await;
 
-    let mut socket = tokio::net::TcpStream::connect(stack.relay_addr).await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(stack.relay_addr)
+        .await
+        .unwrap();
     socket
         .write_all(b"GET /relay/gone/web/hang HTTP/1.1\r\nhost: relay\r\n\r\n")
         .await
@@ -225,19 +277,33 @@ async fn large_bodies_stream_both_ways_with_checksums() {
     let size: u64 = 64 << 20;
     let upload = send(
         Request::post(stack.url("/relay/bulk/web/sha256"))
-            .body(http_body_util::BodyExt::boxed(relay_testkit::client::PatternBody::new(size)))
+            .body(http_body_util::BodyExt::boxed(
+                relay_testkit::client::PatternBody::new(size),
+            ))
             .unwrap(),
     )
     .await;
-    assert_eq!(upload.text(), format!("{size} {}", relay_testkit::client::pattern_sha256(size)));
+    assert_eq!(
+        upload.text(),
+        format!("{size} {}", relay_testkit::client::pattern_sha256(size))
+    );
 
     let response = relay_testkit::client::client()
-        .request(Request::get(stack.url(&format!("/relay/bulk/web/bytes/{size}"))).body(full(Bytes::new())).unwrap())
+        .request(
+            Request::get(stack.url(&format!("/relay/bulk/web/bytes/{size}")))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let (len, sha) = relay_testkit::client::digest(response.into_body()).await.unwrap();
-    assert_eq!((len, sha), (size, relay_testkit::client::pattern_sha256(size)));
+    let (len, sha) = relay_testkit::client::digest(response.into_body())
+        .await
+        .unwrap();
+    assert_eq!(
+        (len, sha),
+        (size, relay_testkit::client::pattern_sha256(size))
+    );
 }
 
 #[tokio::test]
@@ -256,7 +322,10 @@ async fn shutdown_drains_connectors_and_finishes_in_flight_requests() {
     .await;
     stack.shutdown.cancel();
     let answer = in_flight.await.unwrap();
-    assert_eq!((answer.status, answer.text().as_str()), (StatusCode::OK, "late"));
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (StatusCode::OK, "late")
+    );
     tokio::time::timeout(Duration::from_secs(10), &mut stack.server)
         .await
         .expect("server stopped within the grace")
@@ -269,8 +338,13 @@ async fn shutdown_drains_connectors_and_finishes_in_flight_requests() {
 #[tokio::test]
 async fn raw_http1_client_sees_plain_text_reasons() {
     let stack = Stack::start().await;
-    let mut socket = tokio::net::TcpStream::connect(stack.relay_addr).await.unwrap();
-    socket.write_all(b"GET /relay/ HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(stack.relay_addr)
+        .await
+        .unwrap();
+    socket
+        .write_all(b"GET /relay/ HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut text = String::new();
     socket.read_to_string(&mut text).await.unwrap();
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");

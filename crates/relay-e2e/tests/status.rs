@@ -22,7 +22,10 @@ async fn ping_echo_and_names_are_case_insensitive() {
     c.connected(1).await;
 
     let pong = get(&stack.url("/relay/acme/ping")).await;
-    assert_eq!((pong.status, pong.text().as_str()), (StatusCode::OK, "PONG"));
+    assert_eq!(
+        (pong.status, pong.text().as_str()),
+        (StatusCode::OK, "PONG")
+    );
     let pong = get(&stack.url("/relay/ACME/Ping")).await;
     assert_eq!(pong.text(), "PONG");
 
@@ -64,8 +67,22 @@ async fn target_errors_map_to_404_502_504() {
     drop(closed);
     let secret = stack.tenant("t1").await;
     let targets = BTreeMap::from([
-        ("down".to_owned(), TargetConfig { url: closed_url, timeout: Duration::from_secs(5), follow_redirects: false }),
-        ("slow".to_owned(), TargetConfig { url: target.url(), timeout: Duration::from_millis(300), follow_redirects: false }),
+        (
+            "down".to_owned(),
+            TargetConfig {
+                url: closed_url,
+                timeout: Duration::from_secs(5),
+                follow_redirects: false,
+            },
+        ),
+        (
+            "slow".to_owned(),
+            TargetConfig {
+                url: target.url(),
+                timeout: Duration::from_millis(300),
+                follow_redirects: false,
+            },
+        ),
     ]);
     let mut c = stack.connector_with("t1", &secret, targets);
     c.connected(1).await;
@@ -94,8 +111,15 @@ async fn request_expiry_gives_504_and_cancels_the_target_call() {
     let target = TestTarget::start().await;
     let secret = stack.tenant("exp").await;
     let tenant = stack.store.tenant_by_name("exp").await.unwrap().unwrap();
-    let config = TenantConfig { request_expiry_ms: Some(400), ..TenantConfig::default() };
-    stack.store.set_tenant_config(&tenant.id, &config).await.unwrap();
+    let config = TenantConfig {
+        request_expiry_ms: Some(400),
+        ..TenantConfig::default()
+    };
+    stack
+        .store
+        .set_tenant_config(&tenant.id, &config)
+        .await
+        .unwrap();
     let mut c = stack.connector("exp", &secret, &[("web", target.url())]);
     c.connected(1).await;
 
@@ -114,8 +138,15 @@ async fn body_over_the_limit_is_413_whether_announced_or_streamed() {
     let target = TestTarget::start().await;
     let secret = stack.tenant("small").await;
     let tenant = stack.store.tenant_by_name("small").await.unwrap().unwrap();
-    let config = TenantConfig { max_body_bytes: Some(1000), ..TenantConfig::default() };
-    stack.store.set_tenant_config(&tenant.id, &config).await.unwrap();
+    let config = TenantConfig {
+        max_body_bytes: Some(1000),
+        ..TenantConfig::default()
+    };
+    stack
+        .store
+        .set_tenant_config(&tenant.id, &config)
+        .await
+        .unwrap();
     let mut c = stack.connector("small", &secret, &[("web", target.url())]);
     c.connected(1).await;
 
@@ -127,14 +158,29 @@ async fn body_over_the_limit_is_413_whether_announced_or_streamed() {
     assert_eq!(announced.status, StatusCode::PAYLOAD_TOO_LARGE);
 
     // Chunked: no Content-Length, the limit trips while streaming.
-    let stream = futures_stream(vec![Bytes::from(vec![1u8; 600]), Bytes::from(vec![2u8; 600])]);
-    let streamed = send(Request::post(stack.url("/relay/small/web/sha256")).body(stream).unwrap()).await;
-    assert_eq!(streamed.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", streamed.text());
+    let stream = futures_stream(vec![
+        Bytes::from(vec![1u8; 600]),
+        Bytes::from(vec![2u8; 600]),
+    ]);
+    let streamed = send(
+        Request::post(stack.url("/relay/small/web/sha256"))
+            .body(stream)
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        streamed.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        streamed.text()
+    );
 }
 
 fn futures_stream(chunks: Vec<Bytes>) -> client::TestBody {
     use http_body_util::{BodyExt, StreamBody};
-    let frames = chunks.into_iter().map(|c| Ok::<_, std::io::Error>(hyper::body::Frame::data(c)));
+    let frames = chunks
+        .into_iter()
+        .map(|c| Ok::<_, std::io::Error>(hyper::body::Frame::data(c)));
     StreamBody::new(futures_util::stream::iter(frames)).boxed()
 }
 
@@ -143,9 +189,21 @@ async fn clients_need_a_token_when_the_tenant_requires_one() {
     let stack = Stack::start().await;
     let secret = stack.tenant("guarded").await;
     let other_secret = stack.tenant("other").await;
-    let tenant = stack.store.tenant_by_name("guarded").await.unwrap().unwrap();
-    let config = TenantConfig { require_client_auth: Some(true), ..TenantConfig::default() };
-    stack.store.set_tenant_config(&tenant.id, &config).await.unwrap();
+    let tenant = stack
+        .store
+        .tenant_by_name("guarded")
+        .await
+        .unwrap()
+        .unwrap();
+    let config = TenantConfig {
+        require_client_auth: Some(true),
+        ..TenantConfig::default()
+    };
+    stack
+        .store
+        .set_tenant_config(&tenant.id, &config)
+        .await
+        .unwrap();
     let mut c = stack.connector("guarded", &secret, &[]);
     c.connected(1).await;
 
@@ -171,11 +229,16 @@ async fn clients_need_a_token_when_the_tenant_requires_one() {
             .unwrap(),
     )
     .await;
-    assert_eq!((allowed.status, allowed.text().as_str()), (StatusCode::OK, "PONG"));
+    assert_eq!(
+        (allowed.status, allowed.text().as_str()),
+        (StatusCode::OK, "PONG")
+    );
 }
 
 pub async fn client_token(stack: &Stack, tenant: &str, secret: &str) -> String {
-    let form = format!("grant_type=client_credentials&client_id={tenant}&client_secret={secret}&scope=client");
+    let form = format!(
+        "grant_type=client_credentials&client_id={tenant}&client_secret={secret}&scope=client"
+    );
     let answer = send(
         Request::builder()
             .method(Method::POST)

@@ -42,12 +42,19 @@ async fn wrong_secret_never_opens_a_tunnel() {
 
     let refused = token(&stack, "acme", "not-the-secret", "connector").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
-    assert!(refused.text().contains("invalid_client"), "{}", refused.text());
+    assert!(
+        refused.text().contains("invalid_client"),
+        "{}",
+        refused.text()
+    );
 
     let c = stack.connector("acme", "not-the-secret", &[]);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(*c.live.borrow(), 0);
-    assert_eq!(get(&stack.url("/relay/acme/ping")).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(&stack.url("/relay/acme/ping")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
 }
 
 #[tokio::test]
@@ -55,12 +62,22 @@ async fn expired_secret_is_rejected() {
     let stack = Stack::start().await;
     let tenant = stack
         .store
-        .create_tenant(relay_store::NewTenant { name: "short".into(), ..Default::default() })
+        .create_tenant(relay_store::NewTenant {
+            name: "short".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let expires = relay_store::now_ms() + 3000;
-    let (_, secret) = stack.store.create_secret(&tenant.id, Some(expires)).await.unwrap();
-    assert_eq!(token(&stack, "short", &secret, "connector").await.status, StatusCode::OK);
+    let (_, secret) = stack
+        .store
+        .create_secret(&tenant.id, Some(expires))
+        .await
+        .unwrap();
+    assert_eq!(
+        token(&stack, "short", &secret, "connector").await.status,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(3300)).await;
     let refused = token(&stack, "short", &secret, "connector").await;
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
@@ -74,14 +91,20 @@ async fn a_tenants_token_serves_only_that_tenant() {
     stack.tenant("beta").await;
 
     // A's secret cannot be used to act as B.
-    assert_eq!(token(&stack, "beta", &secret_a, "connector").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        token(&stack, "beta", &secret_a, "connector").await.status,
+        StatusCode::UNAUTHORIZED
+    );
     let impostor = stack.connector("beta", &secret_a, &[]);
 
     let mut honest = stack.connector("alpha", &secret_a, &[]);
     honest.connected(1).await;
     assert_eq!(get(&stack.url("/relay/alpha/ping")).await.text(), "PONG");
     // B has no connector: A's tunnel never receives B's requests.
-    assert_eq!(get(&stack.url("/relay/beta/ping")).await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(&stack.url("/relay/beta/ping")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(*impostor.live.borrow(), 0);
 }
 
@@ -90,8 +113,14 @@ async fn tampered_missing_and_wrong_scope_tokens_are_refused() {
     let stack = Stack::start().await;
     let secret = stack.tenant("acme").await;
 
-    assert_eq!(open_tunnel(&stack, None).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(open_tunnel(&stack, Some("not.a.jwt")).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        open_tunnel(&stack, None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        open_tunnel(&stack, Some("not.a.jwt")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 
     let good = access_token(&token(&stack, "acme", &secret, "connector").await);
     let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
@@ -107,5 +136,8 @@ async fn tampered_missing_and_wrong_scope_tokens_are_refused() {
     assert_eq!(refused.header("x-relay-error"), Some("token-invalid"));
 
     let client_only = access_token(&token(&stack, "acme", &secret, "client").await);
-    assert_eq!(open_tunnel(&stack, Some(&client_only)).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        open_tunnel(&stack, Some(&client_only)).await.status,
+        StatusCode::FORBIDDEN
+    );
 }

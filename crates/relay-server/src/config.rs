@@ -186,23 +186,40 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let url = &self.database.url;
-        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(ConfigError::key("database.url", "must start with sqlite:// or postgres://"));
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::key(
+                "database.url",
+                "must start with sqlite:// or postgres://",
+            ));
         }
-        if !self.identity.authority.starts_with("http://") && !self.identity.authority.starts_with("https://") {
-            return Err(ConfigError::key("identity.authority", "must be an http:// or https:// URL"));
+        if !self.identity.authority.starts_with("http://")
+            && !self.identity.authority.starts_with("https://")
+        {
+            return Err(ConfigError::key(
+                "identity.authority",
+                "must be an http:// or https:// URL",
+            ));
         }
         if let Some(public) = &self.public_url
             && !public.starts_with("http://")
             && !public.starts_with("https://")
         {
-            return Err(ConfigError::key("public_url", "must be an http:// or https:// URL"));
+            return Err(ConfigError::key(
+                "public_url",
+                "must be an http:// or https:// URL",
+            ));
         }
         if self.relay.request_expiry.is_zero() {
             return Err(ConfigError::key("relay.request_expiry", "must be positive"));
         }
         if self.tunnel.keep_alive_interval < Duration::from_secs(1) {
-            return Err(ConfigError::key("tunnel.keep_alive_interval", "must be at least 1s"));
+            return Err(ConfigError::key(
+                "tunnel.keep_alive_interval",
+                "must be at least 1s",
+            ));
         }
         if self.tunnel.reconnect_max_delay < self.tunnel.reconnect_min_delay {
             return Err(ConfigError::key(
@@ -215,9 +232,11 @@ impl Config {
 
     /// The token endpoint connectors are told to use.
     pub fn token_endpoint(&self) -> String {
-        self.identity
-            .token_endpoint
-            .clone()
-            .unwrap_or_else(|| format!("{}/connect/token", self.identity.authority.trim_end_matches('/')))
+        self.identity.token_endpoint.clone().unwrap_or_else(|| {
+            format!(
+                "{}/connect/token",
+                self.identity.authority.trim_end_matches('/')
+            )
+        })
     }
 }

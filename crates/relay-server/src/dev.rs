@@ -23,7 +23,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    BodyStoreConfig, BusConfig, Config, DatabaseConfig, IdentityConfig, ListenConfig, RelayConfig, TunnelConfig,
+    BodyStoreConfig, BusConfig, Config, DatabaseConfig, IdentityConfig, ListenConfig, RelayConfig,
+    TunnelConfig,
 };
 use crate::responses::{Body, full};
 
@@ -47,22 +48,39 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         .canonicalize()
         .with_context(|| format!("resolving {}", options.data_dir.display()))?;
     let database_url = format!("sqlite://{}", data_dir.join("relay.db").display());
-    let store = Store::connect(&database_url).await.context("opening the SQLite database")?;
+    let store = Store::connect(&database_url)
+        .await
+        .context("opening the SQLite database")?;
     store.migrate().await.context("migrating the database")?;
     let secret = demo_secret(&store, &data_dir).await?;
 
     let listeners = crate::Listeners {
         public: TcpListener::bind(options.relay_addr)
             .await
-            .with_context(|| format!("binding the relay to {} (use --relay-addr)", options.relay_addr))?,
+            .with_context(|| {
+                format!(
+                    "binding the relay to {} (use --relay-addr)",
+                    options.relay_addr
+                )
+            })?,
         identity: Some(
             TcpListener::bind(options.identity_addr)
                 .await
-                .with_context(|| format!("binding the token service to {} (use --identity-addr)", options.identity_addr))?,
+                .with_context(|| {
+                    format!(
+                        "binding the token service to {} (use --identity-addr)",
+                        options.identity_addr
+                    )
+                })?,
         ),
     };
     let relay_addr = loopback_if_unspecified(listeners.public.local_addr()?);
-    let identity_addr = loopback_if_unspecified(listeners.identity.as_ref().map_or(Ok(options.identity_addr), |l| l.local_addr())?);
+    let identity_addr = loopback_if_unspecified(
+        listeners
+            .identity
+            .as_ref()
+            .map_or(Ok(options.identity_addr), |l| l.local_addr())?,
+    );
     let web_addr = start_demo_web(shutdown.clone()).await?;
 
     let config = Config {
@@ -105,7 +123,8 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         shutdown_grace: Duration::from_secs(5),
         log: relay_core::telemetry::LogConfig::default(),
     };
-    let connector = relay_connector::Connector::new(&connector_config).context("preparing the demo connector")?;
+    let connector = relay_connector::Connector::new(&connector_config)
+        .context("preparing the demo connector")?;
     let mut live = connector.live_tunnels();
     let connector_task = tokio::spawn(connector.run(shutdown.clone()));
     let up = tokio::time::timeout(Duration::from_secs(30), live.wait_for(|n| *n > 0)).await;
@@ -154,7 +173,10 @@ async fn demo_secret(store: &Store, data_dir: &Path) -> anyhow::Result<Secret> {
     {
         return Ok(existing);
     }
-    let (_, plaintext) = store.create_secret(&tenant.id, None).await.context("creating the demo secret")?;
+    let (_, plaintext) = store
+        .create_secret(&tenant.id, None)
+        .await
+        .context("creating the demo secret")?;
     write_private(&path, &plaintext).with_context(|| format!("writing {}", path.display()))?;
     Ok(Secret::new(plaintext))
 }
@@ -170,7 +192,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// Serves the `web` demo target on an ephemeral loopback port.
 async fn start_demo_web(shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await.context("binding the demo web target")?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the demo web target")?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

@@ -91,7 +91,12 @@ pub enum ServerError {
 
 /// Runs the server until `shutdown` fires, then drains: new tunnels are refused, connectors
 /// are told to move, in-flight requests get `config.shutdown_grace` to finish.
-pub async fn run(config: Config, store: Store, listeners: Listeners, shutdown: CancellationToken) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    store: Store,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     tokio::fs::create_dir_all(&config.body_store.path)
         .await
         .map_err(|source| ServerError::BodyStore {
@@ -103,11 +108,16 @@ pub async fn run(config: Config, store: Store, listeners: Listeners, shutdown: C
     tracing::info!(tenants = count, "Tenants loaded.");
     let tasks = TaskTracker::new();
     let identity_done = match listeners.identity {
-        Some(listener) => Some(start_identity(&config, store.clone(), listener, shutdown.clone(), &tasks).await?),
+        Some(listener) => {
+            Some(start_identity(&config, store.clone(), listener, shutdown.clone(), &tasks).await?)
+        }
         None => None,
     };
     let state = Arc::new(AppState {
-        validator: relay_token::Validator::new(&config.identity.authority, &config.identity.audience),
+        validator: relay_token::Validator::new(
+            &config.identity.authority,
+            &config.identity.audience,
+        ),
         origin_id: uuid::Uuid::new_v4().to_string(),
         config,
         store,
@@ -139,7 +149,9 @@ async fn start_identity(
     shutdown: CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<tokio::task::JoinHandle<()>, ServerError> {
-    let addr = listener.local_addr().map_err(|e| ServerError::Identity(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Identity(e.to_string()))?;
     let mut identity = relay_identity::Config::with_database_url(config.database.url.clone());
     identity.listen.public = addr;
     identity.public_url = Some(config.identity.authority.clone());

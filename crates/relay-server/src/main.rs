@@ -9,7 +9,10 @@ use relay_server::dev::DevOptions;
 use relay_server::{Config, Listeners};
 
 #[derive(Parser)]
-#[command(version, about = "Relay server: public relay endpoint and connector tunnel endpoint")]
+#[command(
+    version,
+    about = "Relay server: public relay endpoint and connector tunnel endpoint"
+)]
 struct Cli {
     /// Configuration file (TOML); `RELAY_SERVER__…` variables override it.
     #[arg(long, global = true, env = "RELAY_SERVER_CONFIG")]
@@ -45,8 +48,12 @@ fn main() -> anyhow::Result<()> {
     if cli.dev {
         relay_core::telemetry::init(&relay_core::telemetry::LogConfig::default());
         let options = DevOptions {
-            relay_addr: cli.relay_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5000))),
-            identity_addr: cli.identity_addr.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5002))),
+            relay_addr: cli
+                .relay_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5000))),
+            identity_addr: cli
+                .identity_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5002))),
             data_dir: cli.data_dir,
         };
         return runtime.block_on(async move {
@@ -56,7 +63,8 @@ fn main() -> anyhow::Result<()> {
     }
     let mut config = Config::load(cli.config.as_deref()).with_context(|| match &cli.config {
         Some(path) => format!("loading {}", path.display()),
-        None => "loading configuration (pass --config FILE, or --dev for the embedded default)".to_owned(),
+        None => "loading configuration (pass --config FILE, or --dev for the embedded default)"
+            .to_owned(),
     })?;
     if let Some(addr) = cli.relay_addr {
         config.listen.public = addr;
@@ -73,8 +81,12 @@ fn main() -> anyhow::Result<()> {
         let store = relay_store::Store::connect(&config.database.url)
             .await
             .context("connecting to the configuration database")?;
-        let listeners = Listeners::bind(&config).await.context("binding listeners")?;
+        let listeners = Listeners::bind(&config)
+            .await
+            .context("binding listeners")?;
         let shutdown = relay_core::lifecycle::shutdown_on_signal();
-        relay_server::run(config, store, listeners, shutdown).await.context("relay server")
+        relay_server::run(config, store, listeners, shutdown)
+            .await
+            .context("relay server")
     })
 }

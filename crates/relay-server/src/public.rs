@@ -23,7 +23,10 @@ use crate::responses::{Body, error, json, text};
 /// the shutdown grace.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: CancellationToken) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -51,7 +54,9 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
             let state = state.clone();
             async move { Ok::<_, Infallible>(route(&state, req, remote).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -66,14 +71,21 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
     tracing::info!(grace = ?grace, "Listener closed; draining.");
     let tunnels = crate::tunnel::drain_all(&state, grace);
     let connections = async {
-        if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout_at(deadline, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("Client connections still open at the end of the shutdown grace.");
         }
     };
     tokio::join!(tunnels, connections);
 }
 
-async fn route(state: &Arc<AppState>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+async fn route(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let trimmed = path.trim_start_matches('/');
     let (first, after) = trimmed.split_once('/').unwrap_or((trimmed, ""));
@@ -82,10 +94,15 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>, remote: SocketAddr
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, relay_proto::TUNNEL_PATH) => crate::tunnel::accept(state, req, remote).await,
-        (&Method::GET, relay_proto::DISCOVERY_PATH) => json(StatusCode::OK, &discovery(state, &req)),
+        (&Method::GET, relay_proto::DISCOVERY_PATH) => {
+            json(StatusCode::OK, &discovery(state, &req))
+        }
         (&Method::GET, "/health/live") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/health/ready") => ready(state).await,
-        (_, "/") => text(StatusCode::OK, "Relay server. Relay paths: /relay/{tenant}/{target}/{path}\n"),
+        (_, "/") => text(
+            StatusCode::OK,
+            "Relay server. Relay paths: /relay/{tenant}/{target}/{path}\n",
+        ),
         _ => error(StatusCode::NOT_FOUND, "not-found", "no such endpoint"),
     }
 }
@@ -119,6 +136,10 @@ async fn ready(state: &AppState) -> Response<Body> {
     }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
-        _ => error(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "configuration store unreachable"),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "configuration store unreachable",
+        ),
     }
 }

@@ -29,7 +29,14 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    pub fn new(id: String, tenant_key: String, machine: String, version: String, remote: String, sender: SendRequest<TunnelBody>) -> Self {
+    pub fn new(
+        id: String,
+        tenant_key: String,
+        machine: String,
+        version: String,
+        remote: String,
+        sender: SendRequest<TunnelBody>,
+    ) -> Self {
         Tunnel {
             id,
             tenant_key,
@@ -146,9 +153,5 @@ impl Registry {
             .filter_map(|t| t.list.read().ok().map(|l| l.clone()))
             .flatten()
             .collect()
-    }
-
-    pub fn count(&self) -> usize {
-        self.all().len()
     }
 }

@@ -54,7 +54,11 @@ pub fn split_path(after_mode: &str) -> Option<RelayPath<'_>> {
         Some(i) => (&after_tenant[..i], &after_tenant[i..]),
         None => (after_tenant, "/"),
     };
-    (!tenant.is_empty() && !target.is_empty()).then_some(RelayPath { tenant, target, rest })
+    (!tenant.is_empty() && !target.is_empty()).then_some(RelayPath {
+        tenant,
+        target,
+        rest,
+    })
 }
 
 pub fn empty_tunnel_body() -> TunnelBody {
@@ -62,23 +66,41 @@ pub fn empty_tunnel_body() -> TunnelBody {
 }
 
 /// Handles one relayed request end to end.
-pub async fn handle(state: &Arc<AppState>, mode: Mode, req: Request<Incoming>, remote: SocketAddr, after_mode: &str) -> Response<Body> {
+pub async fn handle(
+    state: &Arc<AppState>,
+    mode: Mode,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    after_mode: &str,
+) -> Response<Body> {
     let started = Instant::now();
     let Some(path) = split_path(after_mode) else {
-        return error(StatusCode::NOT_FOUND, "path-invalid", "use /{mode}/{tenant}/{target}/{path}");
+        return error(
+            StatusCode::NOT_FOUND,
+            "path-invalid",
+            "use /{mode}/{tenant}/{target}/{path}",
+        );
     };
     if !relay_proto::is_valid_name(path.tenant) {
         return unknown_tenant();
     }
     if !relay_proto::is_valid_name(path.target) {
-        return error(StatusCode::NOT_FOUND, "target-invalid", "target names are letters, digits, '_', '-' and '.'");
+        return error(
+            StatusCode::NOT_FOUND,
+            "target-invalid",
+            "target names are letters, digits, '_', '-' and '.'",
+        );
     }
     let tenant = match state.tenants.get(path.tenant).await {
         Ok(Some(tenant)) => tenant,
         Ok(None) => return unknown_tenant(),
         Err(e) => {
             tracing::warn!(error = %e, "Configuration database unavailable.");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "configuration store unavailable; retry later");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "configuration store unavailable; retry later",
+            );
         }
     };
     if tenant.require_client_auth
@@ -92,9 +114,14 @@ pub async fn handle(state: &Arc<AppState>, mode: Mode, req: Request<Incoming>, r
         return too_large(limit);
     }
     let request_id = uuid::Uuid::new_v4().to_string();
-    let (tripped, request) = match to_tunnel_request(req, &path, remote, &request_id, mode, tenant.max_body_bytes) {
-        Ok(pair) => pair,
-        Err(response) => return response,
+    let Some((tripped, request)) =
+        to_tunnel_request(req, &path, remote, &request_id, mode, tenant.max_body_bytes)
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "path-invalid",
+            "the request path is not valid",
+        );
     };
     if mode == Mode::Queue {
         return crate::spool::enqueue(state, &tenant, request, request_id, tripped).await;
@@ -111,7 +138,10 @@ pub async fn handle(state: &Arc<AppState>, mode: Mode, req: Request<Incoming>, r
             return error(
                 StatusCode::GATEWAY_TIMEOUT,
                 "request-expired",
-                format!("request expired after {}s in the relay", tenant.request_expiry.as_secs_f64()),
+                format!(
+                    "request expired after {}s in the relay",
+                    tenant.request_expiry.as_secs_f64()
+                ),
             );
         }
         Ok(Err(e)) => {
@@ -119,7 +149,11 @@ pub async fn handle(state: &Arc<AppState>, mode: Mode, req: Request<Incoming>, r
                 return too_large(tenant.max_body_bytes.unwrap_or_default());
             }
             tracing::info!(tenant = %tenant.key, request = %request_id, error = %e, "Tunnel request failed.");
-            return error(StatusCode::BAD_GATEWAY, "connector-lost", "the connector's tunnel failed during the request");
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "connector-lost",
+                "the connector's tunnel failed during the request",
+            );
         }
         Ok(Ok(response)) => response,
     };
@@ -130,7 +164,11 @@ pub async fn handle(state: &Arc<AppState>, mode: Mode, req: Request<Incoming>, r
         insert(h, headers::REQUEST_ID, &request_id);
         insert(h, headers::TRACE_CONNECTOR_MACHINE, &tunnel.machine);
         insert(h, headers::TRACE_CONNECTOR_VERSION, &tunnel.version);
-        insert(h, headers::TRACE_RELAY_DURATION, &started.elapsed().as_millis().to_string());
+        insert(
+            h,
+            headers::TRACE_RELAY_DURATION,
+            &started.elapsed().as_millis().to_string(),
+        );
     } else {
         parts.headers.remove(headers::TARGET_DURATION);
     }
@@ -146,13 +184,14 @@ fn to_tunnel_request(
     request_id: &str,
     mode: Mode,
     limit: Option<u64>,
-) -> Result<(Arc<std::sync::atomic::AtomicBool>, Request<TunnelBody>), Response<Body>> {
+) -> Option<(Arc<std::sync::atomic::AtomicBool>, Request<TunnelBody>)> {
     let (mut parts, body) = req.into_parts();
-    let client_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("/{}{}?{q}", path.target, path.rest),
         None => format!("/{}{}", path.target, path.rest),
@@ -162,7 +201,7 @@ fn to_tunnel_request(
         .authority("tunnel")
         .path_and_query(path_and_query)
         .build()
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "path-invalid", "the request path is not valid"))?;
+        .ok()?;
     parts.version = Version::HTTP_2;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
@@ -179,13 +218,22 @@ fn to_tunnel_request(
         h.insert(headers::TRACE, HeaderValue::from_static("1"));
     }
     let (body, tripped) = LimitedBody::new(body, limit);
-    Ok((tripped, Request::from_parts(parts, body.boxed())))
+    Some((tripped, Request::from_parts(parts, body.boxed())))
 }
 
-async fn check_client_token(state: &AppState, tenant: &TenantEntry, req: &Request<Incoming>) -> Option<Response<Body>> {
+async fn check_client_token(
+    state: &AppState,
+    tenant: &TenantEntry,
+    req: &Request<Incoming>,
+) -> Option<Response<Body>> {
     let denied = || {
-        let mut r = error(StatusCode::UNAUTHORIZED, "client-token-required", "this tenant requires a valid bearer token");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        let mut r = error(
+            StatusCode::UNAUTHORIZED,
+            "client-token-required",
+            "this tenant requires a valid bearer token",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         r
     };
     let Some(token) = crate::tunnel::bearer_token(req) else {
@@ -194,17 +242,29 @@ async fn check_client_token(state: &AppState, tenant: &TenantEntry, req: &Reques
     match state.validator.validate(token).await {
         Ok(claims)
             if claims.has_scope(relay_token::SCOPE_CLIENT)
-                && claims.tenant.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(&tenant.name)) =>
+                && claims
+                    .tenant
+                    .as_deref()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(&tenant.name)) =>
         {
             None
         }
-        Err(e) if e.is_unavailable() => Some(error(StatusCode::SERVICE_UNAVAILABLE, "authority-unavailable", "token authority unreachable")),
+        Err(e) if e.is_unavailable() => Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authority-unavailable",
+            "token authority unreachable",
+        )),
         _ => Some(denied()),
     }
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {
-    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn insert(h: &mut http::HeaderMap, name: http::HeaderName, value: &str) {
@@ -218,11 +278,19 @@ pub fn unknown_tenant() -> Response<Body> {
 }
 
 pub fn too_large(limit: u64) -> Response<Body> {
-    error(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", format!("request body exceeds the limit of {limit} bytes"))
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body-too-large",
+        format!("request body exceeds the limit of {limit} bytes"),
+    )
 }
 
 pub fn no_connector(state: &AppState) -> Response<Body> {
-    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, "no-connector", "no connector of this tenant is connected");
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no-connector",
+        "no connector of this tenant is connected",
+    );
     if let Ok(v) = HeaderValue::from_str(&state.config.relay.retry_after_secs.to_string()) {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }

@@ -30,9 +30,15 @@ pub async fn enqueue(
     tripped: Arc<AtomicBool>,
 ) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
-    let path = state.config.body_store.path.join(format!("{request_id}.body"));
+    let path = state
+        .config
+        .body_store
+        .path
+        .join(format!("{request_id}.body"));
     let written = async {
-        let mut file = tokio::fs::File::create(&path).await.map_err(Failure::Store)?;
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(Failure::Store)?;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| Failure::Client)?;
             if let Some(data) = frame.data_ref() {
@@ -48,10 +54,18 @@ pub async fn enqueue(
             Failure::Client if tripped.load(Ordering::Acquire) => {
                 crate::relay::too_large(tenant.max_body_bytes.unwrap_or_default())
             }
-            Failure::Client => error(StatusCode::BAD_REQUEST, "body-incomplete", "the request body ended early"),
+            Failure::Client => error(
+                StatusCode::BAD_REQUEST,
+                "body-incomplete",
+                "the request body ended early",
+            ),
             Failure::Store(e) => {
                 tracing::error!(path = %path.display(), error = %e, "Cannot spool request body.");
-                error(StatusCode::INTERNAL_SERVER_ERROR, "spool-failed", "the request could not be queued")
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "spool-failed",
+                    "the request could not be queued",
+                )
             }
         };
     }
@@ -64,7 +78,10 @@ pub async fn enqueue(
         request_id: request_id.clone(),
     };
     state.tasks.spawn(delivery.run(deadline));
-    let mut response = json(StatusCode::ACCEPTED, &serde_json::json!({ "request_id": request_id }));
+    let mut response = json(
+        StatusCode::ACCEPTED,
+        &serde_json::json!({ "request_id": request_id }),
+    );
     if let Ok(v) = http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(headers::REQUEST_ID, v);
     }
@@ -88,9 +105,15 @@ impl Delivery {
     async fn run(self, deadline: tokio::time::Instant) {
         let outcome = tokio::time::timeout_at(deadline, self.deliver()).await;
         match outcome {
-            Err(_) => tracing::info!(tenant = %self.tenant.key, request = %self.request_id, "Queued request expired undelivered."),
-            Ok(Err(e)) => tracing::info!(tenant = %self.tenant.key, request = %self.request_id, error = %e, "Queued request failed."),
-            Ok(Ok(status)) => tracing::debug!(tenant = %self.tenant.key, request = %self.request_id, %status, "Queued request delivered."),
+            Err(_) => {
+                tracing::info!(tenant = %self.tenant.key, request = %self.request_id, "Queued request expired undelivered.")
+            }
+            Ok(Err(e)) => {
+                tracing::info!(tenant = %self.tenant.key, request = %self.request_id, error = %e, "Queued request failed.")
+            }
+            Ok(Ok(status)) => {
+                tracing::debug!(tenant = %self.tenant.key, request = %self.request_id, %status, "Queued request delivered.")
+            }
         }
         if let Err(e) = tokio::fs::remove_file(&self.path).await {
             tracing::warn!(path = %self.path.display(), error = %e, "Cannot delete spooled body.");
@@ -100,11 +123,18 @@ impl Delivery {
     async fn deliver(&self) -> Result<StatusCode, String> {
         loop {
             let tunnel = loop {
-                if let Some(t) = self.state.registry.acquire(&self.tenant.key, std::time::Duration::from_secs(3600)).await {
+                if let Some(t) = self
+                    .state
+                    .registry
+                    .acquire(&self.tenant.key, std::time::Duration::from_secs(3600))
+                    .await
+                {
                     break t;
                 }
             };
-            let file = tokio::fs::File::open(&self.path).await.map_err(|e| e.to_string())?;
+            let file = tokio::fs::File::open(&self.path)
+                .await
+                .map_err(|e| e.to_string())?;
             let stream = ReaderStream::with_capacity(file, 64 * 1024)
                 .map_ok(Frame::data)
                 .map_err(|e| Box::new(e) as crate::registry::BoxError);

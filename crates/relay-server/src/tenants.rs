@@ -32,7 +32,10 @@ pub struct TenantEntry {
 
 impl TenantEntry {
     fn new(tenant: Tenant, config: &TenantConfig, defaults: &RelayConfig) -> Self {
-        let ms = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).map(Duration::from_millis);
+        let ms = |v: Option<i64>| {
+            v.and_then(|v| u64::try_from(v).ok())
+                .map(Duration::from_millis)
+        };
         TenantEntry {
             key: tenant.name.to_ascii_lowercase(),
             id: tenant.id,
@@ -71,7 +74,9 @@ impl TenantDirectory {
             return Ok(Some(entry));
         }
         if let Ok(missing) = self.missing.lock()
-            && missing.get(&key).is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
+            && missing
+                .get(&key)
+                .is_some_and(|at| at.elapsed() < NEGATIVE_TTL)
         {
             return Ok(None);
         }

@@ -21,44 +21,88 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// `GET /connector`: checks the bearer token and answers `101`, then serves the tunnel in
 /// the background.
-pub async fn accept(state: &Arc<AppState>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
-    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+pub async fn accept(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+) -> Response<Body> {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok());
     if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case(relay_proto::UPGRADE_PROTOCOL)) {
         return error(
             StatusCode::BAD_REQUEST,
             "upgrade-required",
-            format!("the tunnel endpoint needs `Upgrade: {}`", relay_proto::UPGRADE_PROTOCOL),
+            format!(
+                "the tunnel endpoint needs `Upgrade: {}`",
+                relay_proto::UPGRADE_PROTOCOL
+            ),
         );
     }
     if state.draining.is_cancelled() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "this relay node is shutting down");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this relay node is shutting down",
+        );
     }
     let Some(token) = bearer(&req) else {
-        return error(StatusCode::UNAUTHORIZED, "token-missing", "a bearer token is required");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "token-missing",
+            "a bearer token is required",
+        );
     };
     let claims = match state.validator.validate(token).await {
         Ok(claims) => claims,
         Err(TokenError::Unavailable(e)) => {
             tracing::warn!(error = %e, "Token authority unreachable; refusing tunnel.");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "authority-unavailable", "token authority unreachable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authority-unavailable",
+                "token authority unreachable",
+            );
         }
         Err(e) => {
             tracing::info!(%remote, error = %e, "Tunnel refused: invalid token.");
-            return error(StatusCode::UNAUTHORIZED, "token-invalid", "the token is not valid");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "token-invalid",
+                "the token is not valid",
+            );
         }
     };
     if !claims.has_scope(relay_token::SCOPE_CONNECTOR) {
-        return error(StatusCode::FORBIDDEN, "scope-missing", "the token lacks scope `connector`");
+        return error(
+            StatusCode::FORBIDDEN,
+            "scope-missing",
+            "the token lacks scope `connector`",
+        );
     }
     let Some(tenant_name) = claims.tenant.clone() else {
-        return error(StatusCode::FORBIDDEN, "tenant-missing", "the token is not a tenant's token");
+        return error(
+            StatusCode::FORBIDDEN,
+            "tenant-missing",
+            "the token is not a tenant's token",
+        );
     };
     let tenant = match state.tenants.get(&tenant_name).await {
         Ok(Some(tenant)) => tenant,
-        Ok(None) => return error(StatusCode::FORBIDDEN, "tenant-unknown", "the token's tenant does not exist"),
+        Ok(None) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "tenant-unknown",
+                "the token's tenant does not exist",
+            );
+        }
         Err(e) => {
             tracing::warn!(error = %e, "Configuration database unavailable; refusing tunnel.");
-            return error(StatusCode::SERVICE_UNAVAILABLE, "store-unavailable", "configuration store unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "configuration store unavailable",
+            );
         }
     };
     let machine = header_text(&req, &headers::CONNECTOR_MACHINE);
@@ -117,7 +161,10 @@ pub async fn accept(state: &Arc<AppState>, req: Request<Incoming>, remote: Socke
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = response.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static(relay_proto::UPGRADE_PROTOCOL));
+    h.insert(
+        header::UPGRADE,
+        HeaderValue::from_static(relay_proto::UPGRADE_PROTOCOL),
+    );
     response
 }
 

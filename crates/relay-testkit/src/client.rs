@@ -61,7 +61,14 @@ pub async fn get(url: &str) -> Answer {
 }
 
 pub async fn post(url: &str, body: impl Into<Bytes>) -> Answer {
-    send(Request::builder().method(Method::POST).uri(url).body(full(body)).unwrap()).await
+    send(
+        Request::builder()
+            .method(Method::POST)
+            .uri(url)
+            .body(full(body))
+            .unwrap(),
+    )
+    .await
 }
 
 /// Byte `i` of every test pattern.
@@ -105,7 +112,10 @@ impl Body for PatternBody {
     type Data = Bytes;
     type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         if self.next >= self.len {
             return Poll::Ready(None);
         }

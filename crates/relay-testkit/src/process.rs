@@ -10,7 +10,10 @@ use tokio::process::{Child, Command};
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -41,7 +44,9 @@ impl Proc {
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err))
             .kill_on_drop(true);
-        let child = command.spawn().unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
         Proc {
             child,
             log,
@@ -65,7 +70,8 @@ impl Proc {
 
     /// Resident and peak resident memory in KiB (`VmRSS`, `VmHWM`).
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -87,5 +93,8 @@ impl Proc {
 }
 
 fn signal(pid: u32, sig: &str) {
-    let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }

@@ -51,7 +51,9 @@ impl TestTarget {
         let shared = counters.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let counters = shared.clone();
                 tokio::spawn(async move {
@@ -65,7 +67,11 @@ impl TestTarget {
                 });
             }
         });
-        TestTarget { addr, counters, task }
+        TestTarget {
+            addr,
+            counters,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -105,7 +111,11 @@ async fn route(req: Request<Incoming>, counters: &Arc<Counters>) -> Response<Bod
     let arg = segments.next().unwrap_or("");
     match first {
         "status" => {
-            let code = arg.parse().ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::BAD_REQUEST);
+            let code = arg
+                .parse()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::BAD_REQUEST);
             reply(code, format!("status {}", code.as_u16()))
         }
         "delay" => {
@@ -117,7 +127,10 @@ async fn route(req: Request<Incoming>, counters: &Arc<Counters>) -> Response<Bod
             let n: u64 = arg.parse().unwrap_or(0);
             let mut r = Response::new(PatternBody::new(n).boxed());
             r.headers_mut().insert(header::CONTENT_LENGTH, n.into());
-            r.headers_mut().insert(header::CONTENT_TYPE, "application/octet-stream".parse().unwrap());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                "application/octet-stream".parse().unwrap(),
+            );
             r
         }
         "sha256" => match digest(req.into_body()).await {
@@ -130,9 +143,19 @@ async fn route(req: Request<Incoming>, counters: &Arc<Counters>) -> Response<Bod
             let headers: Vec<(String, String)> = req
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect();
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             let json = serde_json::json!({
                 "method": method,
                 "uri": uri,
@@ -140,18 +163,22 @@ async fn route(req: Request<Incoming>, counters: &Arc<Counters>) -> Response<Bod
                 "body": String::from_utf8_lossy(&body),
             });
             let mut r = reply(StatusCode::OK, json.to_string());
-            r.headers_mut().insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
             r
         }
         "redirect" => {
             let mut r = reply(StatusCode::FOUND, "moved");
-            r.headers_mut().insert(header::LOCATION, "/inspect".parse().unwrap());
+            r.headers_mut()
+                .insert(header::LOCATION, "/inspect".parse().unwrap());
             r
         }
         "cookies" => {
             let mut r = reply(StatusCode::OK, "cookies");
-            r.headers_mut().append(header::SET_COOKIE, "a=1; Path=/".parse().unwrap());
-            r.headers_mut().append(header::SET_COOKIE, "b=2; HttpOnly".parse().unwrap());
+            r.headers_mut()
+                .append(header::SET_COOKIE, "a=1; Path=/".parse().unwrap());
+            r.headers_mut()
+                .append(header::SET_COOKIE, "b=2; HttpOnly".parse().unwrap());
             r
         }
         "hang" => {
