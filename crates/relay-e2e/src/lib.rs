@@ -184,8 +184,19 @@ impl Stack {
         secret: &str,
         targets: BTreeMap<String, TargetConfig>,
     ) -> ConnectorHandle {
+        self.connector_via(&self.url(""), tenant, secret, targets)
+    }
+
+    /// Like [`Stack::connector_with`], reaching the relay at `relay_url` (e.g. through a proxy).
+    pub fn connector_via(
+        &self,
+        relay_url: &str,
+        tenant: &str,
+        secret: &str,
+        targets: BTreeMap<String, TargetConfig>,
+    ) -> ConnectorHandle {
         let config = relay_connector::Config {
-            relay_url: RelayUrls::One(self.url("")),
+            relay_url: RelayUrls::One(relay_url.to_owned()),
             tenant: tenant.to_owned(),
             secret: Some(Secret::new(secret)),
             secret_file: None,
