@@ -155,6 +155,17 @@ impl Stack {
         self.store.create_secret(&tenant.id, None).await.unwrap().1
     }
 
+    /// Creates a tenant with `config` (before the relay has looked it up) and returns a secret.
+    pub async fn tenant_with(&self, name: &str, config: relay_store::TenantConfig) -> String {
+        let secret = self.tenant(name).await;
+        let tenant = self.store.tenant_by_name(name).await.unwrap().unwrap();
+        self.store
+            .set_tenant_config(&tenant.id, &config)
+            .await
+            .unwrap();
+        secret
+    }
+
     /// Starts a connector for `tenant` with the given `(name, url)` targets.
     pub fn connector(
         &self,

@@ -159,17 +159,11 @@ async fn queue_mode_answers_202_and_delivers_when_a_connector_arrives() {
 async fn expired_queued_requests_are_never_executed() {
     let stack = Stack::start().await;
     let target = TestTarget::start().await;
-    let secret = stack.tenant("late").await;
-    let tenant = stack.store.tenant_by_name("late").await.unwrap().unwrap();
     let config = TenantConfig {
         request_expiry_ms: Some(300),
         ..TenantConfig::default()
     };
-    stack
-        .store
-        .set_tenant_config(&tenant.id, &config)
-        .await
-        .unwrap();
+    let secret = stack.tenant_with("late", config).await;
 
     let accepted = post(&stack.url("/queue/late/web/sha256"), "x").await;
     assert_eq!(accepted.status, StatusCode::ACCEPTED);

@@ -109,17 +109,11 @@ async fn target_errors_map_to_404_502_504() {
 async fn request_expiry_gives_504_and_cancels_the_target_call() {
     let stack = Stack::start().await;
     let target = TestTarget::start().await;
-    let secret = stack.tenant("exp").await;
-    let tenant = stack.store.tenant_by_name("exp").await.unwrap().unwrap();
     let config = TenantConfig {
         request_expiry_ms: Some(400),
         ..TenantConfig::default()
     };
-    stack
-        .store
-        .set_tenant_config(&tenant.id, &config)
-        .await
-        .unwrap();
+    let secret = stack.tenant_with("exp", config).await;
     let mut c = stack.connector("exp", &secret, &[("web", target.url())]);
     c.connected(1).await;
 
@@ -136,17 +130,11 @@ async fn request_expiry_gives_504_and_cancels_the_target_call() {
 async fn body_over_the_limit_is_413_whether_announced_or_streamed() {
     let stack = Stack::start().await;
     let target = TestTarget::start().await;
-    let secret = stack.tenant("small").await;
-    let tenant = stack.store.tenant_by_name("small").await.unwrap().unwrap();
     let config = TenantConfig {
         max_body_bytes: Some(1000),
         ..TenantConfig::default()
     };
-    stack
-        .store
-        .set_tenant_config(&tenant.id, &config)
-        .await
-        .unwrap();
+    let secret = stack.tenant_with("small", config).await;
     let mut c = stack.connector("small", &secret, &[("web", target.url())]);
     c.connected(1).await;
 
@@ -187,23 +175,12 @@ fn futures_stream(chunks: Vec<Bytes>) -> client::TestBody {
 #[tokio::test]
 async fn clients_need_a_token_when_the_tenant_requires_one() {
     let stack = Stack::start().await;
-    let secret = stack.tenant("guarded").await;
-    let other_secret = stack.tenant("other").await;
-    let tenant = stack
-        .store
-        .tenant_by_name("guarded")
-        .await
-        .unwrap()
-        .unwrap();
     let config = TenantConfig {
         require_client_auth: Some(true),
         ..TenantConfig::default()
     };
-    stack
-        .store
-        .set_tenant_config(&tenant.id, &config)
-        .await
-        .unwrap();
+    let secret = stack.tenant_with("guarded", config).await;
+    let other_secret = stack.tenant("other").await;
     let mut c = stack.connector("guarded", &secret, &[]);
     c.connected(1).await;
 
