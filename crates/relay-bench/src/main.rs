@@ -1,1 +1,113 @@
-fn main() {}
+//! `relay-bench`: what the relay costs compared with talking to the target directly.
+//!
+//! One run starts, as separate processes, a lean HTTP/1.1 target (this binary re-executed with
+//! the hidden `target` subcommand, so its CPU is not the load generator's), a monolithic
+//! `relay-server` on a fresh SQLite database (prepared with `relayctl`) and a `relay-connector`
+//! for tenant `bench` whose target `web` is that server. Each scenario is then measured twice,
+//! direct to the target and through `/relay/bench/web/...`:
+//!
+//! - **small**: `GET /small` (100 B answers) on `--connections` keep-alive connections;
+//! - **large**: `GET /large` (`--large-size` answers) on `--large-connections` connections.
+//!
+//! The load generator runs in this process: exactly N HTTP/1.1 connections, each a loop of
+//! sequential requests (closed loop, no pacing). After `--warmup`, for `--duration`, it records
+//! every completed request's latency (request sent to last body byte), the bytes received and
+//! every failure (connect or transport error, non-2xx status, body of the wrong length). Per
+//! scenario it prints requests/s, MiB/s, p50/p99/max latency, the relay/direct throughput ratio
+//! and the CPU each process used (percent of one core, from `/proc/PID/stat`). Memory is the
+//! server's and connector's `VmRSS` after start-up (idle, connector attached, before load) and
+//! `VmHWM` (peak) after all scenarios. Finally the targets are shown with PASS/MISS;
+//! they are informational and do not change the exit code.
+//!
+//! Everything shares one machine, so the figures say as much about the host's cores as about
+//! the relay; the CPU columns show who was busy.
+//!
+//! Modules: [`cli`] flags, [`scenario`] what is measured (data-driven), [`load`] the load
+//! generator, [`target`] the target process, [`stack`] relay server + connector, [`procs`]
+//! child processes and `/proc` probes, [`report`] table, targets and JSON.
+
+mod cli;
+mod load;
+mod procs;
+mod report;
+mod scenario;
+mod stack;
+mod target;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::cli::{BenchArgs, Cli, Command};
+use crate::procs::{Binaries, Probe, Scratch};
+use crate::report::{MemoryFigures, Report};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    match cli.command {
+        Some(Command::Target(args)) => runtime.block_on(target::serve(args)),
+        None => runtime.block_on(async {
+            tokio::select! {
+                result = bench(cli.bench) => result,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+            }
+        }),
+    }
+}
+
+/// The whole benchmark; child processes and the scratch directory go away when it returns
+/// (also on error or Ctrl-C, as the futures holding them are dropped).
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if cfg!(debug_assertions) {
+        eprintln!("warning: relay-bench is a debug build; build with --release for meaningful figures");
+    }
+    let binaries = Binaries::locate(args.bin_dir.as_deref())?;
+    let scratch = Scratch::new(args.keep_temp)?;
+    eprintln!("scratch directory: {}", scratch.path().display());
+
+    let target = target::spawn(scratch.path(), args.large_size).await?;
+    eprintln!("target listening on {}", target.addr);
+    let mut relay = stack::Relay::start(&binaries, scratch.path(), target.addr).await?;
+    eprintln!("relay listening on {}; connector attached", relay.public);
+
+    let server_idle = relay.server.memory()?;
+    let connector_idle = relay.connector.memory()?;
+
+    let probes = vec![
+        Probe::own("load"),
+        Probe::child("target", &target.service)?,
+        Probe::child("server", &relay.server)?,
+        Probe::child("connector", &relay.connector)?,
+    ];
+    let scenarios = scenario::standard(&args, target.addr, relay.public)?;
+    let mut results = Vec::with_capacity(scenarios.len());
+    for scenario in &scenarios {
+        eprintln!(
+            "measuring {}/{}: {} connections, {} warm-up + {} ...",
+            scenario.name,
+            scenario.path,
+            scenario.connections,
+            humantime::format_duration(args.warmup),
+            humantime::format_duration(args.duration),
+        );
+        let outcome = load::run(scenario, args.warmup, args.duration, &probes).await?;
+        relay.ensure_running()?;
+        results.push(outcome);
+    }
+
+    let memory = MemoryFigures {
+        server_idle,
+        server_after: relay.server.memory()?,
+        connector_idle,
+        connector_after: relay.connector.memory()?,
+    };
+    let report = Report::new(&args, results, memory);
+    report.print();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json()).context("encoding JSON")?);
+    }
+    Ok(())
+}

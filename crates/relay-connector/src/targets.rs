@@ -135,7 +135,12 @@ impl Targets {
                         .unwrap_or_else(|| Empty::new().map_err(never).boxed()),
                 )
                 .unwrap_or_default();
-            *out.headers_mut() = parts.headers.clone();
+            // Only a redirect-following call needs the headers again.
+            *out.headers_mut() = if follow {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             let response = match tokio::time::timeout_at(deadline, self.client.request(out)).await {
                 Err(_) => {
                     return relay_error(
