@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// "Full jitter" back-off: each delay is uniform in `[min, min(max, min·2^n)]`, so a fleet of
-/// connectors that lost the same server spreads its reconnects instead of storming back.
+/// Jittered exponential back-off: attempt `n` waits a uniform time in
+/// `[min, min(max, min·2^(n+1))]`, so even the first reconnect of a fleet of connectors that
+/// lost the same server is spread out instead of storming back.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     min: Duration,
@@ -34,7 +35,7 @@ impl Backoff {
     }
 
     pub fn next_delay(&mut self) -> Duration {
-        let factor = 2u32.saturating_pow(self.attempt.min(16));
+        let factor = 2u32.saturating_pow(self.attempt.saturating_add(1).min(16));
         self.attempt = self.attempt.saturating_add(1);
         let ceiling = self.min.saturating_mul(factor).min(self.max);
         if ceiling <= self.min {
@@ -50,12 +51,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn first_delays_are_spread() {
+        let min = Duration::from_millis(500);
+        let firsts: std::collections::HashSet<Duration> = (0..20)
+            .map(|_| Backoff::new(min, Duration::from_secs(30)).next_delay())
+            .collect();
+        assert!(
+            firsts.len() > 5,
+            "first reconnects not jittered: {firsts:?}"
+        );
+    }
+
+    #[test]
     fn stays_within_bounds_and_grows() {
         let min = Duration::from_millis(100);
         let max = Duration::from_secs(5);
         let mut b = Backoff::new(min, max);
-        let first = b.next_delay();
-        assert_eq!(first, min);
         let mut largest = Duration::ZERO;
         for _ in 0..50 {
             let d = b.next_delay();
@@ -67,6 +78,7 @@ mod tests {
             "back-off never grew: {largest:?}"
         );
         b.reset();
-        assert_eq!(b.next_delay(), min);
+        let first = b.next_delay();
+        assert!(first >= min && first <= min * 2, "{first:?}");
     }
 }

@@ -107,10 +107,10 @@ impl Config {
         for url in urls {
             check_http_url(url).map_err(|m| ConfigError::key("relay_url", m))?;
         }
-        if !relay_proto::is_valid_name(&self.tenant) {
+        if !relay_proto::is_valid_tenant_name(&self.tenant) {
             return Err(ConfigError::key(
                 "tenant",
-                "must be 1-64 characters of letters, digits, '_', '-' or '.'",
+                "must be 1-64 characters of letters, digits, '_' or '-'",
             ));
         }
         match (&self.secret, &self.secret_file) {

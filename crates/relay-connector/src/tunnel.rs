@@ -55,6 +55,11 @@ pub async fn connect_and_serve(
             ConnectorError::Protocol(format!("tunnel endpoint `{endpoint}` has no host"))
         })?
         .clone();
+    if endpoint.scheme_str() != Some("http") {
+        return Err(ConnectorError::Protocol(format!(
+            "tunnel endpoint `{endpoint}`: only http:// is supported yet (terminate TLS in front of the connector's egress or use an http relay URL)"
+        )));
+    }
     let port = authority.port_u16().unwrap_or(80);
     let unreachable = |e: std::io::Error| ConnectorError::Unreachable {
         url: doc.tunnel_endpoint.clone(),

@@ -12,7 +12,11 @@ fn check_config_validates_without_connecting() {
         .env("RELAY_CONNECTOR__SECRET_FILE", "/dev/null")
         .output()
         .expect("runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     // The example's secret file does not exist here: named in the error.
     let output = Command::new(BIN)

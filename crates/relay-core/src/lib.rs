@@ -2,12 +2,14 @@
 //!
 //! - [`config`]: one TOML file plus `RELAY_<SERVICE>__KEY` environment overrides, with errors
 //!   that name the offending key.
+//! - [`database`]: the `[database]` section (URL inline or from a file).
 //! - [`secret`]: secrets read from files (systemd credentials) and held in a type whose
 //!   `Debug` prints a mask.
 //! - [`telemetry`]: `tracing` set-up (text or JSON on stdout).
 //! - [`lifecycle`]: the process-wide shutdown token fired by SIGTERM/SIGINT.
 
 pub mod config;
+pub mod database;
 pub mod lifecycle;
 pub mod secret;
 pub mod telemetry;

@@ -82,9 +82,7 @@ impl Stack {
                 identity: Some(identity_addr),
             },
             public_url: None,
-            database: DatabaseConfig {
-                url: database_url.clone(),
-            },
+            database: DatabaseConfig::with_url(database_url.clone()),
             identity: IdentityConfig {
                 authority: format!("http://{identity_addr}"),
                 ..IdentityConfig::default()

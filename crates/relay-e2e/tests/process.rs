@@ -62,7 +62,7 @@ impl Deployment {
                 "[listen]\npublic = \"127.0.0.1:{relay_port}\"\nidentity = \"127.0.0.1:{identity_port}\"\n\
                  [database]\nurl = \"{db}\"\n[identity]\nauthority = \"http://127.0.0.1:{identity_port}\"\n\
                  [body_store]\npath = \"{}\"\n[tunnel]\nreconnect_min_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\n\
-                 keep_alive_interval = \"2s\"\n",
+                 keep_alive_interval = \"2s\"\n[relay]\nrequest_expiry = \"600s\"\n",
                 dir.join("bodies").display()
             ),
         )
@@ -71,7 +71,7 @@ impl Deployment {
             dir.join("connector.toml"),
             format!(
                 "relay_url = \"http://127.0.0.1:{relay_port}\"\ntenant = \"acme\"\nsecret_file = \"{}\"\n\
-                 [targets.web]\nurl = \"{}\"\ntimeout = \"30s\"\n",
+                 [targets.web]\nurl = \"{}\"\ntimeout = \"600s\"\n",
                 dir.join("secret").display(),
                 target.url()
             ),

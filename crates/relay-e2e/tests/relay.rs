@@ -344,3 +344,26 @@ async fn raw_http1_client_sees_plain_text_reasons() {
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
     assert!(text.contains("/{mode}/{tenant}/{target}/{path}"), "{text}");
 }
+
+#[tokio::test]
+async fn clients_may_speak_h2c() {
+    let stack = Stack::start().await;
+    let secret = stack.tenant("h2").await;
+    let mut c = stack.connector("h2", &secret, &[]);
+    c.connected(1).await;
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    let request = Request::post(stack.url("/relay/h2/echo"))
+        .body(http_body_util::Full::new(Bytes::from_static(b"over h2c")))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"over h2c");
+}

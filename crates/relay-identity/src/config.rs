@@ -1,11 +1,10 @@
 //! The `relay-identity` configuration (`identity.toml`, `RELAY_IDENTITY__*` overrides).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use relay_core::config::ConfigError;
-use relay_core::secret::Secret;
+pub use relay_core::database::DatabaseConfig;
 use relay_core::telemetry::LogConfig;
 use serde::Deserialize;
 
@@ -48,29 +47,6 @@ impl Default for ListenConfig {
     }
 }
 
-/// `[database]`: exactly one of `url` and `url_file` (a file holding the URL, for
-/// PostgreSQL URLs with a password; systemd `LoadCredential` names are resolved).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// `sqlite:///var/lib/relay/relay.db` or `postgres://...`.
-    #[serde(default)]
-    pub url: Option<Secret>,
-    #[serde(default)]
-    pub url_file: Option<PathBuf>,
-}
-
-impl DatabaseConfig {
-    /// The database URL, reading `url_file` if that is how it was given.
-    pub fn resolve_url(&self) -> std::io::Result<Secret> {
-        match (&self.url, &self.url_file) {
-            (Some(url), _) => Ok(url.clone()),
-            (None, Some(path)) => Secret::from_file(path),
-            (None, None) => Err(std::io::Error::other("database.url is not set")),
-        }
-    }
-}
-
 /// `[keys]`: signing-key rotation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -102,10 +78,7 @@ impl Config {
     pub fn with_database_url(url: impl Into<String>) -> Self {
         Self {
             listen: ListenConfig::default(),
-            database: DatabaseConfig {
-                url: Some(Secret::new(url)),
-                url_file: None,
-            },
+            database: DatabaseConfig::with_url(url),
             public_url: None,
             token_lifetime: default_token_lifetime(),
             keys: KeysConfig::default(),
@@ -115,18 +88,7 @@ impl Config {
 
     /// Checks values serde cannot; each error names its key. Reads no files.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match (&self.database.url, &self.database.url_file) {
-            (None, None) => {
-                return Err(ConfigError::key("database.url", "set `url` or `url_file`"));
-            }
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::key(
-                    "database.url_file",
-                    "set only one of `url` and `url_file`",
-                ));
-            }
-            _ => {}
-        }
+        self.database.validate()?;
         if let Some(url) = &self.public_url {
             let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
             if !scheme_ok || url.contains(['?', '#']) || url.parse::<axum::http::Uri>().is_err() {

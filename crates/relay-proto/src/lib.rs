@@ -26,8 +26,7 @@ pub const CONTROL_SETTINGS: &str = "/.relay/settings";
 /// `POST`: the server is going away; open a new tunnel, then let this one finish.
 pub const CONTROL_DRAIN: &str = "/.relay/drain";
 
-/// Whether `name` is a valid tenant or target name: 1–64 of `[A-Za-z0-9_-]`, and for
-/// targets also `.` (not first).
+/// Whether `name` is a valid target name: 1–64 of `[A-Za-z0-9_.-]`, not starting with `.`.
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
@@ -35,6 +34,15 @@ pub fn is_valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Whether `name` is a valid tenant name: 1–64 of `[A-Za-z0-9_-]` (the store's rule).
+pub fn is_valid_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -48,5 +56,7 @@ mod tests {
         assert!(!is_valid_name(""));
         assert!(!is_valid_name("a/b"));
         assert!(!is_valid_name(&"a".repeat(65)));
+        assert!(is_valid_tenant_name("Acme_1-x"));
+        assert!(!is_valid_tenant_name("a.b"));
     }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use relay_core::config::ConfigError;
+pub use relay_core::database::DatabaseConfig;
 use relay_core::telemetry::LogConfig;
 use relay_proto::discovery::TunnelSettings;
 use serde::Deserialize;
@@ -54,13 +55,6 @@ impl Default for ListenConfig {
             identity: None,
         }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseConfig {
-    /// `sqlite://PATH` or `postgres://…`.
-    pub url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -185,16 +179,7 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let url = &self.database.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            return Err(ConfigError::key(
-                "database.url",
-                "must start with sqlite:// or postgres://",
-            ));
-        }
+        self.database.validate()?;
         if !self.identity.authority.starts_with("http://")
             && !self.identity.authority.starts_with("https://")
         {

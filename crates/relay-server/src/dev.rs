@@ -89,7 +89,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             identity: Some(options.identity_addr),
         },
         public_url: None,
-        database: DatabaseConfig { url: database_url },
+        database: DatabaseConfig::with_url(database_url),
         identity: IdentityConfig {
             authority: format!("http://{identity_addr}"),
             ..IdentityConfig::default()
@@ -127,8 +127,12 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         .context("preparing the demo connector")?;
     let mut live = connector.live_tunnels();
     let connector_task = tokio::spawn(connector.run(shutdown.clone()));
-    let up = tokio::time::timeout(Duration::from_secs(30), live.wait_for(|n| *n > 0)).await;
-    if matches!(up, Ok(Ok(_))) {
+    // Evaluate to a bool at once: a held `watch::Ref` would block the connector's updates.
+    let up = matches!(
+        tokio::time::timeout(Duration::from_secs(30), live.wait_for(|n| *n > 0)).await,
+        Ok(Ok(_))
+    );
+    if up {
         tracing::info!("Demo connector connected.");
         println!(
             "\nRelay is running (embedded default, data in {dir}).\n  curl http://{relay_addr}/relay/demo/ping\n  curl -d 'hello' http://{relay_addr}/relay/demo/echo\n  curl http://{relay_addr}/relay/demo/web/headers\nToken service: http://{identity_addr}   Stop with Ctrl-C.\n",

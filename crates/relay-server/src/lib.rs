@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     tenants: Arc<TenantDirectory>,
     registry: Registry,
     validator: relay_token::Validator,
+    /// Scheme clients use to reach the relay, for `X-Forwarded-Proto`.
+    client_proto: &'static str,
     /// This node's id (an origin in multi-node set-ups).
     origin_id: String,
     /// Cancelled once shutdown begins: new tunnels are refused, readiness fails.
@@ -119,6 +121,10 @@ pub async fn run(
             &config.identity.audience,
         ),
         origin_id: uuid::Uuid::new_v4().to_string(),
+        client_proto: match &config.public_url {
+            Some(url) if url.starts_with("https://") => "https",
+            _ => "http",
+        },
         config,
         store,
         tenants: tenants.clone(),
@@ -152,7 +158,8 @@ async fn start_identity(
     let addr = listener
         .local_addr()
         .map_err(|e| ServerError::Identity(e.to_string()))?;
-    let mut identity = relay_identity::Config::with_database_url(config.database.url.clone());
+    let mut identity = relay_identity::Config::with_database_url(String::new());
+    identity.database = config.database.clone();
     identity.listen.public = addr;
     identity.public_url = Some(config.identity.authority.clone());
     identity.log = config.log.clone();

@@ -23,7 +23,8 @@ struct Cli {
     /// Public relay address (`--dev` default 127.0.0.1:5000; overrides `listen.public`).
     #[arg(long)]
     relay_addr: Option<SocketAddr>,
-    /// Token service address in `--dev` mode (default 127.0.0.1:5002).
+    /// Token service address: `--dev` default 127.0.0.1:5002; with `--config` it starts the
+    /// token service in this process (overrides `listen.identity`).
     #[arg(long)]
     identity_addr: Option<SocketAddr>,
     /// Data directory of `--dev` mode (SQLite file, bodies, demo secret).
@@ -45,6 +46,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    if cli.dev && cli.command.is_some() {
+        anyhow::bail!("`check-config` checks a --config file; --dev needs no configuration");
+    }
     if cli.dev {
         relay_core::telemetry::init(&relay_core::telemetry::LogConfig::default());
         let options = DevOptions {
@@ -78,7 +82,11 @@ fn main() -> anyhow::Result<()> {
     }
     relay_core::telemetry::init(&config.log);
     runtime.block_on(async move {
-        let store = relay_store::Store::connect(&config.database.url)
+        let url = config
+            .database
+            .resolve_url()
+            .context("reading the database URL")?;
+        let store = relay_store::Store::connect(url.expose())
             .await
             .context("connecting to the configuration database")?;
         let listeners = Listeners::bind(&config)

@@ -81,7 +81,7 @@ pub async fn handle(
             "use /{mode}/{tenant}/{target}/{path}",
         );
     };
-    if !relay_proto::is_valid_name(path.tenant) {
+    if !relay_proto::is_valid_tenant_name(path.tenant) {
         return unknown_tenant();
     }
     if !relay_proto::is_valid_name(path.target) {
@@ -114,9 +114,17 @@ pub async fn handle(
         return too_large(limit);
     }
     let request_id = uuid::Uuid::new_v4().to_string();
-    let Some((tripped, request)) =
-        to_tunnel_request(req, &path, remote, &request_id, mode, tenant.max_body_bytes)
-    else {
+    let Some((tripped, request)) = to_tunnel_request(
+        req,
+        &path,
+        &Client {
+            remote,
+            proto: state.client_proto,
+        },
+        &request_id,
+        mode,
+        &tenant,
+    ) else {
         return error(
             StatusCode::BAD_REQUEST,
             "path-invalid",
@@ -175,15 +183,23 @@ pub async fn handle(
     Response::from_parts(parts, body.boxed())
 }
 
+/// Where a client request came from.
+struct Client {
+    remote: SocketAddr,
+    /// `https` when clients reach the relay through TLS (`public_url`), else `http`.
+    proto: &'static str,
+}
+
 /// Rewrites the client's request for the tunnel: `/{target}{rest}?{query}`, hop-by-hop and
-/// spoofed `x-relay-*` headers removed, client metadata added.
+/// spoofed `x-relay-*` headers removed, client metadata added. When the tenant requires client
+/// tokens, the token was meant for the relay and is not passed on to the target.
 fn to_tunnel_request(
     req: Request<Incoming>,
     path: &RelayPath<'_>,
-    remote: SocketAddr,
+    client: &Client,
     request_id: &str,
     mode: Mode,
-    limit: Option<u64>,
+    tenant: &TenantEntry,
 ) -> Option<(Arc<std::sync::atomic::AtomicBool>, Request<TunnelBody>)> {
     let (mut parts, body) = req.into_parts();
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -209,15 +225,18 @@ fn to_tunnel_request(
     h.remove(header::HOST);
     h.remove(header::EXPECT);
     insert(h, headers::REQUEST_ID, request_id);
-    insert(h, headers::CLIENT_ADDR, &remote.ip().to_string());
-    insert(h, headers::CLIENT_PROTO, "http");
+    if tenant.require_client_auth {
+        h.remove(header::AUTHORIZATION);
+    }
+    insert(h, headers::CLIENT_ADDR, &client.remote.ip().to_string());
+    insert(h, headers::CLIENT_PROTO, client.proto);
     if let Some(host) = client_host {
         h.insert(headers::CLIENT_HOST, host);
     }
     if mode == Mode::Trace {
         h.insert(headers::TRACE, HeaderValue::from_static("1"));
     }
-    let (body, tripped) = LimitedBody::new(body, limit);
+    let (body, tripped) = LimitedBody::new(body, tenant.max_body_bytes);
     Some((tripped, Request::from_parts(parts, body.boxed())))
 }
 

@@ -18,7 +18,11 @@ fn check_config_accepts_the_example_and_rejects_unknown_keys() {
         .args(["check-config", "--config", example])
         .output()
         .expect("runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let output = Command::new(BIN)
         .args(["check-config"])
