@@ -34,6 +34,8 @@ mod scenario;
 mod stack;
 mod target;
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 
@@ -41,8 +43,17 @@ use crate::cli::{BenchArgs, Cli, Command};
 use crate::procs::{Binaries, Probe, Scratch};
 use crate::report::{MemoryFigures, Report};
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,9 +73,13 @@ fn main() -> anyhow::Result<()> {
 /// (also on error or Ctrl-C, as the futures holding them are dropped).
 async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        eprintln!("warning: relay-bench is a debug build; build with --release for meaningful figures");
+        eprintln!(
+            "warning: relay-bench is a debug build; build with --release for meaningful figures"
+        );
     }
+    scenario::check_selection(&args.scenarios)?;
     let binaries = Binaries::locate(args.bin_dir.as_deref())?;
+    let host_before = procs::host_load();
     let scratch = Scratch::new(args.keep_temp)?;
     eprintln!("scratch directory: {}", scratch.path().display());
 
@@ -94,7 +109,21 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             humantime::format_duration(args.duration),
         );
         let outcome = load::run(scenario, args.warmup, args.duration, &probes).await?;
-        relay.ensure_running()?;
+        relay.ensure_running().with_context(|| {
+            format!(
+                "during {}/{} ({} requests completed, {} failed{})",
+                scenario.name,
+                scenario.path,
+                outcome.requests,
+                outcome.errors.total(),
+                outcome
+                    .errors
+                    .first
+                    .as_deref()
+                    .map(|f| format!("; first failure: {f}"))
+                    .unwrap_or_default(),
+            )
+        })?;
         results.push(outcome);
     }
 
@@ -104,10 +133,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         connector_idle,
         connector_after: relay.connector.memory()?,
     };
-    let report = Report::new(&args, results, memory);
+    let host = format!("{host_before} before, {} after", procs::host_load());
+    let report = Report::new(&args, results, memory, host);
     report.print();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json()).context("encoding JSON")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json()).context("encoding JSON")?
+        );
     }
     Ok(())
 }

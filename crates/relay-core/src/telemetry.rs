@@ -32,8 +32,15 @@ pub enum LogFormat {
 /// Installs the global subscriber. Safe to call twice (the second call is ignored), so
 /// tests and monolithic mode can share it.
 pub fn init(config: &LogConfig) {
+    // lapin logs every broker hiccup at ERROR and returned messages (with request headers)
+    // at WARN; the bus crate reports those events itself, readably and without payloads.
+    let level = if config.level.contains("lapin") {
+        config.level.clone()
+    } else {
+        format!("{},lapin=off", config.level)
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
+        .or_else(|_| EnvFilter::try_new(&level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -92,6 +92,9 @@ pub struct RelayConfig {
     pub max_body_bytes: Option<u64>,
     /// `Retry-After` seconds sent with `503` when no connector is connected.
     pub retry_after_secs: u32,
+    /// Requests one node takes from a tenant's queue at once (multi-node), unless the tenant
+    /// sets its own concurrency limit.
+    pub concurrency_limit: u16,
 }
 
 impl Default for RelayConfig {
@@ -101,6 +104,7 @@ impl Default for RelayConfig {
             request_expiry: Duration::from_secs(120),
             max_body_bytes: None,
             retry_after_secs: 5,
+            concurrency_limit: 64,
         }
     }
 }
@@ -153,10 +157,64 @@ impl Default for BodyStoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[bus]`: how relay nodes reach each other.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     pub kind: BusKind,
+    /// Broker URL(s) for `kind = "rabbitmq"`: `amqp://user:pass@host:5672/vhost`, a string or a
+    /// list (cluster nodes, tried in order).
+    pub url: Option<BrokerUrls>,
+    /// File holding the broker URL (it contains a password); alternative to `url`.
+    pub url_file: Option<PathBuf>,
+    /// Prepended to every exchange and queue name, so installations can share a vhost.
+    pub prefix: String,
+    /// Use a local tunnel directly when this node has one (skips the broker).
+    pub local_shortcut: bool,
+    /// Bodies up to this many bytes travel inside broker messages; larger ones through the
+    /// body store, which must then be a volume shared by all nodes.
+    pub inline_body_limit: usize,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            kind: BusKind::Memory,
+            url: None,
+            url_file: None,
+            prefix: String::new(),
+            local_shortcut: true,
+            inline_body_limit: 64 * 1024,
+        }
+    }
+}
+
+/// One broker URL or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum BrokerUrls {
+    One(relay_core::secret::Secret),
+    Many(Vec<relay_core::secret::Secret>),
+}
+
+impl BusConfig {
+    /// The broker URLs, reading `url_file` (one URL per line) when given.
+    pub fn resolve_urls(&self) -> std::io::Result<Vec<String>> {
+        match (&self.url, &self.url_file) {
+            (Some(BrokerUrls::One(url)), _) => Ok(vec![url.expose().to_owned()]),
+            (Some(BrokerUrls::Many(urls)), _) => {
+                Ok(urls.iter().map(|u| u.expose().to_owned()).collect())
+            }
+            (None, Some(path)) => Ok(relay_core::secret::Secret::from_file(path)?
+                .expose()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()),
+            (None, None) => Ok(Vec::new()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -165,6 +223,8 @@ pub enum BusKind {
     /// Single node: requests stay in this process.
     #[default]
     Memory,
+    /// Several nodes exchange requests and responses through RabbitMQ.
+    Rabbitmq,
 }
 
 fn default_grace() -> Duration {
@@ -180,6 +240,29 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
+        if self.bus.kind == BusKind::Rabbitmq
+            && self.bus.url.is_none()
+            && self.bus.url_file.is_none()
+        {
+            return Err(ConfigError::key(
+                "bus.url",
+                "required when bus.kind = \"rabbitmq\"",
+            ));
+        }
+        if let Some(BrokerUrls::One(url)) = &self.bus.url
+            && !(url.expose().starts_with("amqp://") || url.expose().starts_with("amqps://"))
+        {
+            return Err(ConfigError::key(
+                "bus.url",
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        if self.relay.concurrency_limit == 0 {
+            return Err(ConfigError::key(
+                "relay.concurrency_limit",
+                "must be at least 1",
+            ));
+        }
         if !self.identity.authority.starts_with("http://")
             && !self.identity.authority.starts_with("https://")
         {

@@ -14,6 +14,9 @@ pub mod config;
 pub mod dev;
 
 mod body;
+mod bodystore;
+mod crossnode;
+mod origins;
 mod public;
 mod registry;
 mod relay;
@@ -47,6 +50,8 @@ pub(crate) struct AppState {
     client_proto: &'static str,
     /// This node's id (an origin in multi-node set-ups).
     origin_id: String,
+    /// The broker side of a multi-node set-up (`bus.kind = "rabbitmq"`).
+    cross: Option<Arc<crossnode::CrossNode>>,
     /// Cancelled once shutdown begins: new tunnels are refused, readiness fails.
     draining: CancellationToken,
     tasks: TaskTracker,
@@ -89,6 +94,10 @@ pub enum ServerError {
     },
     #[error("token service: {0}")]
     Identity(String),
+    #[error("message broker: {0}")]
+    Bus(#[from] relay_bus::BusError),
+    #[error("bus.url_file: {0}")]
+    BusUrl(#[source] std::io::Error),
 }
 
 /// Runs the server until `shutdown` fires, then drains: new tunnels are refused, connectors
@@ -115,12 +124,42 @@ pub async fn run(
         }
         None => None,
     };
+    let origin_id = uuid::Uuid::new_v4().to_string();
+    let bodies = bodystore::BodyStore::new(config.body_store.path.clone());
+    let cross = match config.bus.kind {
+        config::BusKind::Memory => None,
+        config::BusKind::Rabbitmq => {
+            let urls = config.bus.resolve_urls().map_err(ServerError::BusUrl)?;
+            let bus_config = relay_bus::BusConfig::new(urls, config.bus.prefix.clone());
+            let bus = relay_bus::Bus::connect(bus_config, &origin_id).await?;
+            let cross = Arc::new(crossnode::CrossNode::new(
+                bus,
+                bodies.clone(),
+                config.bus.inline_body_limit,
+            ));
+            for key in tenants.keys() {
+                cross.ensure_declared(&key).await?;
+            }
+            tasks.spawn(cross.clone().run_responses(shutdown.clone()));
+            tracing::info!(
+                tenants = count,
+                "Message broker connected; tenant queues declared."
+            );
+            Some(cross)
+        }
+    };
+    tasks.spawn(sweep_bodies(
+        bodies,
+        config.relay.request_expiry,
+        shutdown.clone(),
+    ));
     let state = Arc::new(AppState {
         validator: relay_token::Validator::new(
             &config.identity.authority,
             &config.identity.audience,
         ),
-        origin_id: uuid::Uuid::new_v4().to_string(),
+        cross,
+        origin_id,
         client_proto: match &config.public_url {
             Some(url) if url.starts_with("https://") => "https",
             _ => "http",
@@ -133,9 +172,24 @@ pub async fn run(
         tasks: tasks.clone(),
     });
     tasks.spawn(tenants.refresh_loop(shutdown.clone()));
+    // The node's registration ends after its tunnels drained, so their records keep their
+    // real close times.
+    let origin_stop = CancellationToken::new();
+    let live = {
+        let state = state.clone();
+        move || state.registry.all().iter().map(|t| t.id.clone()).collect()
+    };
+    tasks.spawn(origins::run(
+        state.store.clone(),
+        state.origin_id.clone(),
+        origins::OriginSettings::default(),
+        live,
+        origin_stop.clone(),
+    ));
     let addr = listeners.public.local_addr().ok();
     tracing::info!(addr = ?addr, origin = %state.origin_id, "Relay server listening.");
     public::serve(state.clone(), listeners.public, shutdown).await;
+    origin_stop.cancel();
     tasks.close();
     if let Some(done) = identity_done {
         let _ = done.await;
@@ -146,6 +200,27 @@ pub async fn run(
     }
     tracing::info!("Relay server stopped.");
     Ok(())
+}
+
+/// Removes body files nobody will read any more (their request expired long ago).
+async fn sweep_bodies(
+    bodies: bodystore::BodyStore,
+    expiry: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let max_age = expiry
+        .saturating_mul(2)
+        .max(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let removed = bodies.sweep(max_age).await;
+        if removed > 0 {
+            tracing::info!(removed, "Orphaned body files removed.");
+        }
+    }
 }
 
 async fn start_identity(

@@ -124,6 +124,15 @@ impl Registry {
         }
     }
 
+    /// Whether this node holds any tunnel of the tenant.
+    pub fn has_tunnels(&self, tenant_key: &str) -> bool {
+        self.tenants
+            .read()
+            .ok()
+            .and_then(|m| m.get(tenant_key).cloned())
+            .is_some_and(|t| t.list.read().is_ok_and(|l| !l.is_empty()))
+    }
+
     /// A tunnel of the tenant, waiting up to `wait` for one to connect.
     ///
     /// Cancel-safe: dropping the future leaves no registration behind.

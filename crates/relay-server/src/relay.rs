@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -131,13 +131,35 @@ pub async fn handle(
             "the request path is not valid",
         );
     };
+    let deadline = tokio::time::Instant::now() + tenant.request_expiry;
     if mode == Mode::Queue {
-        return crate::spool::enqueue(state, &tenant, request, request_id, tripped).await;
+        return match &state.cross {
+            Some(cross) => cross.enqueue(&tenant, request, &request_id, deadline).await,
+            None => crate::spool::enqueue(state, &tenant, request, request_id, tripped).await,
+        };
     }
     let wait = state.config.relay.connector_wait.min(tenant.request_expiry);
-    let deadline = tokio::time::Instant::now() + tenant.request_expiry;
-    let Some(tunnel) = state.registry.acquire(&tenant.key, wait).await else {
-        return no_connector(state);
+    let tunnel = match &state.cross {
+        // Multi-node: a local tunnel is used directly (the shortcut), otherwise the broker
+        // carries the request to a node that has one.
+        Some(cross) => {
+            let local = state.registry.acquire(&tenant.key, Duration::ZERO).await;
+            match local.filter(|_| state.config.bus.local_shortcut) {
+                Some(tunnel) => tunnel,
+                None => {
+                    if !cross.wait_for_consumer(&tenant.key, wait).await {
+                        return no_connector(state);
+                    }
+                    return cross
+                        .relay(&tenant, request, &request_id, mode, deadline)
+                        .await;
+                }
+            }
+        }
+        None => match state.registry.acquire(&tenant.key, wait).await {
+            Some(tunnel) => tunnel,
+            None => return no_connector(state),
+        },
     };
     let _inflight = tunnel.begin();
     let mut sender = tunnel.sender.clone();
@@ -180,7 +202,7 @@ pub async fn handle(
     } else {
         parts.headers.remove(headers::TARGET_DURATION);
     }
-    Response::from_parts(parts, body.boxed())
+    Response::from_parts(parts, body.map_err(Into::into).boxed())
 }
 
 /// Where a client request came from.

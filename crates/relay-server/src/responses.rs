@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Full};
 use relay_proto::headers;
 
 /// Body of every response of the public listener.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, crate::registry::BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).map_err(|e| match e {}).boxed()

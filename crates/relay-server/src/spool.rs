@@ -78,11 +78,16 @@ pub async fn enqueue(
         request_id: request_id.clone(),
     };
     state.tasks.spawn(delivery.run(deadline));
+    accepted(&request_id)
+}
+
+/// `202 Accepted` with the request id in the body and in `x-relay-request-id`.
+pub fn accepted(request_id: &str) -> Response<Body> {
     let mut response = json(
         StatusCode::ACCEPTED,
         &serde_json::json!({ "request_id": request_id }),
     );
-    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+    if let Ok(v) = http::HeaderValue::from_str(request_id) {
         response.headers_mut().insert(headers::REQUEST_ID, v);
     }
     response

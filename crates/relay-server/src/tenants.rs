@@ -28,6 +28,8 @@ pub struct TenantEntry {
     pub request_expiry: Duration,
     pub max_body_bytes: Option<u64>,
     pub require_client_auth: bool,
+    /// Requests one node takes from the tenant's queue at once (broker prefetch).
+    pub concurrency_limit: u16,
 }
 
 impl TenantEntry {
@@ -46,6 +48,10 @@ impl TenantEntry {
                 .and_then(|v| u64::try_from(v).ok())
                 .or(defaults.max_body_bytes),
             require_client_auth: config.require_client_auth.unwrap_or(false),
+            concurrency_limit: config
+                .concurrency_limit
+                .and_then(|v| u16::try_from(v).ok())
+                .unwrap_or(defaults.concurrency_limit),
         }
     }
 }
@@ -93,6 +99,14 @@ impl TenantDirectory {
             known.insert(key, entry.clone());
         }
         Ok(Some(entry))
+    }
+
+    /// Keys of every known tenant.
+    pub fn keys(&self) -> Vec<String> {
+        self.known
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Replaces the cache with the database's current view.

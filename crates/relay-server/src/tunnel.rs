@@ -142,10 +142,18 @@ pub async fn accept(
         let tunnel = Arc::new(Tunnel::new(id.clone(), tenant_key.clone(), machine.clone(), version.clone(), remote.to_string(), sender));
         record_opened(&state2, &tunnel, &tenant_id);
         state2.registry.add(tunnel.clone());
+        if let Some(cross) = &state2.cross {
+            cross.tunnel_up(&state2, &tenant);
+        }
         tracing::info!(tenant = %tenant_key, tunnel = %id, %remote, %machine, %version, "Connector connected.");
         let result = conn.await;
         tunnel.closed.cancel();
         state2.registry.remove(&tunnel);
+        if let Some(cross) = &state2.cross
+            && !state2.registry.has_tunnels(&tenant_key)
+        {
+            cross.tunnels_gone(&tenant_key);
+        }
         match result {
             Ok(()) => tracing::info!(tenant = %tenant_key, tunnel = %id, "Connector disconnected."),
             Err(e) => tracing::info!(tenant = %tenant_key, tunnel = %id, error = %e, "Connector lost."),

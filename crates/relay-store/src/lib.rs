@@ -13,6 +13,8 @@
 //! - `secrets`: client secrets (argon2id hashes) and [`Store::verify_secret`].
 //! - `keys`: token signing keys.
 //! - `connections`: connector tunnel records.
+//! - `origins`: relay nodes, their heartbeats, and the sweep that closes a dead node's
+//!   connections.
 //! - `models`: the public record types; `schema`: diesel tables; `error`: [`StoreError`].
 //!
 //! Migrations live in `migrations/sqlite` and `migrations/postgres` and define the same
@@ -22,6 +24,7 @@ mod connections;
 mod error;
 mod keys;
 mod models;
+mod origins;
 mod schema;
 mod secrets;
 mod store;
@@ -29,8 +32,8 @@ mod tenants;
 
 pub use error::{StoreError, redact_url};
 pub use models::{
-    AckMode, ConnectionRecord, NewConnection, NewTenant, SecretInfo, SigningKeyRecord, Tenant,
-    TenantConfig,
+    AckMode, ConnectionRecord, NewConnection, NewTenant, OriginRecord, SecretInfo,
+    SigningKeyRecord, Tenant, TenantConfig,
 };
 pub use store::{Backend, Store};
 pub use tenants::validate_tenant_name;

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use diesel::prelude::*;
 
-use crate::schema::{client_secrets, connections, signing_keys, tenants};
+use crate::schema::{client_secrets, connections, origins, signing_keys, tenants};
 
 /// A tenant. `name` keeps the spelling given at creation; lookups ignore ASCII case.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
@@ -173,4 +173,16 @@ pub struct ConnectionRecord {
     pub connected_at: i64,
     pub last_seen_at: i64,
     pub disconnected_at: Option<i64>,
+}
+
+/// A relay node. Running while `stopped_at` is `None`; it is swept as dead (and stopped)
+/// when `last_heartbeat_at` falls too far behind.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = origins)]
+#[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+pub struct OriginRecord {
+    pub id: String,
+    pub started_at: i64,
+    pub last_heartbeat_at: i64,
+    pub stopped_at: Option<i64>,
 }

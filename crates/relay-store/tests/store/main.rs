@@ -6,5 +6,6 @@ mod harness;
 mod connect;
 mod connections;
 mod keys;
+mod origins;
 mod secrets;
 mod tenants;

@@ -1,0 +1,96 @@
+//! What is measured: a scenario is plain data (name, path, URL, connections, body size), so a
+//! new set-up (say, client on node A and connector on node B) is one more entry whose URL
+//! points elsewhere; the load generator and the report need no change.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use hyper::Uri;
+
+use crate::cli::BenchArgs;
+use crate::target::SMALL_SIZE;
+
+/// Path label of the baseline every other path of the same scenario is compared with.
+pub const DIRECT: &str = "direct";
+/// Path label of the single-node relay.
+pub const RELAY: &str = "relay";
+
+/// Scenario names, as used by `--scenarios` and the targets in the report.
+pub const SMALL: &str = "small";
+pub const LARGE: &str = "large";
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// What kind of traffic: `small`, `large`.
+    pub name: String,
+    /// How it reaches the target: `direct`, `relay` (later e.g. `cross-node`).
+    pub path: String,
+    /// `http://host:port/path`; every request is a GET of it.
+    pub url: Uri,
+    /// Exactly this many keep-alive connections, each with one request at a time.
+    pub connections: u16,
+    /// Expected body length of every answer; any other length counts as an error.
+    pub body_size: u64,
+}
+
+impl Scenario {
+    pub fn new(
+        name: &str,
+        path: &str,
+        url: &str,
+        connections: u16,
+        body_size: u64,
+    ) -> anyhow::Result<Scenario> {
+        let url: Uri = url
+            .parse()
+            .with_context(|| format!("scenario {name}/{path}: `{url}` is not a URL"))?;
+        if url.scheme_str() != Some("http") || url.authority().is_none() {
+            bail!("scenario {name}/{path}: `{url}` must be an http://host:port/... URL");
+        }
+        Ok(Scenario {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            url,
+            connections,
+            body_size,
+        })
+    }
+}
+
+/// The single-node scenarios: each kind once direct and once through the relay, in this order.
+pub fn standard(
+    args: &BenchArgs,
+    target: SocketAddr,
+    relay: SocketAddr,
+) -> anyhow::Result<Vec<Scenario>> {
+    let kinds = [
+        (SMALL, "small", args.connections, SMALL_SIZE as u64),
+        (LARGE, "large", args.large_connections, args.large_size),
+    ];
+    check_selection(&args.scenarios)?;
+    let mut scenarios = Vec::new();
+    for (name, route, connections, size) in kinds {
+        if !args.scenarios.is_empty() && !args.scenarios.iter().any(|s| s == name) {
+            continue;
+        }
+        let direct = format!("http://{target}/{route}");
+        let relayed = format!(
+            "http://{relay}/relay/{}/{}/{route}",
+            crate::stack::TENANT,
+            crate::stack::TARGET
+        );
+        scenarios.push(Scenario::new(name, DIRECT, &direct, connections, size)?);
+        scenarios.push(Scenario::new(name, RELAY, &relayed, connections, size)?);
+    }
+    Ok(scenarios)
+}
+
+/// Fails on `--scenarios` names that do not exist (checked before anything is started).
+pub fn check_selection(wanted: &[String]) -> anyhow::Result<()> {
+    for name in wanted {
+        if name != SMALL && name != LARGE {
+            bail!("unknown scenario `{name}`; known: {SMALL}, {LARGE}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! Several relay nodes behaving as one: real binaries, real PostgreSQL, real RabbitMQ, a
+//! shared body directory (DESIGN.md §3). Each test uses its own database and queue prefix.
+//!
+//! Needs PostgreSQL (`RELAY_TEST_POSTGRES_URL`, default postgres://postgres@127.0.0.1:5432/test)
+//! and RabbitMQ (`RELAY_TEST_AMQP_URL`, default amqp://guest:guest@127.0.0.1:5672/%2f). When
+//! either is unreachable the tests say what to start and skip, unless `RELAY_REQUIRE_SERVICES=1`.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use relay_e2e::Scratch;
+use relay_testkit::client::{self, PatternBody, digest, full, get, pattern_sha256, post, send};
+use relay_testkit::process::{Proc, bin_path};
+use relay_testkit::target::TestTarget;
+use relay_testkit::wait;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("RELAY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("RELAY_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn unique(label: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{label}_{}_{nanos:x}", std::process::id())
+}
+
+/// A fresh PostgreSQL database, dropped at the end; `None` (with a message) when PostgreSQL
+/// or RabbitMQ is not reachable.
+struct Services {
+    database: String,
+    database_url: String,
+    prefix: String,
+}
+
+impl Services {
+    fn get() -> Option<Services> {
+        let required = std::env::var("RELAY_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+        let skip = |what: &str| {
+            assert!(!required, "{what}");
+            eprintln!("SKIPPED: {what}");
+            None
+        };
+        if std::net::TcpStream::connect("127.0.0.1:5672").is_err()
+            && std::env::var("RELAY_TEST_AMQP_URL").is_err()
+        {
+            return skip(
+                "RabbitMQ unreachable: start it (rabbitmq-server -detached) or set RELAY_TEST_AMQP_URL",
+            );
+        }
+        let database = unique("relay_mn");
+        let admin = postgres_admin_url();
+        let created = std::process::Command::new("psql")
+            .args([
+                admin.as_str(),
+                "-q",
+                "-c",
+                &format!("CREATE DATABASE {database}"),
+            ])
+            .output();
+        match created {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return skip(&format!(
+                    "PostgreSQL unavailable at {admin} ({}): start it or set RELAY_TEST_POSTGRES_URL",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Err(e) => {
+                return skip(&format!(
+                    "psql not runnable ({e}): install postgresql-client"
+                ));
+            }
+        }
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Some(Services {
+            database_url: format!("{base}/{database}"),
+            database,
+            prefix: format!("{}.", unique("t")),
+        })
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                postgres_admin_url().as_str(),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database),
+            ])
+            .output();
+    }
+}
+
+fn relayctl(db: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(bin_path("relayctl"))
+        .arg("--database-url")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "relayctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// Identity, two relay nodes sharing a body directory, a target.
+struct Cluster {
+    scratch: Scratch,
+    services: Services,
+    identity: Proc,
+    nodes: Vec<(u16, Proc)>,
+    secret: String,
+}
+
+impl Cluster {
+    async fn start(extra_server_toml: &str) -> Option<Cluster> {
+        let services = Services::get()?;
+        let scratch = Scratch::new("multinode");
+        let dir = scratch.0.clone();
+        let db = services.database_url.clone();
+        relayctl(&db, &["migrate"]);
+        relayctl(&db, &["tenant", "create", "acme"]);
+        let secret = relayctl(&db, &["secret", "create", "acme"])
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_owned();
+        std::fs::create_dir_all(dir.join("bodies")).unwrap();
+
+        let identity_port = free_port();
+        std::fs::write(
+            dir.join("identity.toml"),
+            format!("public_url = \"http://127.0.0.1:{identity_port}\"\n[listen]\npublic = \"127.0.0.1:{identity_port}\"\n[database]\nurl = \"{db}\"\n"),
+        )
+        .unwrap();
+        let identity = Proc::spawn(
+            "relay-identity",
+            &["--config", dir.join("identity.toml").to_str().unwrap()],
+            &[],
+            &dir,
+        );
+        let mut cluster = Cluster {
+            scratch,
+            services,
+            identity,
+            nodes: Vec::new(),
+            secret,
+        };
+        for name in ["a", "b"] {
+            let port = free_port();
+            let config = dir.join(format!("node-{name}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{db}\"\n\
+                     [identity]\nauthority = \"http://127.0.0.1:{identity_port}\"\n\
+                     [body_store]\npath = \"{}\"\n[bus]\nkind = \"rabbitmq\"\nurl = \"{}\"\nprefix = \"{}\"\n\
+                     [tunnel]\nreconnect_min_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nkeep_alive_interval = \"2s\"\n{extra_server_toml}",
+                    dir.join("bodies").display(),
+                    amqp_url(),
+                    cluster.services.prefix,
+                ),
+            )
+            .unwrap();
+            let proc = Proc::spawn(
+                "relay-server",
+                &["--config", config.to_str().unwrap()],
+                &[("RUST_LOG", "info")],
+                &dir,
+            );
+            cluster.nodes.push((port, proc));
+        }
+        for (port, proc) in &cluster.nodes {
+            let url = format!("http://127.0.0.1:{port}/health/ready");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !matches!(try_get(&url).await, Some(StatusCode::OK)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "node not ready:\n{}\n{}",
+                    proc.log_text(),
+                    cluster.identity.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Some(cluster)
+    }
+
+    fn url(&self, node: usize, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.nodes[node].0)
+    }
+
+    /// A connector process with tunnels to the given nodes.
+    fn connector(&self, name: &str, nodes: &[usize], target: &TestTarget) -> Proc {
+        let dir = &self.scratch.0;
+        let urls: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("\"{}\"", self.url(*n, "")))
+            .collect();
+        let path = dir.join(format!("connector-{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "relay_url = [{}]\ntenant = \"acme\"\nsecret = \"{}\"\nmachine_name = \"{name}\"\n[targets.web]\nurl = \"{}\"\ntimeout = \"600s\"\n",
+                urls.join(", "),
+                self.secret,
+                target.url()
+            ),
+        )
+        .unwrap();
+        Proc::spawn(
+            "relay-connector",
+            &["--config", path.to_str().unwrap()],
+            &[],
+            dir,
+        )
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|(_, p)| p.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    }
+}
+
+async fn try_get(url: &str) -> Option<StatusCode> {
+    let request = Request::get(url).body(full(Bytes::new())).ok()?;
+    let response = tokio::time::timeout(Duration::from_secs(5), client::client().request(request))
+        .await
+        .ok()?
+        .ok()?;
+    Some(response.status())
+}
+
+async fn until_ok(url: &str, what: &str) {
+    wait::until(Duration::from_secs(30), what, || async {
+        (try_get(url).await == Some(StatusCode::OK)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn requests_reach_connectors_on_another_node() {
+    let Some(cluster) = Cluster::start("").await else {
+        return;
+    };
+    let target = TestTarget::start().await;
+    // Both connectors hold tunnels to node B only.
+    let _c1 = cluster.connector("c1", &[1], &target);
+    let _c2 = cluster.connector("c2", &[1], &target);
+    until_ok(&cluster.url(1, "/relay/acme/ping"), "connectors on node B").await;
+
+    // Through node A (no tunnel there): broker to B and back.
+    let answer = get(&cluster.url(0, "/relay/acme/web/status/201")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::CREATED,
+        "{}\n{}",
+        answer.text(),
+        cluster.logs()
+    );
+    let traced = get(&cluster.url(0, "/trace/acme/ping")).await;
+    assert_eq!(traced.text(), "PONG");
+    assert!(matches!(
+        traced.header("x-relay-connector-machine"),
+        Some("c1" | "c2")
+    ));
+    let echoed = post(
+        &cluster.url(0, "/relay/acme/echo"),
+        "small body across nodes",
+    )
+    .await;
+    assert_eq!(echoed.text(), "small body across nodes");
+
+    // 100 MiB each way across nodes, through the shared body directory.
+    let size: u64 = 100 << 20;
+    let upload = send(
+        Request::post(cluster.url(0, "/relay/acme/web/sha256"))
+            .body(http_body_util::BodyExt::boxed(PatternBody::new(size)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        upload.text(),
+        format!("{size} {}", pattern_sha256(size)),
+        "{}",
+        cluster.logs()
+    );
+    let response = client::client()
+        .request(
+            Request::get(cluster.url(0, &format!("/relay/acme/web/bytes/{size}")))
+                .body(full(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        digest(response.into_body()).await.unwrap(),
+        (size, pattern_sha256(size))
+    );
+
+    // Every stored body was deleted after use.
+    let bodies = cluster.scratch.0.join("bodies");
+    wait::until(
+        Duration::from_secs(10),
+        "body directory emptied",
+        || async { (std::fs::read_dir(&bodies).unwrap().count() == 0).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_killed_node_leaves_the_other_serving() {
+    let Some(mut cluster) = Cluster::start("").await else {
+        return;
+    };
+    let target = TestTarget::start().await;
+    let _c1 = cluster.connector("c1", &[0, 1], &target);
+    until_ok(&cluster.url(0, "/relay/acme/ping"), "connector on node A").await;
+    until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
+
+    cluster.nodes[0].1.kill().await;
+    for i in 0..20 {
+        let answer = get(&cluster.url(1, "/relay/acme/web/status/200")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "request {i} after the kill: {}",
+            answer.text()
+        );
+    }
+}
+
+#[tokio::test]
+async fn queued_requests_wait_for_a_late_connector_and_expired_ones_never_run() {
+    let Some(cluster) = Cluster::start("[relay]\nrequest_expiry = \"3s\"\n").await else {
+        return;
+    };
+    let target = TestTarget::start().await;
+
+    let early = post(
+        &cluster.url(0, "/queue/acme/web/sha256"),
+        "expires before anyone connects",
+    )
+    .await;
+    assert_eq!(early.status, StatusCode::ACCEPTED, "{}", early.text());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let late = post(
+        &cluster.url(0, "/queue/acme/web/sha256"),
+        "delivered to the late connector",
+    )
+    .await;
+    assert_eq!(late.status, StatusCode::ACCEPTED);
+
+    let _c1 = cluster.connector("c1", &[1], &target);
+    wait::until(
+        Duration::from_secs(20),
+        "queued request delivered",
+        || async { (target.counters.requests.load(Ordering::SeqCst) >= 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        target.counters.requests.load(Ordering::SeqCst),
+        1,
+        "the expired request ran"
+    );
+}

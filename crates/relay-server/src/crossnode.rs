@@ -1,0 +1,530 @@
+//! Multi-node relaying over the broker (DESIGN.md §3).
+//!
+//! Node A (the client's) publishes a [`RequestEnvelope`] to the tenant's request queue and
+//! waits for the matching [`ResponseEnvelope`] on its own response queue. Every node holding
+//! a tunnel of the tenant consumes that queue (competing consumers); the one that takes the
+//! message runs it through a local tunnel and publishes the answer to A. Bodies up to
+//! `inline_body_limit` travel inside the messages, larger ones through the shared body store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use relay_bus::{Bus, BusError, RequestDelivery, RequestEnvelope, ResponseEnvelope};
+use relay_proto::headers;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::bodystore::{BodyStore, StoreBodyError};
+use crate::registry::TunnelBody;
+use crate::relay::Mode;
+use crate::responses::{Body, error};
+use crate::tenants::TenantEntry;
+
+/// The broker side of one node.
+pub struct CrossNode {
+    pub bus: Bus,
+    pub bodies: BodyStore,
+    inline_limit: usize,
+    waiters: Mutex<HashMap<String, oneshot::Sender<ResponseEnvelope>>>,
+    /// Tenants this node consumes requests for (it holds a tunnel of each).
+    consumers: Mutex<HashMap<String, CancellationToken>>,
+    /// Tenant queues known to be declared.
+    declared: Mutex<std::collections::HashSet<String>>,
+    /// When a consumer of a tenant's queue was last seen anywhere (cached broker answer).
+    consumer_seen: Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// How long a seen consumer is trusted without asking the broker again.
+const CONSUMER_CACHE: Duration = Duration::from_secs(1);
+
+/// Removes a waiter when the waiting request ends, however it ends.
+struct Waiter<'a> {
+    node: &'a CrossNode,
+    id: String,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.node.waiters.lock() {
+            w.remove(&self.id);
+        }
+    }
+}
+
+impl CrossNode {
+    pub fn new(bus: Bus, bodies: BodyStore, inline_limit: usize) -> Self {
+        CrossNode {
+            bus,
+            bodies,
+            inline_limit,
+            waiters: Mutex::new(HashMap::new()),
+            consumers: Mutex::new(HashMap::new()),
+            consumer_seen: Mutex::new(HashMap::new()),
+            declared: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Declares the tenant's request queue once per process (idempotent at the broker), so a
+    /// request published before any connector arrived is kept, not lost.
+    pub async fn ensure_declared(&self, tenant_key: &str) -> Result<(), BusError> {
+        if self.declared.lock().is_ok_and(|d| d.contains(tenant_key)) {
+            return Ok(());
+        }
+        self.bus.declare_tenant(tenant_key).await?;
+        if let Ok(mut d) = self.declared.lock() {
+            d.insert(tenant_key.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Whether some node consumes the tenant's queue (holds a tunnel), waiting up to `wait`
+    /// for one to appear. A broker error counts as yes: the publish then tells the truth.
+    pub async fn wait_for_consumer(&self, tenant_key: &str, wait: Duration) -> bool {
+        if self
+            .consumer_seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(tenant_key).copied())
+            .is_some_and(|at| at.elapsed() < CONSUMER_CACHE)
+        {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.bus.consumer_count(tenant_key).await {
+                Ok(0) => {}
+                Ok(_) => {
+                    if let Ok(mut seen) = self.consumer_seen.lock() {
+                        seen.insert(tenant_key.to_owned(), std::time::Instant::now());
+                    }
+                    return true;
+                }
+                Err(BusError::Unavailable { .. }) | Err(BusError::Unroutable { .. }) => {}
+                Err(_) => return true,
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Node A: relays `request` through the broker and answers the client.
+    pub async fn relay(
+        &self,
+        tenant: &TenantEntry,
+        request: Request<TunnelBody>,
+        request_id: &str,
+        mode: Mode,
+        deadline: tokio::time::Instant,
+    ) -> Response<Body> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.waiters.lock() {
+            w.insert(request_id.to_owned(), tx);
+        }
+        let _waiter = Waiter {
+            node: self,
+            id: request_id.to_owned(),
+        };
+        let envelope = match self
+            .envelope(tenant, request, request_id, mode, deadline)
+            .await
+        {
+            Ok(envelope) => envelope,
+            Err(response) => return *response,
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(e) = self
+            .bus
+            .publish_request(&tenant.key, &envelope, remaining, false)
+            .await
+        {
+            self.bodies.remove(&envelope.body).await;
+            return publish_failed(&e);
+        }
+        let answer = match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                return error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "request-expired",
+                    format!(
+                        "request expired after {}s in the relay",
+                        tenant.request_expiry.as_secs_f64()
+                    ),
+                );
+            }
+        };
+        self.to_client(answer, mode, request_id).await
+    }
+
+    /// Node A, `queue` mode: `202` once the broker confirmed a persistent message.
+    pub async fn enqueue(
+        &self,
+        tenant: &TenantEntry,
+        request: Request<TunnelBody>,
+        request_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Response<Body> {
+        if let Err(e) = self.ensure_declared(&tenant.key).await {
+            return publish_failed(&e);
+        }
+        let envelope = match self
+            .envelope(tenant, request, request_id, Mode::Queue, deadline)
+            .await
+        {
+            Ok(envelope) => envelope,
+            Err(response) => return *response,
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Err(e) = self
+            .bus
+            .publish_request(&tenant.key, &envelope, remaining, true)
+            .await
+        {
+            self.bodies.remove(&envelope.body).await;
+            return publish_failed(&e);
+        }
+        crate::spool::accepted(request_id)
+    }
+
+    async fn envelope(
+        &self,
+        tenant: &TenantEntry,
+        request: Request<TunnelBody>,
+        request_id: &str,
+        mode: Mode,
+        deadline: tokio::time::Instant,
+    ) -> Result<RequestEnvelope, Box<Response<Body>>> {
+        let (parts, body) = request.into_parts();
+        let key = format!("{request_id}.req");
+        let body = match self
+            .bodies
+            .inline_or_store(body, self.inline_limit, &key)
+            .await
+        {
+            Ok(body) => body,
+            Err(StoreBodyError::Source(e)) if e.is::<crate::body::TooLarge>() => {
+                return Err(Box::new(crate::relay::too_large(
+                    tenant.max_body_bytes.unwrap_or_default(),
+                )));
+            }
+            Err(StoreBodyError::Source(_)) => {
+                return Err(Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    "body-incomplete",
+                    "the request body ended early",
+                )));
+            }
+            Err(StoreBodyError::Io(e)) => {
+                tracing::error!(error = %e, "Cannot write to the body store.");
+                return Err(Box::new(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "body-store",
+                    "the request body could not be stored",
+                )));
+            }
+        };
+        let remaining_ms = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_millis() as i64;
+        Ok(RequestEnvelope {
+            request_id: request_id.to_owned(),
+            origin: self.bus.origin().to_owned(),
+            tenant: tenant.key.clone(),
+            target: String::new(),
+            method: parts.method.as_str().to_owned(),
+            path_and_query: parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            body,
+            expires_at_ms: relay_store::now_ms() + remaining_ms,
+            mode: match mode {
+                Mode::Relay => "relay",
+                Mode::Queue => "queue",
+                Mode::Trace => "trace",
+            }
+            .to_owned(),
+            ack_mode: "connector-finished".to_owned(),
+        })
+    }
+
+    async fn to_client(
+        &self,
+        answer: ResponseEnvelope,
+        mode: Mode,
+        request_id: &str,
+    ) -> Response<Body> {
+        let body = match self.bodies.open(&answer.body, true).await {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(request = %request_id, error = %e, "Response body missing from the body store.");
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "body-store",
+                    "the response body is not available on this node",
+                );
+            }
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() =
+            StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        let h = response.headers_mut();
+        for (name, value) in &answer.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                h.append(name, value);
+            }
+        }
+        if mode == Mode::Trace {
+            let mut put = |name: HeaderName, value: Option<&str>| {
+                if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                    h.insert(name, v);
+                }
+            };
+            put(headers::REQUEST_ID, Some(request_id));
+            put(
+                headers::TRACE_CONNECTOR_MACHINE,
+                answer.connector_machine.as_deref(),
+            );
+            put(
+                headers::TRACE_CONNECTOR_VERSION,
+                answer.connector_version.as_deref(),
+            );
+        } else {
+            h.remove(headers::TARGET_DURATION);
+        }
+        response
+    }
+
+    /// Node A: delivers responses from the broker to the waiting requests.
+    pub async fn run_responses(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut responses = match self.bus.consume_responses().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot consume this node's response queue.");
+                return;
+            }
+        };
+        loop {
+            let answer = tokio::select! {
+                answer = responses.next() => match answer {
+                    Some(answer) => answer,
+                    None => return,
+                },
+                () = shutdown.cancelled() => return,
+            };
+            let waiter = self
+                .waiters
+                .lock()
+                .ok()
+                .and_then(|mut w| w.remove(&answer.request_id));
+            match waiter {
+                Some(tx) => {
+                    if let Err(answer) = tx.send(answer) {
+                        self.bodies.remove(&answer.body).await;
+                    }
+                }
+                // The client is gone (expired or disconnected): nobody will read the body.
+                None => self.bodies.remove(&answer.body).await,
+            }
+        }
+    }
+
+    /// Node B: a tunnel of `tenant` is up here; consume its requests if not already.
+    pub fn tunnel_up(self: &Arc<Self>, state: &Arc<AppState>, tenant: &Arc<TenantEntry>) {
+        let token = {
+            let Ok(mut consumers) = self.consumers.lock() else {
+                return;
+            };
+            if consumers.contains_key(&tenant.key) {
+                return;
+            }
+            let token = state.draining.child_token();
+            consumers.insert(tenant.key.clone(), token.clone());
+            token
+        };
+        let node = self.clone();
+        let state = state.clone();
+        let tenant = tenant.clone();
+        state
+            .tasks
+            .clone()
+            .spawn(async move { node.consume(state, tenant, token).await });
+    }
+
+    /// Node B: the last tunnel of `tenant` here is gone; stop taking its requests.
+    pub fn tunnels_gone(&self, tenant_key: &str) {
+        if let Ok(mut consumers) = self.consumers.lock()
+            && let Some(token) = consumers.remove(tenant_key)
+        {
+            token.cancel();
+        }
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        state: Arc<AppState>,
+        tenant: Arc<TenantEntry>,
+        stop: CancellationToken,
+    ) {
+        let prefetch = tenant.concurrency_limit;
+        let mut requests = match self.bus.consume_requests(&tenant.key, prefetch).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.key, error = %e, "Cannot consume the tenant's request queue.");
+                self.tunnels_gone(&tenant.key);
+                return;
+            }
+        };
+        tracing::debug!(tenant = %tenant.key, prefetch, "Consuming the tenant's requests.");
+        loop {
+            let delivery = tokio::select! {
+                d = requests.next() => match d {
+                    Some(d) => d,
+                    None => return,
+                },
+                () = stop.cancelled() => return,
+            };
+            let node = self.clone();
+            let state = state.clone();
+            let tenant = tenant.clone();
+            tokio::spawn(async move { node.execute(&state, &tenant, delivery).await });
+        }
+    }
+
+    /// Node B: runs one delivered request through a local tunnel and answers its origin.
+    async fn execute(
+        &self,
+        state: &Arc<AppState>,
+        tenant: &TenantEntry,
+        delivery: RequestDelivery,
+    ) {
+        let RequestDelivery { envelope, ack, .. } = delivery;
+        let Some(tunnel) = state.registry.acquire(&tenant.key, Duration::ZERO).await else {
+            // No tunnel here any more: give it back for another node.
+            let _ = ack.requeue().await;
+            return;
+        };
+        let answer = match self.call(&tunnel, &envelope).await {
+            Ok(answer) => answer,
+            Err(code) => ResponseEnvelope {
+                request_id: envelope.request_id.clone(),
+                status: StatusCode::BAD_GATEWAY.as_u16(),
+                headers: vec![
+                    ("content-type".into(), b"text/plain; charset=utf-8".to_vec()),
+                    (
+                        headers::RELAY_ERROR.as_str().into(),
+                        code.as_bytes().to_vec(),
+                    ),
+                ],
+                body: relay_bus::BodyRef::Inline(bytes::Bytes::from_static(
+                    b"the connector's tunnel failed during the request\n",
+                )),
+                error: Some(code.to_owned()),
+                connector_machine: Some(tunnel.machine.clone()),
+                connector_version: Some(tunnel.version.clone()),
+            },
+        };
+        self.bodies.remove(&envelope.body).await;
+        if envelope.mode != "queue"
+            && let Err(e) = self.bus.publish_response(&envelope.origin, &answer).await
+        {
+            tracing::info!(request = %envelope.request_id, error = %e, "Cannot return a response to its node.");
+            self.bodies.remove(&answer.body).await;
+        } else if envelope.mode == "queue" {
+            self.bodies.remove(&answer.body).await;
+        }
+        let _ = ack.ack().await;
+    }
+
+    async fn call(
+        &self,
+        tunnel: &Arc<crate::registry::Tunnel>,
+        envelope: &RequestEnvelope,
+    ) -> Result<ResponseEnvelope, &'static str> {
+        let body = self
+            .bodies
+            .open(&envelope.body, false)
+            .await
+            .map_err(|_| "body-store")?;
+        let uri: Uri = format!("http://tunnel{}", envelope.path_and_query)
+            .parse()
+            .map_err(|_| "path-invalid")?;
+        let mut request = Request::builder()
+            .method(envelope.method.as_str())
+            .uri(uri)
+            .version(http::Version::HTTP_2)
+            .body(body)
+            .map_err(|_| "request-invalid")?;
+        for (name, value) in &envelope.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_bytes(value),
+            ) {
+                request.headers_mut().append(name, value);
+            }
+        }
+        let _inflight = tunnel.begin();
+        let mut sender = tunnel.sender.clone();
+        let remaining = u64::try_from(envelope.expires_at_ms - relay_store::now_ms()).unwrap_or(0);
+        let response = tokio::time::timeout(
+            Duration::from_millis(remaining),
+            sender.send_request(request),
+        )
+        .await
+        .map_err(|_| "request-expired")?
+        .map_err(|_| "connector-lost")?;
+        let (parts, body) = response.into_parts();
+        let key = format!("{}.res", envelope.request_id);
+        let body = self
+            .bodies
+            .inline_or_store(body, self.inline_limit, &key)
+            .await
+            .map_err(|_| "connector-lost")?;
+        Ok(ResponseEnvelope {
+            request_id: envelope.request_id.clone(),
+            status: parts.status.as_u16(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+                .collect(),
+            body,
+            error: None,
+            connector_machine: Some(tunnel.machine.clone()),
+            connector_version: Some(tunnel.version.clone()),
+        })
+    }
+}
+
+fn publish_failed(e: &BusError) -> Response<Body> {
+    match e {
+        BusError::Unroutable { .. } => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-connector",
+            "no connector of this tenant is connected",
+        ),
+        _ => {
+            tracing::warn!(error = %e, "Cannot publish a request to the broker.");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "broker-unavailable",
+                "the message broker is unavailable; retry later",
+            )
+        }
+    }
+}
