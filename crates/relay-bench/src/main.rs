@@ -79,7 +79,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     scenario::check_selection(&args.scenarios)?;
     let binaries = Binaries::locate(args.bin_dir.as_deref())?;
-    let host_before = procs::host_load();
+    let load_before = procs::load_average();
     let scratch = Scratch::new(args.keep_temp)?;
     eprintln!("scratch directory: {}", scratch.path().display());
 
@@ -133,7 +133,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         connector_idle,
         connector_after: relay.connector.memory()?,
     };
-    let host = format!("{host_before} before, {} after", procs::host_load());
+    let host = format!(
+        "{} CPUs; load average {load_before} before, {} after",
+        procs::cpus(),
+        procs::load_average()
+    );
     let report = Report::new(&args, results, memory, host);
     report.print();
     if args.json {

@@ -209,10 +209,17 @@ impl Probe {
     }
 }
 
-/// `2 CPUs, load average 0.52 0.31 0.20`: whether the machine was busy with other work.
-pub fn host_load() -> String {
-    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+/// Number of CPUs this process may use.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
+}
+
+/// The 1, 5 and 15 minute load averages (`0.52 0.31 0.20`): whether the machine was busy with
+/// other work.
+pub fn load_average() -> String {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    format!("{cpus} CPUs, load average {}", load.join(" "))
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }

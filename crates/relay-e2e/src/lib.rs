@@ -100,6 +100,7 @@ impl Stack {
                 path: scratch.0.join("bodies"),
             },
             bus: BusConfig::default(),
+            node: Default::default(),
             shutdown_grace: Duration::from_secs(5),
             log: relay_core::telemetry::LogConfig::default(),
         };

@@ -138,6 +138,14 @@ struct Cluster {
 
 impl Cluster {
     async fn start(extra_server_toml: &str) -> Option<Cluster> {
+        Self::start_with(extra_server_toml, relay_store::TenantConfig::default()).await
+    }
+
+    /// Starts with tenant `acme` configured by `tenant_config` before any node loads it.
+    async fn start_with(
+        extra_server_toml: &str,
+        tenant_config: relay_store::TenantConfig,
+    ) -> Option<Cluster> {
         let services = Services::get()?;
         let scratch = Scratch::new("multinode");
         let dir = scratch.0.clone();
@@ -150,6 +158,12 @@ impl Cluster {
             .unwrap()
             .trim()
             .to_owned();
+        let store = relay_store::Store::connect(&db).await.unwrap();
+        let tenant = store.tenant_by_name("acme").await.unwrap().unwrap();
+        store
+            .set_tenant_config(&tenant.id, &tenant_config)
+            .await
+            .unwrap();
         std::fs::create_dir_all(dir.join("bodies")).unwrap();
 
         let identity_port = free_port();
@@ -190,7 +204,10 @@ impl Cluster {
             let proc = Proc::spawn(
                 "relay-server",
                 &["--config", config.to_str().unwrap()],
-                &[("RUST_LOG", "info")],
+                &[(
+                    "RUST_LOG",
+                    std::env::var("RELAY_TEST_LOG").as_deref().unwrap_or("info"),
+                )],
                 &dir,
             );
             cluster.nodes.push((port, proc));
@@ -393,4 +410,107 @@ async fn queued_requests_wait_for_a_late_connector_and_expired_ones_never_run() 
         1,
         "the expired request ran"
     );
+}
+
+#[tokio::test]
+async fn broker_connection_loss_heals_without_restarting_relay() {
+    let Some(cluster) = Cluster::start("").await else {
+        return;
+    };
+    let target = TestTarget::start().await;
+    let _c1 = cluster.connector("c1", &[1], &target);
+    until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
+    assert_eq!(
+        get(&cluster.url(0, "/relay/acme/ping")).await.text(),
+        "PONG"
+    );
+
+    match relay_testkit::broker::close_connections(&cluster.services.prefix) {
+        Ok(n) => assert!(
+            n >= 2,
+            "expected both nodes' broker connections, closed {n}"
+        ),
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+    }
+    until_ok(
+        &cluster.url(0, "/relay/acme/ping"),
+        "cross-node requests after the broker dropped every connection",
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            get(&cluster.url(0, "/relay/acme/web/status/200"))
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_crashed_nodes_connections_are_marked_gone_within_three_heartbeats() {
+    let Some(mut cluster) = Cluster::start("[node]\nheartbeat_interval = \"500ms\"\n").await else {
+        return;
+    };
+    let target = TestTarget::start().await;
+    let _c1 = cluster.connector("c1", &[0, 1], &target);
+    until_ok(&cluster.url(0, "/relay/acme/ping"), "connector on node A").await;
+    until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
+    let store = relay_store::Store::connect(&cluster.services.database_url)
+        .await
+        .unwrap();
+    wait::until(Duration::from_secs(10), "both tunnels recorded", || async {
+        (store.list_connections(true).await.unwrap().len() == 2).then_some(())
+    })
+    .await;
+
+    cluster.nodes[0].1.kill().await;
+    let killed = Instant::now();
+    wait::until(
+        Duration::from_secs(10),
+        "the dead node's tunnel marked gone",
+        || async { (store.list_connections(true).await.unwrap().len() == 1).then_some(()) },
+    )
+    .await;
+    // Three missed heartbeats of 500 ms, plus one sweep interval of slack.
+    assert!(
+        killed.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        killed.elapsed()
+    );
+    let origins = store.list_origins().await.unwrap();
+    assert_eq!(origins.iter().filter(|o| o.stopped_at.is_some()).count(), 1);
+}
+
+#[tokio::test]
+async fn a_tenants_concurrency_limit_bounds_requests_in_flight() {
+    let config = relay_store::TenantConfig {
+        concurrency_limit: Some(2),
+        ..Default::default()
+    };
+    let Some(cluster) = Cluster::start_with("", config).await else {
+        return;
+    };
+    let target = TestTarget::start().await;
+    let _c1 = cluster.connector("c1", &[1], &target);
+    until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
+
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        let url = cluster.url(0, "/relay/acme/web/delay/600");
+        calls.push(tokio::spawn(async move { get(&url).await }));
+    }
+    for call in calls {
+        assert_eq!(call.await.unwrap().status, StatusCode::OK);
+    }
+    let max = target.counters.delay_max_inflight.load(Ordering::SeqCst);
+    assert!(
+        max <= 2,
+        "{max} requests ran at once with a limit of 2\n{}",
+        cluster.logs()
+    );
+    assert!(max >= 1);
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub body_store: BodyStoreConfig,
     #[serde(default)]
     pub bus: BusConfig,
+    #[serde(default)]
+    pub node: NodeConfig,
     /// Time in-flight requests get to finish after SIGTERM.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -157,6 +159,26 @@ impl Default for BodyStoreConfig {
     }
 }
 
+/// `[node]`: this node's registration in the configuration database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// How often the node records that it is alive.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Missed heartbeats after which other nodes mark this node's connections gone.
+    pub dead_after_missed: u32,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            heartbeat_interval: Duration::from_secs(5),
+            dead_after_missed: 3,
+        }
+    }
+}
+
 /// `[bus]`: how relay nodes reach each other.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -255,6 +277,18 @@ impl Config {
             return Err(ConfigError::key(
                 "bus.url",
                 "must start with amqp:// or amqps://",
+            ));
+        }
+        if self.node.heartbeat_interval < Duration::from_millis(100) {
+            return Err(ConfigError::key(
+                "node.heartbeat_interval",
+                "must be at least 100ms",
+            ));
+        }
+        if self.node.dead_after_missed == 0 {
+            return Err(ConfigError::key(
+                "node.dead_after_missed",
+                "must be at least 1",
             ));
         }
         if self.relay.concurrency_limit == 0 {

@@ -413,42 +413,68 @@ impl CrossNode {
         tenant: &TenantEntry,
         delivery: RequestDelivery,
     ) {
-        let RequestDelivery { envelope, ack, .. } = delivery;
-        let Some(tunnel) = state.registry.acquire(&tenant.key, Duration::ZERO).await else {
-            // No tunnel here any more: give it back for another node.
-            let _ = ack.requeue().await;
+        let RequestDelivery {
+            envelope,
+            ack,
+            redelivered,
+        } = delivery;
+        // A redelivered message was taken by a consumer whose node or connection died: it may
+        // have run already. Requests are executed at most once (acknowledge mode
+        // connector-finished), so it is answered as interrupted instead of run again.
+        if redelivered {
+            tracing::info!(request = %envelope.request_id, "Redelivered request not executed again.");
+            let answer = relay_failure(
+                &envelope,
+                StatusCode::BAD_GATEWAY,
+                "interrupted",
+                "the request was interrupted on another relay node and is not retried",
+            );
+            self.finish(&envelope, answer).await;
+            let _ = ack.ack().await;
+            return;
+        }
+        let wait = state.config.relay.connector_wait;
+        let Some(tunnel) = state.registry.acquire(&tenant.key, wait).await else {
+            let answer = relay_failure(
+                &envelope,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-connector",
+                "no connector of this tenant is connected",
+            );
+            self.finish(&envelope, answer).await;
+            let _ = ack.ack().await;
             return;
         };
         let answer = match self.call(&tunnel, &envelope).await {
             Ok(answer) => answer,
-            Err(code) => ResponseEnvelope {
-                request_id: envelope.request_id.clone(),
-                status: StatusCode::BAD_GATEWAY.as_u16(),
-                headers: vec![
-                    ("content-type".into(), b"text/plain; charset=utf-8".to_vec()),
-                    (
-                        headers::RELAY_ERROR.as_str().into(),
-                        code.as_bytes().to_vec(),
-                    ),
-                ],
-                body: relay_bus::BodyRef::Inline(bytes::Bytes::from_static(
-                    b"the connector's tunnel failed during the request\n",
-                )),
-                error: Some(code.to_owned()),
-                connector_machine: Some(tunnel.machine.clone()),
-                connector_version: Some(tunnel.version.clone()),
-            },
+            Err(code) => {
+                let mut answer = relay_failure(
+                    &envelope,
+                    StatusCode::BAD_GATEWAY,
+                    code,
+                    "the connector's tunnel failed during the request",
+                );
+                answer.connector_machine = Some(tunnel.machine.clone());
+                answer.connector_version = Some(tunnel.version.clone());
+                answer
+            }
         };
+        self.finish(&envelope, answer).await;
+        let _ = ack.ack().await;
+    }
+
+    /// Deletes the request's stored body and sends the answer to the waiting node (`queue`
+    /// mode has nobody waiting).
+    async fn finish(&self, envelope: &RequestEnvelope, answer: ResponseEnvelope) {
         self.bodies.remove(&envelope.body).await;
-        if envelope.mode != "queue"
-            && let Err(e) = self.bus.publish_response(&envelope.origin, &answer).await
-        {
+        if envelope.mode == "queue" {
+            self.bodies.remove(&answer.body).await;
+            return;
+        }
+        if let Err(e) = self.bus.publish_response(&envelope.origin, &answer).await {
             tracing::info!(request = %envelope.request_id, error = %e, "Cannot return a response to its node.");
             self.bodies.remove(&answer.body).await;
-        } else if envelope.mode == "queue" {
-            self.bodies.remove(&answer.body).await;
         }
-        let _ = ack.ack().await;
     }
 
     async fn call(
@@ -508,6 +534,30 @@ impl CrossNode {
             connector_machine: Some(tunnel.machine.clone()),
             connector_version: Some(tunnel.version.clone()),
         })
+    }
+}
+
+/// A response the relay makes itself for a request it could not run.
+fn relay_failure(
+    envelope: &RequestEnvelope,
+    status: StatusCode,
+    code: &str,
+    message: &str,
+) -> ResponseEnvelope {
+    ResponseEnvelope {
+        request_id: envelope.request_id.clone(),
+        status: status.as_u16(),
+        headers: vec![
+            ("content-type".into(), b"text/plain; charset=utf-8".to_vec()),
+            (
+                headers::RELAY_ERROR.as_str().into(),
+                code.as_bytes().to_vec(),
+            ),
+        ],
+        body: relay_bus::BodyRef::Inline(bytes::Bytes::from(format!("{message}\n"))),
+        error: Some(code.to_owned()),
+        connector_machine: None,
+        connector_version: None,
     }
 }
 

@@ -100,6 +100,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             path: data_dir.join("bodies"),
         },
         bus: BusConfig::default(),
+        node: Default::default(),
         shutdown_grace: Duration::from_secs(5),
         log: relay_core::telemetry::LogConfig::default(),
     };

@@ -182,7 +182,10 @@ pub async fn run(
     tasks.spawn(origins::run(
         state.store.clone(),
         state.origin_id.clone(),
-        origins::OriginSettings::default(),
+        origins::OriginSettings {
+            heartbeat_interval: state.config.node.heartbeat_interval,
+            dead_after_missed: state.config.node.dead_after_missed,
+        },
         live,
         origin_stop.clone(),
     ));

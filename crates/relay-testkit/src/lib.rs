@@ -2,11 +2,13 @@
 //!
 //! - [`target`]: an HTTP server standing in for a private-network service.
 //! - [`process`]: the real binaries as child processes (kill, SIGTERM, memory).
+//! - [`broker`]: RabbitMQ failure injection.
 //! - [`client`]: a plain HTTP client and streaming byte patterns with checksums.
 //! - [`proxy`]: a TCP forwarder that can silently stop passing bytes.
 //! - [`wait`]: waiting on a condition with a deadline (no bare sleeps in tests).
 #![allow(clippy::unwrap_used)]
 
+pub mod broker;
 pub mod client;
 pub mod process;
 pub mod proxy;

@@ -30,6 +30,17 @@ pub struct Counters {
     pub requests: AtomicUsize,
     pub hang_started: AtomicUsize,
     pub hang_cancelled: AtomicUsize,
+    /// `/delay` calls running now, and the most at once.
+    pub delay_inflight: AtomicUsize,
+    pub delay_max_inflight: AtomicUsize,
+}
+
+struct InflightGuard(Arc<Counters>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.delay_inflight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running test target; stops when dropped.
@@ -120,6 +131,9 @@ async fn route(req: Request<Incoming>, counters: &Arc<Counters>) -> Response<Bod
         }
         "delay" => {
             let ms = arg.parse().unwrap_or(0);
+            let now = counters.delay_inflight.fetch_add(1, Ordering::SeqCst) + 1;
+            counters.delay_max_inflight.fetch_max(now, Ordering::SeqCst);
+            let _guard = InflightGuard(counters.clone());
             tokio::time::sleep(Duration::from_millis(ms)).await;
             reply(StatusCode::OK, "late")
         }
