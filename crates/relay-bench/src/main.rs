@@ -83,7 +83,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let scratch = Scratch::new(args.keep_temp)?;
     eprintln!("scratch directory: {}", scratch.path().display());
 
-    let target = target::spawn(scratch.path(), args.large_size).await?;
+    let mut target = target::spawn(scratch.path(), args.large_size).await?;
     eprintln!("target listening on {}", target.addr);
     let mut relay = stack::Relay::start(&binaries, scratch.path(), target.addr).await?;
     eprintln!("relay listening on {}; connector attached", relay.public);
@@ -109,7 +109,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             humantime::format_duration(args.duration),
         );
         let outcome = load::run(scenario, args.warmup, args.duration, &probes).await?;
-        relay.ensure_running().with_context(|| {
+        let alive = target
+            .service
+            .ensure_running()
+            .and_then(|()| relay.ensure_running());
+        alive.with_context(|| {
             format!(
                 "during {}/{} ({} requests completed, {} failed{})",
                 scenario.name,
@@ -133,6 +137,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         connector_idle,
         connector_after: relay.connector.memory()?,
     };
+    relay.connector.stop().await;
+    relay.server.stop().await;
+    target.service.stop().await;
+
     let host = format!(
         "{} CPUs; load average {load_before} before, {} after",
         procs::cpus(),

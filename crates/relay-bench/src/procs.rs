@@ -155,6 +155,12 @@ impl Service {
         })
     }
 
+    /// SIGKILLs and reaps the process, so it is gone when the benchmark exits (dropping only
+    /// sends the signal).
+    pub async fn stop(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// The last 20 lines of the log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
