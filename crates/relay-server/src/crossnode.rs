@@ -103,7 +103,7 @@ impl CrossNode {
                     }
                     return true;
                 }
-                Err(BusError::Unavailable { .. }) | Err(BusError::Unroutable { .. }) => {}
+                // The publish that follows reports broker trouble as such (503 broker-unavailable).
                 Err(_) => return true,
             }
             if tokio::time::Instant::now() >= deadline {
@@ -397,7 +397,15 @@ impl CrossNode {
                     Some(d) => d,
                     None => return,
                 },
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    // Deliveries buffered here never ran: hand them back as fresh messages so
+                    // another node runs them (a broker requeue would flag them redelivered,
+                    // and redelivered requests are not executed).
+                    while let Some(Some(d)) = futures_util::FutureExt::now_or_never(requests.next()) {
+                        self.hand_back(d).await;
+                    }
+                    return;
+                }
             };
             let node = self.clone();
             let state = state.clone();
@@ -433,16 +441,14 @@ impl CrossNode {
             let _ = ack.ack().await;
             return;
         }
-        let wait = state.config.relay.connector_wait;
-        let Some(tunnel) = state.registry.acquire(&tenant.key, wait).await else {
-            let answer = relay_failure(
-                &envelope,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no-connector",
-                "no connector of this tenant is connected",
-            );
-            self.finish(&envelope, answer).await;
-            let _ = ack.ack().await;
+        let Some(tunnel) = state.registry.acquire(&tenant.key, Duration::ZERO).await else {
+            // This node's tunnels are gone; another node may have one.
+            self.hand_back(RequestDelivery {
+                envelope,
+                ack,
+                redelivered,
+            })
+            .await;
             return;
         };
         let answer = match self.call(&tunnel, &envelope).await {
@@ -460,6 +466,29 @@ impl CrossNode {
             }
         };
         self.finish(&envelope, answer).await;
+        let _ = ack.ack().await;
+    }
+
+    /// Republishes a request this node took but did not run (not flagged redelivered, same
+    /// remaining time to live), then settles the original. Expired requests are dropped.
+    async fn hand_back(&self, delivery: RequestDelivery) {
+        let RequestDelivery { envelope, ack, .. } = delivery;
+        let remaining = u64::try_from(envelope.expires_at_ms - relay_store::now_ms()).unwrap_or(0);
+        if remaining > 0 {
+            let persistent = envelope.mode == "queue";
+            let ttl = Duration::from_millis(remaining);
+            if let Err(e) = self
+                .bus
+                .publish_request(&envelope.tenant, &envelope, ttl, persistent)
+                .await
+            {
+                tracing::warn!(request = %envelope.request_id, error = %e, "Cannot hand a request back to the queue; the broker will redeliver it.");
+                let _ = ack.requeue().await;
+                return;
+            }
+        } else {
+            self.bodies.remove(&envelope.body).await;
+        }
         let _ = ack.ack().await;
     }
 

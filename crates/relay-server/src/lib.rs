@@ -211,9 +211,10 @@ async fn sweep_bodies(
     expiry: std::time::Duration,
     shutdown: CancellationToken,
 ) {
+    // Tenants may set a longer expiry than the server default: keep files at least an hour.
     let max_age = expiry
         .saturating_mul(2)
-        .max(std::time::Duration::from_secs(60));
+        .max(std::time::Duration::from_secs(3600));
     loop {
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
