@@ -9,7 +9,7 @@ use crate::target::TargetArgs;
 
 /// Measures the relay against direct access: throughput, latency, memory.
 ///
-/// Build first: `cargo build --release -p relay-bench -p relay-server -p relay-connector -p relayctl`,
+/// Build first: `cargo build --release -p relay-bench -p relay-server -p relay-connector -p relayctl -p relay-identity`,
 /// then run `target/release/relay-bench`. Takes about (warm-up + duration) x 4 plus a few
 /// seconds of start-up.
 #[derive(Debug, Parser)]
@@ -65,6 +65,28 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
 
+    /// Cross-node rows (client on node A, connector on node B; PostgreSQL + RabbitMQ):
+    /// `auto` runs them when both services are reachable, `on` (or a bare `--cross-node`)
+    /// requires them, `off` skips them.
+    #[arg(long, value_enum, default_value = "auto", num_args = 0..=1, default_missing_value = "on")]
+    pub cross_node: CrossNode,
+
+    /// Admin URL of the PostgreSQL server the cross-node rows create a database on.
+    #[arg(
+        long,
+        env = "RELAY_BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    pub postgres_url: String,
+
+    /// RabbitMQ of the cross-node rows.
+    #[arg(
+        long,
+        env = "RELAY_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
     /// Keep the scratch directory (configs, database, process logs) for inspection.
     #[arg(long)]
     pub keep_temp: bool,
@@ -72,6 +94,13 @@ pub struct BenchArgs {
     /// Also print the figures as JSON after the table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrossNode {
+    Auto,
+    On,
+    Off,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -27,6 +27,7 @@
 //! child processes and `/proc` probes, [`report`] table, targets and JSON.
 
 mod cli;
+mod crossnode;
 mod load;
 mod procs;
 mod report;
@@ -39,7 +40,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 
-use crate::cli::{BenchArgs, Cli, Command};
+use crate::cli::{BenchArgs, Cli, Command, CrossNode};
+use crate::crossnode::{Cluster, Services};
 use crate::procs::{Binaries, Probe, Scratch};
 use crate::report::{MemoryFigures, Report};
 
@@ -88,6 +90,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut relay = stack::Relay::start(&binaries, scratch.path(), target.addr).await?;
     eprintln!("relay listening on {}; connector attached", relay.public);
 
+    let (mut cluster, cross_node_note) = start_cluster(&args, &binaries, &scratch, &target).await?;
+
     let server_idle = relay.server.memory()?;
     let connector_idle = relay.connector.memory()?;
 
@@ -97,7 +101,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Probe::child("server", &relay.server)?,
         Probe::child("connector", &relay.connector)?,
     ];
-    let scenarios = scenario::standard(&args, target.addr, relay.public)?;
+    let mut cross_probes = vec![probes[0].clone(), probes[1].clone()];
+    if let Some(cluster) = &cluster {
+        cross_probes.extend(cluster.probes()?);
+    }
+    let node_a = cluster.as_ref().map(|c| c.node_a);
+    let scenarios = scenario::standard(&args, target.addr, relay.public, node_a)?;
     let mut results = Vec::with_capacity(scenarios.len());
     for scenario in &scenarios {
         eprintln!(
@@ -108,11 +117,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             humantime::format_duration(args.warmup),
             humantime::format_duration(args.duration),
         );
-        let outcome = load::run(scenario, args.warmup, args.duration, &probes).await?;
+        let probed = if scenario.path == scenario::CROSS_NODE {
+            &cross_probes
+        } else {
+            &probes
+        };
+        let outcome = load::run(scenario, args.warmup, args.duration, probed).await?;
         let alive = target
             .service
             .ensure_running()
-            .and_then(|()| relay.ensure_running());
+            .and_then(|()| relay.ensure_running())
+            .and_then(|()| cluster.as_mut().map_or(Ok(()), Cluster::ensure_running));
         alive.with_context(|| {
             format!(
                 "during {}/{} ({} requests completed, {} failed{})",
@@ -137,6 +152,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         connector_idle,
         connector_after: relay.connector.memory()?,
     };
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
     relay.connector.stop().await;
     relay.server.stop().await;
     target.service.stop().await;
@@ -146,7 +164,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         procs::cpus(),
         procs::load_average()
     );
-    let report = Report::new(&args, results, memory, host);
+    let mut report = Report::new(&args, results, memory, host);
+    report.cross_node_note = cross_node_note;
     report.print();
     if args.json {
         println!(
@@ -155,4 +174,36 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The cross-node cluster, or why there is none (`--cross-node off`, or `auto` without
+/// PostgreSQL, RabbitMQ or relay-identity); `on` turns the latter into an error.
+async fn start_cluster(
+    args: &BenchArgs,
+    binaries: &Binaries,
+    scratch: &Scratch,
+    target: &target::TargetProcess,
+) -> anyhow::Result<(Option<Cluster>, Option<String>)> {
+    if args.cross_node == CrossNode::Off {
+        return Ok((None, Some("cross-node: skipped (--cross-node off)".into())));
+    }
+    let services = match Services::create(args, binaries).await {
+        Ok(services) => services,
+        Err(reason) if args.cross_node == CrossNode::Auto => {
+            let note = format!("cross-node: skipped ({reason})");
+            eprintln!("{note}");
+            return Ok((None, Some(note)));
+        }
+        Err(reason) => anyhow::bail!("--cross-node on: {reason}"),
+    };
+    let dir = scratch.path().join("cross-node");
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cluster = Cluster::start(binaries, &dir, target.addr, services)
+        .await
+        .context("starting the cross-node cluster")?;
+    eprintln!(
+        "cross-node: node A on {}, connector attached to node B",
+        cluster.node_a
+    );
+    Ok((Some(cluster), None))
 }

@@ -14,6 +14,8 @@ pub struct Binaries {
     pub server: PathBuf,
     pub connector: PathBuf,
     pub relayctl: PathBuf,
+    /// Only needed by the cross-node scenario, which is skipped without it.
+    pub identity: Option<PathBuf>,
 }
 
 impl Binaries {
@@ -44,6 +46,7 @@ impl Binaries {
             server: find("relay-server")?,
             connector: find("relay-connector")?,
             relayctl: find("relayctl")?,
+            identity: Some(dir.join("relay-identity")).filter(|p| p.is_file()),
         })
     }
 }

@@ -1,6 +1,6 @@
 //! What is measured: a scenario is plain data (name, path, URL, connections, body size), so a
-//! new set-up (say, client on node A and connector on node B) is one more entry whose URL
-//! points elsewhere; the load generator and the report need no change.
+//! set-up such as the cross-node one (client on node A, connector on node B) is one more entry
+//! whose URL points elsewhere.
 
 use std::net::SocketAddr;
 
@@ -14,6 +14,8 @@ use crate::target::SMALL_SIZE;
 pub const DIRECT: &str = "direct";
 /// Path label of the single-node relay.
 pub const RELAY: &str = "relay";
+/// Path label of the cross-node relay (client on node A, connector on node B).
+pub const CROSS_NODE: &str = "cross-node";
 
 /// Scenario names, as used by `--scenarios` and the targets in the report.
 pub const SMALL: &str = "small";
@@ -23,7 +25,7 @@ pub const LARGE: &str = "large";
 pub struct Scenario {
     /// What kind of traffic: `small`, `large`.
     pub name: String,
-    /// How it reaches the target: `direct`, `relay` (later e.g. `cross-node`).
+    /// How it reaches the target: `direct`, `relay`, `cross-node`.
     pub path: String,
     /// `http://host:port/path`; every request is a GET of it.
     pub url: Uri,
@@ -57,11 +59,13 @@ impl Scenario {
     }
 }
 
-/// The single-node scenarios: each kind once direct and once through the relay, in this order.
+/// Each kind once direct, once through the single-node relay and, given node A of a cluster,
+/// once cross-node, in this order.
 pub fn standard(
     args: &BenchArgs,
     target: SocketAddr,
     relay: SocketAddr,
+    cross_node: Option<SocketAddr>,
 ) -> anyhow::Result<Vec<Scenario>> {
     let kinds = [
         (SMALL, "small", args.connections, SMALL_SIZE as u64),
@@ -74,13 +78,25 @@ pub fn standard(
             continue;
         }
         let direct = format!("http://{target}/{route}");
-        let relayed = format!(
-            "http://{relay}/relay/{}/{}/{route}",
-            crate::stack::TENANT,
-            crate::stack::TARGET
-        );
+        let relayed = |node: SocketAddr| {
+            format!(
+                "http://{node}/relay/{}/{}/{route}",
+                crate::stack::TENANT,
+                crate::stack::TARGET
+            )
+        };
         scenarios.push(Scenario::new(name, DIRECT, &direct, connections, size)?);
-        scenarios.push(Scenario::new(name, RELAY, &relayed, connections, size)?);
+        scenarios.push(Scenario::new(
+            name,
+            RELAY,
+            &relayed(relay),
+            connections,
+            size,
+        )?);
+        if let Some(node_a) = cross_node {
+            let url = relayed(node_a);
+            scenarios.push(Scenario::new(name, CROSS_NODE, &url, connections, size)?);
+        }
     }
     Ok(scenarios)
 }

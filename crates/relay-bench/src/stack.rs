@@ -3,7 +3,7 @@
 //! whose target [`TARGET`] is the benchmark's target process.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -33,17 +33,7 @@ impl Relay {
         target: SocketAddr,
     ) -> anyhow::Result<Relay> {
         let database_url = format!("sqlite://{}", dir.join("relay.db").display());
-        relayctl(binaries, &database_url, &["migrate"]).await?;
-        relayctl(binaries, &database_url, &["tenant", "create", TENANT]).await?;
-        let secret_out = relayctl(binaries, &database_url, &["secret", "create", TENANT]).await?;
-        let secret = secret_out
-            .lines()
-            .rfind(|l| !l.trim().is_empty())
-            .context("relayctl secret create printed no secret")?
-            .trim();
-        let secret_file = dir.join("connector.secret");
-        std::fs::write(&secret_file, secret)
-            .with_context(|| format!("writing {}", secret_file.display()))?;
+        let secret_file = prepare_tenant(binaries, &database_url, dir).await?;
 
         let public = free_port()?;
         let identity = free_port()?;
@@ -66,17 +56,7 @@ impl Relay {
             .context("readiness URL")?;
         wait_for(&mut server, "relay-server /health/ready", &ready, |_| true).await?;
 
-        let connector_config = dir.join("connector.toml");
-        let connector_toml = format!(
-            "relay_url = \"http://{public}\"\ntenant = \"{TENANT}\"\nsecret_file = {}\n\n\
-             [targets.{TARGET}]\nurl = \"http://{target}\"\n",
-            toml_string(&secret_file.display().to_string())?,
-        );
-        std::fs::write(&connector_config, connector_toml)
-            .with_context(|| format!("writing {}", connector_config.display()))?;
-        let mut command = Command::new(&binaries.connector);
-        command.arg("--config").arg(&connector_config);
-        let mut connector = Service::spawn("relay-connector", command, dir, false)?;
+        let mut connector = start_connector(binaries, dir, public, &secret_file, target)?;
         let ping: Uri = format!("http://{public}/relay/{TENANT}/ping")
             .parse()
             .context("ping URL")?;
@@ -103,6 +83,49 @@ impl Relay {
         self.server.ensure_running()?;
         self.connector.ensure_running()
     }
+}
+
+/// Migrates the database at `database_url`, creates tenant [`TENANT`] and a connector secret,
+/// and returns the file in `dir` holding that secret.
+pub async fn prepare_tenant(
+    binaries: &Binaries,
+    database_url: &str,
+    dir: &Path,
+) -> anyhow::Result<PathBuf> {
+    relayctl(binaries, database_url, &["migrate"]).await?;
+    relayctl(binaries, database_url, &["tenant", "create", TENANT]).await?;
+    let secret_out = relayctl(binaries, database_url, &["secret", "create", TENANT]).await?;
+    let secret = secret_out
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .context("relayctl secret create printed no secret")?
+        .trim();
+    let secret_file = dir.join("connector.secret");
+    std::fs::write(&secret_file, secret)
+        .with_context(|| format!("writing {}", secret_file.display()))?;
+    Ok(secret_file)
+}
+
+/// Starts a `relay-connector` (config and log in `dir`) for tenant [`TENANT`] with one tunnel
+/// to the relay at `relay`, forwarding target [`TARGET`] to `target`.
+pub fn start_connector(
+    binaries: &Binaries,
+    dir: &Path,
+    relay: SocketAddr,
+    secret_file: &Path,
+    target: SocketAddr,
+) -> anyhow::Result<Service> {
+    let connector_config = dir.join("connector.toml");
+    let connector_toml = format!(
+        "relay_url = \"http://{relay}\"\ntenant = \"{TENANT}\"\nsecret_file = {}\n\n\
+         [targets.{TARGET}]\nurl = \"http://{target}\"\n",
+        toml_string(&secret_file.display().to_string())?,
+    );
+    std::fs::write(&connector_config, connector_toml)
+        .with_context(|| format!("writing {}", connector_config.display()))?;
+    let mut command = Command::new(&binaries.connector);
+    command.arg("--config").arg(&connector_config);
+    Service::spawn("relay-connector", command, dir, false)
 }
 
 /// Runs `relayctl --database-url URL ARGS` and returns its stdout.
@@ -132,7 +155,7 @@ async fn relayctl(
 
 /// Polls `url` until it answers 200 with a body `accept`s, or fails with the process log when
 /// the process exits or the deadline passes.
-async fn wait_for(
+pub async fn wait_for(
     service: &mut Service,
     what: &str,
     url: &Uri,
@@ -159,13 +182,13 @@ async fn wait_for(
 
 /// An unused loopback port. The server binds it a moment later; another process could take
 /// it in between, which would show as a start-up failure naming the address.
-fn free_port() -> anyhow::Result<SocketAddr> {
+pub fn free_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     listener.local_addr().context("finding a free port")
 }
 
 /// A TOML basic string of `s`.
-fn toml_string(s: &str) -> anyhow::Result<String> {
+pub fn toml_string(s: &str) -> anyhow::Result<String> {
     if s.chars().any(char::is_control) {
         bail!("`{s}` contains control characters");
     }

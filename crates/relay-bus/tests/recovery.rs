@@ -12,7 +12,6 @@
 mod common;
 
 use std::{
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -32,45 +31,7 @@ use tokio::{
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Closes every broker connection whose client-provided name contains `marker`; returns how
-/// many, or why it could not.
-fn close_connections(marker: &str) -> Result<usize, String> {
-    let listed = Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "--no-table-headers",
-            "-q",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
-    if !listed.status.success() {
-        return Err(format!(
-            "rabbitmqctl list_connections failed: {}",
-            String::from_utf8_lossy(&listed.stderr).trim()
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&listed.stdout);
-    let pids: Vec<&str> = stdout
-        .lines()
-        .filter(|line| line.contains(marker))
-        .filter_map(|line| line.split_whitespace().next())
-        .collect();
-    for pid in &pids {
-        let closed = Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "test"])
-            .output()
-            .map_err(|e| format!("cannot run rabbitmqctl: {e}"))?;
-        if !closed.status.success() {
-            return Err(format!(
-                "rabbitmqctl close_connection failed: {}",
-                String::from_utf8_lossy(&closed.stderr).trim()
-            ));
-        }
-    }
-    Ok(pids.len())
-}
+use relay_testkit::broker::close_connections;
 
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;

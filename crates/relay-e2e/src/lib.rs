@@ -19,6 +19,31 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+/// A free TCP port on 127.0.0.1 (for configs of processes that bind it themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the real `relayctl` against `db`; panics with its stderr on failure.
+pub fn relayctl(db: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(relay_testkit::process::bin_path("relayctl"))
+        .arg("--database-url")
+        .arg(db)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "relayctl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// A private scratch directory, removed on drop.
 pub struct Scratch(pub PathBuf);
 

@@ -11,19 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use relay_e2e::Scratch;
+use relay_e2e::{Scratch, free_port, relayctl};
 use relay_testkit::client::{self, PatternBody, digest, full, get, pattern_sha256, post, send};
-use relay_testkit::process::{Proc, bin_path};
+use relay_testkit::process::Proc;
 use relay_testkit::target::TestTarget;
 use relay_testkit::wait;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn postgres_admin_url() -> String {
     std::env::var("RELAY_TEST_POSTGRES_URL")
@@ -110,21 +102,6 @@ impl Drop for Services {
             ])
             .output();
     }
-}
-
-fn relayctl(db: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(bin_path("relayctl"))
-        .arg("--database-url")
-        .arg(db)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "relayctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 /// Identity, two relay nodes sharing a body directory, a target.

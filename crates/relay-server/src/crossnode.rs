@@ -130,21 +130,11 @@ impl CrossNode {
             node: self,
             id: request_id.to_owned(),
         };
-        let envelope = match self
-            .envelope(tenant, request, request_id, mode, deadline)
+        if let Err(response) = self
+            .publish(tenant, request, request_id, mode, deadline)
             .await
         {
-            Ok(envelope) => envelope,
-            Err(response) => return *response,
-        };
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if let Err(e) = self
-            .bus
-            .publish_request(&tenant.key, &envelope, remaining, false)
-            .await
-        {
-            self.bodies.remove(&envelope.body).await;
-            return publish_failed(&e);
+            return *response;
         }
         let answer = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,
@@ -173,23 +163,39 @@ impl CrossNode {
         if let Err(e) = self.ensure_declared(&tenant.key).await {
             return publish_failed(&e);
         }
-        let envelope = match self
-            .envelope(tenant, request, request_id, Mode::Queue, deadline)
+        if let Err(response) = self
+            .publish(tenant, request, request_id, Mode::Queue, deadline)
             .await
         {
-            Ok(envelope) => envelope,
-            Err(response) => return *response,
-        };
+            return *response;
+        }
+        crate::spool::accepted(request_id)
+    }
+
+    /// Builds the envelope (storing a large body) and publishes it with the remaining time to
+    /// live; `queue` mode messages are persistent.
+    async fn publish(
+        &self,
+        tenant: &TenantEntry,
+        request: Request<TunnelBody>,
+        request_id: &str,
+        mode: Mode,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Box<Response<Body>>> {
+        let envelope = self
+            .envelope(tenant, request, request_id, mode, deadline)
+            .await?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let persistent = mode == Mode::Queue;
         if let Err(e) = self
             .bus
-            .publish_request(&tenant.key, &envelope, remaining, true)
+            .publish_request(&tenant.key, &envelope, remaining, persistent)
             .await
         {
             self.bodies.remove(&envelope.body).await;
-            return publish_failed(&e);
+            return Err(Box::new(publish_failed(&e)));
         }
-        crate::spool::accepted(request_id)
+        Ok(())
     }
 
     async fn envelope(
