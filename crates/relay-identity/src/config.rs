@@ -173,17 +173,17 @@ mod tests {
     fn errors_name_the_key() {
         let cases = [
             ("[listen]\npublic = \"127.0.0.1:1\"\n", "database"),
-            ("[database]\nurl = \"x\"\nport = 1\n", "port"),
+            ("[database]\nurl = \"sqlite://x\"\nport = 1\n", "port"),
             (
-                "token_lifetime = \"5s\"\n[database]\nurl = \"x\"\n",
+                "token_lifetime = \"5s\"\n[database]\nurl = \"sqlite://x\"\n",
                 "token_lifetime",
             ),
             (
-                "public_url = \"ftp://x\"\n[database]\nurl = \"x\"\n",
+                "public_url = \"ftp://x\"\n[database]\nurl = \"sqlite://x\"\n",
                 "public_url",
             ),
             (
-                "[database]\nurl = \"x\"\n[keys]\npublish_ahead = \"31d\"\n",
+                "[database]\nurl = \"sqlite://x\"\n[keys]\npublish_ahead = \"31d\"\n",
                 "keys.publish_ahead",
             ),
             ("[database]\n", "database.url"),
