@@ -93,6 +93,7 @@ impl Services {
 
 impl Drop for Services {
     fn drop(&mut self) {
+        relay_testkit::broker::delete_queues(&self.prefix);
         let _ = std::process::Command::new("psql")
             .args([
                 postgres_admin_url().as_str(),
@@ -106,11 +107,23 @@ impl Drop for Services {
 
 /// Identity, two relay nodes sharing a body directory, a target.
 struct Cluster {
-    scratch: Scratch,
-    services: Services,
-    identity: Proc,
     nodes: Vec<(u16, Proc)>,
+    identity: Proc,
+    services: Services,
+    scratch: Scratch,
     secret: String,
+}
+
+impl Drop for Cluster {
+    /// Stops the processes before `services` deletes the test's queues and database, so no
+    /// node re-declares a queue during clean-up.
+    fn drop(&mut self) {
+        for (_, node) in &mut self.nodes {
+            let _ = node.child.start_kill();
+        }
+        let _ = self.identity.child.start_kill();
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 impl Cluster {

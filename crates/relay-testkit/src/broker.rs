@@ -41,3 +41,25 @@ pub fn close_connections(marker: &str) -> Result<usize, String> {
     }
     Ok(pids.len())
 }
+
+/// Deletes every queue whose name starts with `prefix` (a test's own queues); returns how many.
+/// Best effort: errors are ignored, since this runs during clean-up.
+pub fn delete_queues(prefix: &str) -> usize {
+    let Ok(listed) = Command::new("rabbitmqctl")
+        .args(["list_queues", "--no-table-headers", "-q", "name"])
+        .output()
+    else {
+        return 0;
+    };
+    String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|name| name.starts_with(prefix))
+        .filter(|name| {
+            Command::new("rabbitmqctl")
+                .args(["delete_queue", name])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .count()
+}
