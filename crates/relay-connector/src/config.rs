@@ -37,6 +37,10 @@ pub struct Config {
     /// same name always wins).
     #[serde(default = "yes")]
     pub builtin_targets: bool,
+    /// Tunnels kept open to each relay URL. One HTTP/2 connection is driven by one task on
+    /// each side, so a second tunnel lets a busy connector use more than one core.
+    #[serde(default = "one")]
+    pub tunnels_per_relay: u16,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -77,6 +81,10 @@ pub struct TargetConfig {
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u16 {
+    1
 }
 
 fn default_grace() -> Duration {
@@ -127,6 +135,12 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if !(1..=16).contains(&self.tunnels_per_relay) {
+            return Err(ConfigError::key(
+                "tunnels_per_relay",
+                "must be between 1 and 16",
+            ));
         }
         for (name, target) in &self.targets {
             if !relay_proto::is_valid_name(name) {
@@ -242,6 +256,10 @@ mod tests {
             (
                 "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\ntimeout = 3\n",
                 "timeout",
+            ),
+            (
+                "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\ntunnels_per_relay = 0\n",
+                "tunnels_per_relay",
             ),
         ];
         for (text, key) in cases {

@@ -78,7 +78,14 @@ impl Connector {
         };
         Ok(Connector {
             shared: Arc::new(shared),
-            relay_urls: config.relay_url.as_slice().to_vec(),
+            relay_urls: config
+                .relay_url
+                .as_slice()
+                .iter()
+                .flat_map(|url| {
+                    std::iter::repeat_n(url.clone(), usize::from(config.tunnels_per_relay))
+                })
+                .collect(),
         })
     }
 
@@ -87,7 +94,7 @@ impl Connector {
         self.shared.live.subscribe()
     }
 
-    /// Keeps one tunnel per relay URL up until `shutdown` fires, then lets in-flight requests
+    /// Keeps `tunnels_per_relay` tunnels per relay URL up until `shutdown` fires, then lets in-flight requests
     /// finish within the shutdown grace.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();

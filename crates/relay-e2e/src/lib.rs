@@ -238,6 +238,7 @@ impl Stack {
             machine_name: Some(format!("test-{tenant}")),
             targets,
             builtin_targets: true,
+            tunnels_per_relay: 1,
             shutdown_grace: Duration::from_secs(5),
             log: relay_core::telemetry::LogConfig::default(),
         };

@@ -121,6 +121,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             },
         )]),
         builtin_targets: true,
+        tunnels_per_relay: 1,
         shutdown_grace: Duration::from_secs(5),
         log: relay_core::telemetry::LogConfig::default(),
     };
