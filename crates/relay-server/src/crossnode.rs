@@ -138,16 +138,7 @@ impl CrossNode {
         }
         let answer = match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => answer,
-            _ => {
-                return error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "request-expired",
-                    format!(
-                        "request expired after {}s in the relay",
-                        tenant.request_expiry.as_secs_f64()
-                    ),
-                );
-            }
+            _ => return crate::relay::expired(tenant),
         };
         self.to_client(answer, mode, request_id).await
     }

@@ -164,16 +164,7 @@ pub async fn handle(
     let _inflight = tunnel.begin();
     let mut sender = tunnel.sender.clone();
     let response = match tokio::time::timeout_at(deadline, sender.send_request(request)).await {
-        Err(_) => {
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "request-expired",
-                format!(
-                    "request expired after {}s in the relay",
-                    tenant.request_expiry.as_secs_f64()
-                ),
-            );
-        }
+        Err(_) => return expired(&tenant),
         Ok(Err(e)) => {
             if tripped.load(Ordering::Acquire) {
                 return too_large(tenant.max_body_bytes.unwrap_or_default());
@@ -312,6 +303,18 @@ fn insert(h: &mut http::HeaderMap, name: http::HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
     }
+}
+
+/// `504`: the request outlived the tenant's expiry in the relay.
+pub fn expired(tenant: &TenantEntry) -> Response<Body> {
+    error(
+        StatusCode::GATEWAY_TIMEOUT,
+        "request-expired",
+        format!(
+            "request expired after {}s in the relay",
+            tenant.request_expiry.as_secs_f64()
+        ),
+    )
 }
 
 pub fn unknown_tenant() -> Response<Body> {
