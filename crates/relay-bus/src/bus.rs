@@ -257,14 +257,30 @@ impl Bus {
         envelope: &ResponseEnvelope,
     ) -> Result<(), BusError> {
         self.shared.names.check("origin id", origin)?;
-        let payload = envelope.to_bytes()?;
         let queue = self.shared.names.response_queue(origin);
+        self.publish_to_queue(
+            &queue,
+            "relay.response.v1",
+            &envelope.request_id,
+            envelope.to_bytes()?,
+        )
+        .await
+    }
+
+    /// Confirmed, mandatory publish of `payload` (message type `kind`) to one origin queue.
+    async fn publish_to_queue(
+        &self,
+        queue: &str,
+        kind: &str,
+        request_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), BusError> {
         self.shared
             .publish(Outgoing {
-                routing_key: &queue,
+                routing_key: queue,
                 payload: &payload,
-                properties: properties("relay.response.v1", &envelope.request_id),
-                message_id: &envelope.request_id,
+                properties: properties(kind, request_id),
+                message_id: request_id,
             })
             .await
     }
@@ -278,15 +294,8 @@ impl Bus {
     /// Sends a request acknowledgement to the origin whose consumer holds the delivery.
     pub async fn publish_ack(&self, origin: &str, ack: &AckEnvelope) -> Result<(), BusError> {
         self.shared.names.check("origin id", origin)?;
-        let payload = ack.to_bytes()?;
         let queue = self.shared.names.ack_queue(origin);
-        self.shared
-            .publish(Outgoing {
-                routing_key: &queue,
-                payload: &payload,
-                properties: properties("relay.ack.v1", &ack.request_id),
-                message_id: &ack.request_id,
-            })
+        self.publish_to_queue(&queue, "relay.ack.v1", &ack.request_id, ack.to_bytes()?)
             .await
     }
 

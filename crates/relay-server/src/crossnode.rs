@@ -240,11 +240,7 @@ impl CrossNode {
                 .path_and_query()
                 .map_or("/", |p| p.as_str())
                 .to_owned(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-                .collect(),
+            headers: to_list(&parts.headers),
             body,
             expires_at_ms: relay_store::now_ms() + remaining_ms,
             mode: match mode {
@@ -278,14 +274,7 @@ impl CrossNode {
         *response.status_mut() =
             StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
         let h = response.headers_mut();
-        for (name, value) in &answer.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(value),
-            ) {
-                h.append(name, value);
-            }
-        }
+        append_list(h, &answer.headers);
         if mode == Mode::Trace {
             let mut put = |name: HeaderName, value: Option<&str>| {
                 if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
@@ -522,14 +511,7 @@ impl CrossNode {
             .version(http::Version::HTTP_2)
             .body(body)
             .map_err(|_| "request-invalid")?;
-        for (name, value) in &envelope.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(value),
-            ) {
-                request.headers_mut().append(name, value);
-            }
-        }
+        append_list(request.headers_mut(), &envelope.headers);
         let _inflight = tunnel.begin();
         let mut sender = tunnel.sender.clone();
         let remaining = u64::try_from(envelope.expires_at_ms - relay_store::now_ms()).unwrap_or(0);
@@ -550,16 +532,32 @@ impl CrossNode {
         Ok(ResponseEnvelope {
             request_id: envelope.request_id.clone(),
             status: parts.status.as_u16(),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-                .collect(),
+            headers: to_list(&parts.headers),
             body,
             error: None,
             connector_machine: Some(tunnel.machine.clone()),
             connector_version: Some(tunnel.version.clone()),
         })
+    }
+}
+
+/// Headers as the bus carries them: names and raw value bytes.
+fn to_list(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Appends bus-carried headers; entries that are not valid HTTP headers are skipped.
+fn append_list(headers: &mut http::HeaderMap, list: &[(String, Vec<u8>)]) {
+    for (name, value) in list {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            headers.append(name, value);
+        }
     }
 }
 
