@@ -134,7 +134,6 @@
             nixpkgs-fmt
             deadnix
           ];
-          RELAY_TEST_POSTGRES_URL = "postgres://postgres@127.0.0.1:5432/test";
         };
       });
 

@@ -19,7 +19,7 @@ in
     };
 
     lib = mkOption {
-      type = types.attrsOf types.unspecified;
+      type = types.raw;
       internal = true;
       readOnly = true;
       description = "Helpers shared by the Relay modules.";
@@ -27,8 +27,6 @@ in
   };
 
   config.services.relay.lib = rec {
-    inherit settingsFormat;
-
     # The package a service runs, unless its `package` option says otherwise.
     defaultPackage = name:
       config.services.relay.packages.${name} or (throw

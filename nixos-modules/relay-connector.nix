@@ -1,11 +1,12 @@
 # services.relay.connector: the on-premises agent. Each instance is one unit
 # relay-connector-<name>, so one host can serve several tenants or relays.
-{ config, lib, ... }:
+{ config, lib, pkgs, ... }:
 
 let
   inherit (lib) mkOption types;
   cfg = config.services.relay.connector;
   relay = config.services.relay.lib;
+  settingsFormat = pkgs.formats.toml { };
   enabled = lib.filterAttrs (_: i: i.enable) cfg.instances;
   unitOf = name: "relay-connector-${name}";
 
@@ -33,7 +34,7 @@ let
           `relay-connector check-config` at build time. `secret_file` is set by the module.
         '';
         type = types.submodule {
-          freeformType = relay.settingsFormat.type;
+          freeformType = settingsFormat.type;
           options = {
             relay_url = mkOption {
               type = types.either types.str (types.nonEmptyListOf types.str);
@@ -48,7 +49,7 @@ let
             };
             targets = mkOption {
               type = types.attrsOf (types.submodule {
-                freeformType = relay.settingsFormat.type;
+                freeformType = settingsFormat.type;
                 options.url = mkOption {
                   type = types.str;
                   example = "http://127.0.0.1:8080";

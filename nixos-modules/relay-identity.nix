@@ -1,11 +1,12 @@
 # services.relay.identity: the OAuth2 token service (client credentials, OIDC discovery,
 # JWKS, signing-key rotation). Any number of instances may share one database.
-{ config, lib, ... }:
+{ config, lib, pkgs, ... }:
 
 let
   inherit (lib) mkEnableOption mkIf mkOption optional types;
   cfg = config.services.relay.identity;
   relay = config.services.relay.lib;
+  settingsFormat = pkgs.formats.toml { };
   unit = "relay-identity";
   stateDir = "/var/lib/${unit}";
 
@@ -73,7 +74,7 @@ in
         `relay-identity check-config` at build time. No secrets here: the file is in the store.
       '';
       type = types.submodule {
-        freeformType = relay.settingsFormat.type;
+        freeformType = settingsFormat.type;
         options = {
           public_url = mkOption {
             type = types.nullOr types.str;

@@ -1,10 +1,11 @@
 # services.relay.management: the management REST API (/management/...), for operators only.
-{ config, lib, ... }:
+{ config, lib, pkgs, ... }:
 
 let
   inherit (lib) mkEnableOption mkIf mkOption optional types;
   cfg = config.services.relay.management;
   relay = config.services.relay.lib;
+  settingsFormat = pkgs.formats.toml { };
   unit = "relay-management";
   stateDir = "/var/lib/${unit}";
 
@@ -67,7 +68,7 @@ in
         build time. No secrets here: the file is in the store.
       '';
       type = types.submodule {
-        freeformType = relay.settingsFormat.type;
+        freeformType = settingsFormat.type;
         options = {
           listen.public = mkOption {
             type = types.str;

@@ -5,6 +5,7 @@ let
   inherit (lib) mkEnableOption mkIf mkOption optional optionals types;
   cfg = config.services.relay.server;
   relay = config.services.relay.lib;
+  settingsFormat = pkgs.formats.toml { };
   unit = "relay-server";
   stateDir = "/var/lib/${unit}";
   localPostgres = "postgres:///${cfg.database.name}?host=/run/postgresql&user=${cfg.database.user}";
@@ -122,7 +123,7 @@ in
         options, never here: this file is in the Nix store.
       '';
       type = types.submodule {
-        freeformType = relay.settingsFormat.type;
+        freeformType = settingsFormat.type;
         options = {
           public_url = mkOption {
             type = types.nullOr types.str;

@@ -26,14 +26,14 @@ let
   image =
     { binary
     , ports ? [ ]
-    , config ? null
+    , defaults ? null
     , env ? [ ]
     , cmd ? [ ]
     }:
     dockerTools.buildLayeredImage {
       name = binary;
       tag = version;
-      contents = [ pkgs.cacert passwd ] ++ lib.optional (config != null) config;
+      contents = [ pkgs.cacert passwd ] ++ lib.optional (defaults != null) defaults;
       fakeRootCommands = ''
         mkdir -p .${dataDir} tmp
         chown ${uid}:${uid} .${dataDir}
@@ -60,7 +60,7 @@ in
   image-relay-server = image {
     binary = "relay-server";
     ports = [ 5000 5002 ];
-    config = defaultConfig "server" {
+    defaults = defaultConfig "server" {
       listen = { public = "0.0.0.0:5000"; identity = "0.0.0.0:5002"; };
       database.url = sqlite;
       body_store.path = "${dataDir}/bodies";
@@ -71,7 +71,7 @@ in
   image-relay-identity = image {
     binary = "relay-identity";
     ports = [ 5002 ];
-    config = defaultConfig "identity" {
+    defaults = defaultConfig "identity" {
       listen.public = "0.0.0.0:5002";
       database.url = sqlite;
     };
@@ -81,7 +81,7 @@ in
   image-relay-management = image {
     binary = "relay-management";
     ports = [ 5004 ];
-    config = defaultConfig "management" {
+    defaults = defaultConfig "management" {
       listen.public = "0.0.0.0:5004";
       database.url = sqlite;
     };

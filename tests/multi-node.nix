@@ -36,6 +36,8 @@ let
         identity.authority = "http://identity:5002";
         body_store.path = "/srv/relay/bodies";
         bus.kind = "rabbitmq";
+        # Across nodes the expiry covers whole bodies (store-and-forward); room for 100 MiB.
+        relay.request_expiry = "600s";
         tunnel = {
           keep_alive_interval = "1s";
           reconnect_max_delay = "3s";
