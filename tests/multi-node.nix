@@ -189,7 +189,7 @@ pkgs.testers.runNixOSTest {
                 "install -d -m 0700 /var/lib/relay-secrets"
                 f" && printf %s '{secret}' > /var/lib/relay-secrets/{tenant}"
                 f" && chmod 0600 /var/lib/relay-secrets/{tenant}"
-                f" && systemctl restart relay-connector-{tenant}.service"
+                f" && systemctl restart --no-block relay-connector-{tenant}.service"
             )
             connector.wait_for_unit(f"relay-connector-{tenant}.service")
 

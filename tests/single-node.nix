@@ -82,7 +82,7 @@ pkgs.testers.runNixOSTest {
               f" && printf %s '{secret}' > /var/lib/relay-secrets/acme"
               " && chmod 0600 /var/lib/relay-secrets/acme"
           )
-          connector.succeed("systemctl restart relay-connector-acme.service")
+          connector.succeed("systemctl restart --no-block relay-connector-acme.service")
           connector.wait_for_unit("relay-connector-acme.service")
 
       with subtest("requests reach the private target"):
