@@ -84,7 +84,7 @@ in
       ProtectKernelLogs = true;
       ProtectControlGroups = true;
       ProtectProc = "invisible";
-      ProcSubset = "pid";
+      # No ProcSubset=pid: the connector reads /proc/sys/kernel/hostname for machine_name.
       RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
       RestrictNamespaces = true;
       RestrictRealtime = true;
