@@ -41,15 +41,42 @@ pub(crate) struct Shared {
     targets: Targets,
     shutdown_grace: Duration,
     live: watch::Sender<usize>,
+    /// Tunnels the connector keeps (relay URLs × `tunnels_per_relay`), for `STATUS=`.
+    tunnels_wanted: usize,
+    /// Whether `READY=1` was sent (after the first tunnel came up).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    fn tunnel_up(&self) {
-        self.live.send_modify(|n| *n += 1);
+    /// Counts a tunnel as up; the first one makes the connector ready for systemd.
+    fn tunnel_up(&self, relay_url: &str) {
+        let mut now = 0;
+        self.live.send_modify(|n| {
+            *n += 1;
+            now = *n;
+        });
+        let line = format!(
+            "connected to {relay_url} ({now} of {} tunnels up)",
+            self.tunnels_wanted
+        );
+        if !self.ready.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            relay_core::notify::ready_with_status(&line);
+        } else {
+            relay_core::notify::status(&line);
+        }
     }
 
     fn tunnel_down(&self) {
         self.live.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// `STATUS=retrying …` while a tunnel cannot be opened.
+    fn retrying(&self, relay_url: &str, reason: &dyn std::fmt::Display) {
+        let up = *self.live.borrow();
+        relay_core::notify::status(&format!(
+            "retrying {relay_url}: {reason} ({up} of {} tunnels up)",
+            self.tunnels_wanted
+        ));
     }
 }
 
@@ -75,6 +102,9 @@ impl Connector {
             targets,
             shutdown_grace: config.shutdown_grace,
             live,
+            tunnels_wanted: config.relay_url.as_slice().len()
+                * usize::from(config.tunnels_per_relay),
+            ready: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(Connector {
             shared: Arc::new(shared),
@@ -128,9 +158,11 @@ async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: Cancellat
                 backoff.reset();
                 failures = 0;
                 tracing::warn!(relay = %relay_url, %reason, "Tunnel lost; reconnecting.");
+                shared.retrying(&relay_url, &reason);
             }
             Err(e) => {
                 failures += 1;
+                shared.retrying(&relay_url, &e);
                 // The first failure is a warning; repeats of the same outage stay quieter.
                 if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(relay = %relay_url, error = %e, failures, "Cannot open tunnel; retrying.");

@@ -119,11 +119,12 @@ pub async fn connect_and_serve(
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(ConnectorError::Tunnel)?;
-    serve(shared, upgraded, settings, shutdown).await
+    serve(shared, relay_url, upgraded, settings, shutdown).await
 }
 
 async fn serve(
     shared: &Arc<Shared>,
+    relay_url: &str,
     io: hyper::upgrade::Upgraded,
     settings: &mut TunnelSettings,
     shutdown: &CancellationToken,
@@ -153,7 +154,7 @@ async fn serve(
         .keep_alive_timeout(keep_alive)
         .serve_connection(io, service);
     let mut conn = Box::pin(conn);
-    shared.tunnel_up();
+    shared.tunnel_up(relay_url);
     let _down = scopeguard(shared.clone());
     tracing::info!(tenant = %shared.tenant, "Tunnel established.");
     let ended = tokio::select! {

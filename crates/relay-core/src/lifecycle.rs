@@ -2,13 +2,16 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Returns a token cancelled on the first SIGTERM or SIGINT. A second signal exits at once.
+/// Returns a token cancelled on the first SIGTERM or SIGINT, after telling systemd
+/// `STOPPING=1`. A second signal exits at once.
 pub fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let fired = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("Shutdown requested; draining.");
+        crate::notify::stopping();
+        crate::notify::status("stopping: draining connections");
         fired.cancel();
         wait_for_signal().await;
         tracing::warn!("Second signal; exiting immediately.");

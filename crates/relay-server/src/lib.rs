@@ -191,6 +191,13 @@ pub async fn run(
     ));
     let addr = listeners.public.local_addr().ok();
     tracing::info!(addr = ?addr, origin = %state.origin_id, "Relay server listening.");
+    // Listeners are bound (by the caller), the database answered (tenants loaded) and the
+    // broker is connected: systemd may now consider the node up.
+    relay_core::notify::ready_with_status(&status_line(&state));
+    relay_core::notify::spawn_status(STATUS_EVERY, shutdown.clone(), {
+        let state = state.clone();
+        move || status_line(&state)
+    });
     public::serve(state.clone(), listeners.public, shutdown).await;
     origin_stop.cancel();
     tasks.close();
@@ -203,6 +210,24 @@ pub async fn run(
     }
     tracing::info!("Relay server stopped.");
     Ok(())
+}
+
+/// How often the systemd `STATUS=` line is refreshed.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `serving, 12 connectors, 3 tenants`: tunnels on this node and the tenants they belong to.
+fn status_line(state: &AppState) -> String {
+    let tunnels = state.registry.all();
+    let mut tenants: Vec<&str> = tunnels.iter().map(|t| t.tenant_key.as_str()).collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    format!(
+        "serving, {} connector{}, {} tenant{}",
+        tunnels.len(),
+        if tunnels.len() == 1 { "" } else { "s" },
+        tenants.len(),
+        if tenants.len() == 1 { "" } else { "s" },
+    )
 }
 
 /// Removes body files nobody will read any more (their request expired long ago).

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use relay_server::dev::DevOptions;
 use relay_server::{Config, Listeners};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         };
         return runtime.block_on(async move {
             let shutdown = relay_core::lifecycle::shutdown_on_signal();
+            relay_core::notify::spawn_watchdog(CancellationToken::new());
             relay_server::dev::run(options, shutdown).await
         });
     }
@@ -82,6 +84,9 @@ fn main() -> anyhow::Result<()> {
     }
     relay_core::telemetry::init(&config.log);
     runtime.block_on(async move {
+        // Pings until the process exits, through start-up and the drain.
+        relay_core::notify::spawn_watchdog(CancellationToken::new());
+        relay_core::notify::status("starting: connecting to the database");
         let url = config
             .database
             .resolve_url()

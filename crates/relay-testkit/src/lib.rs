@@ -5,11 +5,13 @@
 //! - [`broker`]: RabbitMQ failure injection.
 //! - [`client`]: a plain HTTP client and streaming byte patterns with checksums.
 //! - [`proxy`]: a TCP forwarder that can silently stop passing bytes.
+//! - [`notify`]: a fake systemd notification socket.
 //! - [`wait`]: waiting on a condition with a deadline (no bare sleeps in tests).
 #![allow(clippy::unwrap_used)]
 
 pub mod broker;
 pub mod client;
+pub mod notify;
 pub mod process;
 pub mod proxy;
 pub mod target;

@@ -1,0 +1,362 @@
+//! Production operations with the real binaries: systemd notifications, graceful stop,
+//! metrics, TLS, proxies and configuration errors.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use relay_e2e::{Scratch, free_port, relayctl};
+use relay_testkit::client::{self, full};
+use relay_testkit::notify::NotifySocket;
+use relay_testkit::process::Proc;
+use relay_testkit::target::TestTarget;
+
+/// A migrated SQLite database with tenant `acme` and its secret in `dir/secret`.
+struct Site {
+    scratch: Scratch,
+    db: String,
+    relay_port: u16,
+    identity_port: u16,
+}
+
+impl Site {
+    fn new(label: &str) -> Site {
+        let scratch = Scratch::new(label);
+        let dir = scratch.0.clone();
+        let db = format!("sqlite://{}", dir.join("relay.db").display());
+        relayctl(&db, &["migrate"]);
+        relayctl(&db, &["tenant", "create", "acme"]);
+        let secret = relayctl(&db, &["secret", "create", "acme"]);
+        std::fs::write(dir.join("secret"), secret.lines().last().unwrap().trim()).unwrap();
+        Site {
+            scratch,
+            db,
+            relay_port: free_port(),
+            identity_port: free_port(),
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        &self.scratch.0
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir().join(name)
+    }
+
+    /// Writes `server.toml` (relay + in-process token service) plus `extra` TOML.
+    fn server_config(&self, extra: &str) -> PathBuf {
+        let (relay_port, identity_port, db) = (self.relay_port, self.identity_port, &self.db);
+        let text = format!(
+            "shutdown_grace = \"10s\"\n{extra_top}\
+             [listen]\npublic = \"127.0.0.1:{relay_port}\"\nidentity = \"127.0.0.1:{identity_port}\"\n\
+             [database]\nurl = \"{db}\"\n[identity]\nauthority = \"http://127.0.0.1:{identity_port}\"\n\
+             [body_store]\npath = \"{bodies}\"\n[tunnel]\nreconnect_min_delay = \"100ms\"\nreconnect_max_delay = \"500ms\"\n\
+             keep_alive_interval = \"2s\"\n{extra}",
+            extra_top = "",
+            bodies = self.path("bodies").display(),
+        );
+        let path = self.path("server.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Writes `connector.toml` with target `web` and `extra` TOML (top-level keys first).
+    fn connector_config(&self, relay_url: &str, target: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            "relay_url = \"{relay_url}\"\ntenant = \"acme\"\nsecret_file = \"{}\"\nshutdown_grace = \"10s\"\n{extra}\n\
+             [targets.web]\nurl = \"{target}\"\n",
+            self.path("secret").display(),
+        );
+        let path = self.path("connector.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn relay_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.relay_port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.relay_url())
+    }
+}
+
+fn spawn(name: &str, config: &Path, envs: &[(&str, &str)], dir: &Path) -> Proc {
+    Proc::spawn(name, &["--config", config.to_str().unwrap()], envs, dir)
+}
+
+async fn get_status(url: &str) -> Option<(StatusCode, Bytes)> {
+    let request = Request::get(url).body(full(Bytes::new())).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client::client().request(request))
+        .await
+        .ok()?
+        .ok()?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    Some((status, body))
+}
+
+/// Waits until `/relay/acme/ping` answers 200.
+async fn wait_relaying(site: &Site, procs: &[&Proc]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((StatusCode::OK, _)) = get_status(&site.url("/relay/acme/ping")).await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "relay did not start relaying:\n{}",
+            procs
+                .iter()
+                .map(|p| p.log_text())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_exit(proc: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    match tokio::time::timeout(within, proc.child.wait()).await {
+        Ok(status) => status.unwrap(),
+        Err(_) => panic!(
+            "{} did not exit within {within:?}:\n{}",
+            proc.name(),
+            proc.log_text()
+        ),
+    }
+}
+
+fn index_of(lines: &[String], pred: impl Fn(&str) -> bool) -> Option<usize> {
+    lines.iter().position(|l| pred(l))
+}
+
+#[tokio::test]
+async fn server_and_connector_notify_systemd_in_order() {
+    let target = TestTarget::start().await;
+    let site = Site::new("notify");
+    let server_notify = NotifySocket::bind(site.dir(), "server");
+    let connector_notify = NotifySocket::bind(site.dir(), "connector");
+    let server_config = site.server_config("");
+    let connector_config = site.connector_config(&site.relay_url(), &target.url(), "");
+
+    // The connector starts first: it retries and says so, and is not ready.
+    let mut connector = spawn(
+        "relay-connector",
+        &connector_config,
+        &[
+            ("NOTIFY_SOCKET", connector_notify.path_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+        site.dir(),
+    );
+    connector_notify
+        .wait_for(Duration::from_secs(10), |l| {
+            l.starts_with("STATUS=retrying http://127.0.0.1")
+        })
+        .await;
+    assert!(!connector_notify.lines().iter().any(|l| l == "READY=1"));
+
+    let started = Instant::now();
+    let mut server = spawn(
+        "relay-server",
+        &server_config,
+        &[
+            ("NOTIFY_SOCKET", server_notify.path_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+        site.dir(),
+    );
+    let ready = server_notify
+        .wait_for(Duration::from_secs(20), |l| l == "READY=1")
+        .await;
+    // READY comes only once the public listener accepts.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", site.relay_port)).is_ok(),
+        "READY before the listener was bound"
+    );
+    assert!(ready.at >= started);
+    server_notify
+        .wait_for(Duration::from_secs(5), |l| {
+            l.starts_with("STATUS=serving, ")
+        })
+        .await;
+
+    connector_notify
+        .wait_for(Duration::from_secs(20), |l| l == "READY=1")
+        .await;
+    connector_notify
+        .wait_for(Duration::from_secs(5), |l| {
+            l.starts_with(&format!("STATUS=connected to {}", site.relay_url()))
+        })
+        .await;
+    wait_relaying(&site, &[&server, &connector]).await;
+    // The refreshed status counts the connector.
+    server_notify
+        .wait_for(Duration::from_secs(10), |l| {
+            l == "STATUS=serving, 1 connector, 1 tenant"
+        })
+        .await;
+
+    // Watchdog pings every half WATCHDOG_USEC (200 ms): several in a second, none too late.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for (name, socket) in [("server", &server_notify), ("connector", &connector_notify)] {
+        let pings: Vec<Instant> = socket
+            .notices()
+            .into_iter()
+            .filter(|n| n.line == "WATCHDOG=1")
+            .map(|n| n.at)
+            .collect();
+        assert!(pings.len() >= 4, "{name}: {} watchdog pings", pings.len());
+        let last = pings.windows(2).rev().take(3);
+        for pair in last {
+            let gap = pair[1] - pair[0];
+            assert!(
+                gap >= Duration::from_millis(100) && gap < Duration::from_millis(400),
+                "{name}: watchdog gap {gap:?}"
+            );
+        }
+    }
+
+    server.terminate();
+    assert!(
+        wait_exit(&mut server, Duration::from_secs(15))
+            .await
+            .success(),
+        "{}",
+        server.log_text()
+    );
+    connector.terminate();
+    assert!(
+        wait_exit(&mut connector, Duration::from_secs(15))
+            .await
+            .success(),
+        "{}",
+        connector.log_text()
+    );
+
+    for (name, socket) in [("server", &server_notify), ("connector", &connector_notify)] {
+        let lines = socket.lines();
+        let ready = index_of(&lines, |l| l == "READY=1").unwrap();
+        let stopping = index_of(&lines, |l| l == "STOPPING=1")
+            .unwrap_or_else(|| panic!("{name}: no STOPPING=1 in {lines:?}"));
+        assert!(ready < stopping, "{name}: {lines:?}");
+        assert_eq!(
+            lines.iter().filter(|l| *l == "READY=1").count(),
+            1,
+            "{name}: {lines:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn identity_notifies_systemd() {
+    let site = Site::new("notify-id");
+    let notify = NotifySocket::bind(site.dir(), "identity");
+    let config = site.path("identity.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\npublic = \"127.0.0.1:{}\"\n[database]\nurl = \"{}\"\n",
+            site.identity_port, site.db
+        ),
+    )
+    .unwrap();
+    let mut identity = spawn(
+        "relay-identity",
+        &config,
+        &[
+            ("NOTIFY_SOCKET", notify.path_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+        site.dir(),
+    );
+    notify
+        .wait_for(Duration::from_secs(20), |l| l == "READY=1")
+        .await;
+    notify
+        .wait_for(Duration::from_secs(1), |l| {
+            l == format!("STATUS=serving on 127.0.0.1:{}", site.identity_port)
+        })
+        .await;
+    let url = format!("http://127.0.0.1:{}/health/live", site.identity_port);
+    assert_eq!(get_status(&url).await.map(|r| r.0), Some(StatusCode::OK));
+    notify
+        .wait_for(Duration::from_secs(2), |l| l == "WATCHDOG=1")
+        .await;
+    identity.terminate();
+    assert!(
+        wait_exit(&mut identity, Duration::from_secs(15))
+            .await
+            .success()
+    );
+    let lines = notify.lines();
+    assert!(
+        index_of(&lines, |l| l == "READY=1") < index_of(&lines, |l| l == "STOPPING=1"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
+    let target = TestTarget::start().await;
+    let site = Site::new("drain");
+    let server_config = site.server_config("");
+    let connector_config = site.connector_config(&site.relay_url(), &target.url(), "");
+    let mut server = spawn("relay-server", &server_config, &[], site.dir());
+    let connector = spawn("relay-connector", &connector_config, &[], site.dir());
+    wait_relaying(&site, &[&server, &connector]).await;
+
+    let in_flight: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(get_status_owned(site.url("/relay/acme/web/delay/2000"))))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while target.counters.delay_inflight.load(Ordering::SeqCst) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "requests did not reach the target"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stop = Instant::now();
+    server.terminate();
+    // New connections are refused once the listener is closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match get_status(&site.url("/relay/acme/ping")).await {
+            None => break,
+            Some((status, _)) if status == StatusCode::SERVICE_UNAVAILABLE => break,
+            Some(_) => {}
+        }
+        assert!(Instant::now() < deadline, "new requests still accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for request in in_flight {
+        let answer = request.await.unwrap();
+        assert_eq!(
+            answer,
+            Some((StatusCode::OK, Bytes::from_static(b"late"))),
+            "{}",
+            server.log_text()
+        );
+    }
+    let status = wait_exit(&mut server, Duration::from_secs(10)).await;
+    assert!(status.success(), "exit {status:?}\n{}", server.log_text());
+    // Well inside the 10 s grace: the drain ended when the work did.
+    assert!(
+        stop.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        stop.elapsed()
+    );
+}
+
+async fn get_status_owned(url: String) -> Option<(StatusCode, Bytes)> {
+    get_status(&url).await
+}
