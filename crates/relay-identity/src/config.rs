@@ -28,7 +28,28 @@ pub struct Config {
     #[serde(default)]
     pub keys: KeysConfig,
     #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// `[rate_limit]`: token requests per `client_id` (a token bucket), to slow secret guessing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests a client may make at once.
+    pub burst: u32,
+    /// Requests per minute a client regains.
+    pub per_minute: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            burst: 20,
+            per_minute: 60,
+        }
+    }
 }
 
 /// `[listen]`: socket addresses.
@@ -82,6 +103,7 @@ impl Config {
             public_url: None,
             token_lifetime: default_token_lifetime(),
             keys: KeysConfig::default(),
+            rate_limit: RateLimitConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -116,6 +138,12 @@ impl Config {
             return Err(ConfigError::key(
                 "keys.publish_ahead",
                 "must be shorter than keys.rotation_interval",
+            ));
+        }
+        if self.rate_limit.burst == 0 || self.rate_limit.per_minute == 0 {
+            return Err(ConfigError::key(
+                "rate_limit.burst",
+                "burst and per_minute must be at least 1",
             ));
         }
         Ok(())

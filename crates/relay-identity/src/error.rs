@@ -28,6 +28,8 @@ pub(crate) struct OAuthError {
     description: &'static str,
     /// Answer with `WWW-Authenticate: Basic` (the client tried HTTP Basic).
     basic_challenge: bool,
+    /// `Retry-After` seconds (rate limited).
+    retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -43,6 +45,18 @@ impl OAuthError {
             error,
             description,
             basic_challenge: false,
+            retry_after: None,
+        }
+    }
+
+    /// Too many token requests for this client: 429 with `Retry-After`.
+    pub(crate) const fn rate_limited(retry_after: u64) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            error: "slow_down",
+            description: "too many token requests for this client; retry later",
+            basic_challenge: false,
+            retry_after: Some(retry_after),
         }
     }
 
@@ -73,6 +87,7 @@ impl OAuthError {
             error: "invalid_client",
             description: "client authentication failed",
             basic_challenge,
+            retry_after: None,
         }
     }
 
@@ -108,6 +123,9 @@ impl IntoResponse for OAuthError {
         let headers = response.headers_mut();
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.basic_challenge {
             headers.insert(
                 header::WWW_AUTHENTICATE,

@@ -1,7 +1,8 @@
 //! `relay-identity`: the OAuth2 token service of Relay.
 //!
 //! Issues RS256 access tokens for the client-credentials grant (tenant name and client
-//! secret in, `connector`/`client` scoped token out), publishes OpenID Connect discovery
+//! secret in, `connector`/`client` scoped token out; management clients get
+//! `management:read`/`management:write` tokens for the audience `relay-management`), publishes OpenID Connect discovery
 //! and the JWKS, and rotates signing keys kept in the shared config DB so that any number
 //! of nodes can run side by side. Relying services validate with `relay_token::Validator`.
 //!
@@ -13,6 +14,7 @@
 //! - `rotation` — the pure rotation plan over (keys, now, policy), unit-tested with
 //!   explicit times.
 //! - `keys`     — loading, creating and deleting keys in the DB; the in-memory key ring.
+//! - `ratelimit` — token buckets per `client_id` at the token endpoint (429 + Retry-After).
 //! - `error`    — [`IdentityError`]; RFC 6749 §5.2 error answers.
 //!
 //! The service never migrates the database by itself (`relay-identity --migrate` or
@@ -21,6 +23,7 @@
 mod config;
 mod error;
 mod keys;
+mod ratelimit;
 pub mod rotation;
 mod routes;
 mod state;
@@ -28,7 +31,7 @@ mod state;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, DatabaseConfig, ENV_PREFIX, KeysConfig, ListenConfig};
+pub use config::{Config, DatabaseConfig, ENV_PREFIX, KeysConfig, ListenConfig, RateLimitConfig};
 pub use error::IdentityError;
 pub use routes::{DISCOVERY_PATH, JWKS_PATH, TOKEN_PATH, router};
 pub use state::{AppState, ROTATION_TICK};

@@ -8,6 +8,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::keys::{KeyManager, KeyRing};
+use crate::ratelimit::RateLimiter;
 use crate::rotation::RotationPolicy;
 use crate::{Config, IdentityError};
 
@@ -25,6 +26,7 @@ struct Inner {
     issuer: String,
     store: Store,
     keys: KeyManager,
+    limiter: RateLimiter,
 }
 
 impl AppState {
@@ -40,8 +42,10 @@ impl AppState {
         let keys = KeyManager::new(store.clone(), policy);
         keys.rotate().await?;
         let issuer = config.issuer();
+        let limiter = RateLimiter::new(&config.rate_limit);
         Ok(Self {
             inner: Arc::new(Inner {
+                limiter,
                 config,
                 issuer,
                 store,
@@ -61,6 +65,10 @@ impl AppState {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
     }
 
     pub(crate) fn key_ring(&self) -> Arc<KeyRing> {

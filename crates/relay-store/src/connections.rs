@@ -81,4 +81,26 @@ impl Store {
             }
         })?)
     }
+
+    /// Asks the node holding an open tunnel to close it. `Ok(false)` if no open tunnel has
+    /// this id.
+    pub async fn request_disconnect(&self, connection_id: &str) -> Result<bool, StoreError> {
+        let query = diesel::update(
+            connections::table
+                .find(connection_id)
+                .filter(connections::disconnected_at.is_null()),
+        )
+        .set(connections::disconnect_requested_at.eq(crate::now_ms()));
+        Ok(with_conn!(self, |conn| query.execute(conn).await)? > 0)
+    }
+
+    /// Ids of open tunnels of `origin_id` whose disconnection was requested.
+    pub async fn disconnect_requests(&self, origin_id: &str) -> Result<Vec<String>, StoreError> {
+        let query = connections::table
+            .filter(connections::origin_id.eq(origin_id))
+            .filter(connections::disconnected_at.is_null())
+            .filter(connections::disconnect_requested_at.is_not_null())
+            .select(connections::id);
+        Ok(with_conn!(self, |conn| query.load(conn).await)?)
+    }
 }

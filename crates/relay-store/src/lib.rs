@@ -12,6 +12,8 @@
 //! - `tenants`: tenants and their [`TenantConfig`]; [`validate_tenant_name`].
 //! - `secrets`: client secrets (argon2id hashes) and [`Store::verify_secret`].
 //! - `keys`: token signing keys.
+//! - `management`: management API clients and API keys.
+//! - `requestlog`: the request log (batch insert, filtered paging, retention purge).
 //! - `connections`: connector tunnel records.
 //! - `origins`: relay nodes, their heartbeats, and the sweep that closes a dead node's
 //!   connections.
@@ -23,8 +25,10 @@
 mod connections;
 mod error;
 mod keys;
+mod management;
 mod models;
 mod origins;
+mod requestlog;
 mod schema;
 mod secrets;
 mod store;
@@ -35,6 +39,8 @@ pub use models::{
     AckMode, ConnectionRecord, NewConnection, NewTenant, OriginRecord, SecretInfo,
     SigningKeyRecord, Tenant, TenantConfig,
 };
+pub use management::{API_KEY_PREFIX, ApiKeyInfo, ManagementClient};
+pub use requestlog::{RequestLogEntry, RequestLogFilter};
 pub use store::{Backend, Store};
 pub use tenants::validate_tenant_name;
 

@@ -73,6 +73,52 @@ diesel::table! {
         connected_at -> BigInt,
         last_seen_at -> BigInt,
         disconnected_at -> Nullable<BigInt>,
+        disconnect_requested_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    management_clients (id) {
+        id -> Text,
+        name -> Text,
+        name_lower -> Text,
+        hash -> Text,
+        scopes -> Text,
+        tenant_id -> Nullable<Text>,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    api_keys (id) {
+        id -> Text,
+        name -> Text,
+        key_hash -> Text,
+        scopes -> Text,
+        tenant_id -> Nullable<Text>,
+        created_at -> BigInt,
+        expires_at -> Nullable<BigInt>,
+        revoked_at -> Nullable<BigInt>,
+        last_used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    request_log (id) {
+        id -> Text,
+        tenant -> Text,
+        target -> Text,
+        method -> Text,
+        path -> Text,
+        status -> BigInt,
+        request_bytes -> Nullable<BigInt>,
+        response_bytes -> Nullable<BigInt>,
+        duration_ms -> BigInt,
+        outcome -> Text,
+        node -> Text,
+        started_at -> BigInt,
     }
 }
 
@@ -87,4 +133,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     signing_keys,
     origins,
     connections,
+    management_clients,
+    api_keys,
+    request_log,
 );

@@ -24,13 +24,13 @@ const SECRET_BYTES: usize = 32;
 /// Longer inputs cannot be one of our secrets; reject them before spending a hash on them.
 const MAX_PLAINTEXT_LEN: usize = 256;
 
-fn generate_plaintext() -> String {
+pub(crate) fn generate_plaintext() -> String {
     let mut bytes = [0u8; SECRET_BYTES];
     rand::rng().fill_bytes(&mut bytes);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn hash(plaintext: &str) -> Result<String, StoreError> {
+pub(crate) fn hash(plaintext: &str) -> Result<String, StoreError> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(plaintext.as_bytes(), &salt)
@@ -38,7 +38,7 @@ fn hash(plaintext: &str) -> Result<String, StoreError> {
         .map_err(StoreError::Hash)
 }
 
-fn verifies(phc: &str, plaintext: &str) -> bool {
+pub(crate) fn verifies(phc: &str, plaintext: &str) -> bool {
     match PasswordHash::new(phc) {
         Ok(parsed) => Argon2::default()
             .verify_password(plaintext.as_bytes(), &parsed)
@@ -52,7 +52,7 @@ fn verifies(phc: &str, plaintext: &str) -> bool {
 
 /// A hash of a random value, verified against when there is nothing real to check, so that
 /// "unknown tenant" costs as much time as "wrong secret".
-fn dummy_hash() -> &'static str {
+pub(crate) fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| hash(&generate_plaintext()).unwrap_or_default())
 }

@@ -116,6 +116,20 @@ impl Store {
         Ok(store)
     }
 
+    /// Connection pool usage, for metrics: `(max_size, size, in_use, waiting)`.
+    pub fn pool_usage(&self) -> (usize, usize, usize, usize) {
+        let status = match &*self.pool {
+            DbPool::Sqlite(pool) => pool.status(),
+            DbPool::Postgres(pool) => pool.status(),
+        };
+        (
+            status.max_size,
+            status.size,
+            status.size.saturating_sub(status.available),
+            status.waiting,
+        )
+    }
+
     /// Which database this store talks to.
     pub fn backend(&self) -> Backend {
         match *self.pool {

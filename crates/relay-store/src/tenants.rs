@@ -197,6 +197,64 @@ impl Store {
         })?)
     }
 
+    /// One page of tenants ordered by name, optionally only those whose name contains
+    /// `filter` (ignoring case), with the total number of matches.
+    pub async fn list_tenants_page(
+        &self,
+        filter: Option<&str>,
+        skip: i64,
+        take: i64,
+    ) -> Result<(Vec<Tenant>, i64), StoreError> {
+        let pattern = filter.filter(|f| !f.is_empty()).map(|f| {
+            let escaped: String = f
+                .to_ascii_lowercase()
+                .chars()
+                .flat_map(|c| match c {
+                    '%' | '_' | '\\' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            format!("%{escaped}%")
+        });
+        Ok(with_conn!(self, |conn| {
+            let mut query = tenants::table.into_boxed();
+            let mut count = tenants::table.into_boxed();
+            if let Some(p) = &pattern {
+                query = query.filter(tenants::name_lower.like(p.clone()).escape('\\'));
+                count = count.filter(tenants::name_lower.like(p.clone()).escape('\\'));
+            }
+            let total: i64 = count.count().get_result(conn).await?;
+            let rows = query
+                .order(tenants::name_lower)
+                .offset(skip)
+                .limit(take)
+                .select(Tenant::as_select())
+                .load(conn)
+                .await?;
+            Ok::<_, StoreError>((rows, total))
+        })?)
+    }
+
+    /// Replaces display name and description. [`StoreError::NotFound`] for an unknown id.
+    pub async fn update_tenant(
+        &self,
+        id: &str,
+        display_name: Option<String>,
+        description: Option<String>,
+    ) -> Result<Tenant, StoreError> {
+        check_len("display_name", display_name.as_deref(), MAX_DISPLAY_NAME_LEN)?;
+        check_len("description", description.as_deref(), MAX_DESCRIPTION_LEN)?;
+        let query = diesel::update(tenants::table.find(id)).set((
+            tenants::display_name.eq(display_name),
+            tenants::description.eq(description),
+            tenants::updated_at.eq(now_ms()),
+        ));
+        if with_conn!(self, |conn| query.execute(conn).await)? == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.tenant_by_id(id).await?.ok_or(StoreError::NotFound)
+    }
+
     /// Deletes a tenant with its configuration, secrets and connection records.
     /// `Ok(false)` if it did not exist.
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {

@@ -27,6 +27,8 @@ pub use validator::{MAX_CACHE_AGE, MIN_REFRESH_INTERVAL, Validator};
 
 /// Audience of every token meant for the relay services.
 pub const AUDIENCE_RELAY: &str = "relay";
+/// Audience of tokens for the management API.
+pub const AUDIENCE_MANAGEMENT: &str = "relay-management";
 /// Scope of a connector opening a tunnel for its tenant.
 pub const SCOPE_CONNECTOR: &str = "connector";
 /// Scope of a public client calling a tenant that requires client authentication.

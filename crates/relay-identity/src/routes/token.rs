@@ -7,7 +7,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use relay_store::now_ms;
-use relay_token::{AUDIENCE_RELAY, Claims, SCOPE_CLIENT, SCOPE_CONNECTOR};
+use std::time::Instant;
+
+use relay_token::{
+    AUDIENCE_MANAGEMENT, AUDIENCE_RELAY, Claims, SCOPE_CLIENT, SCOPE_CONNECTOR,
+    SCOPE_MANAGEMENT_READ, SCOPE_MANAGEMENT_WRITE,
+};
 use serde::{Deserialize, Serialize};
 
 use super::client_auth::client_credentials;
@@ -70,7 +75,12 @@ async fn handle(
         Some("client_credentials") => {}
         Some(_) => return Err(OAuthError::unsupported_grant_type()),
     }
-    let scope = granted_scope(form.scope.as_deref())?;
+    let management = is_management_request(form.scope.as_deref());
+    let scope = if management {
+        management_scope(form.scope.as_deref())?
+    } else {
+        granted_scope(form.scope.as_deref())?
+    };
     let credentials = client_credentials(
         headers,
         non_empty(form.client_id.as_deref()),
@@ -82,7 +92,14 @@ async fn handle(
         tracing::info!(reason = "malformed client_id", "Token request rejected.");
         return Err(OAuthError::invalid_client(basic));
     }
+    if let Err(retry_after) = state.limiter().check(&credentials.id, Instant::now()) {
+        tracing::info!(client_id = %credentials.id, reason = "rate limited", "Token request rejected.");
+        return Err(OAuthError::rate_limited(retry_after));
+    }
     let now = now_ms();
+    if management {
+        return management_token(state, &credentials.id, &credentials.secret, basic, scope).await;
+    }
     let tenant = match state
         .store()
         .verify_secret(&credentials.id, &credentials.secret, now)
@@ -99,8 +116,70 @@ async fn handle(
         }
     };
 
-    let (token, expires_in) = sign(state, &tenant.name, &scope).await?;
+    let (token, expires_in) = sign(
+        state,
+        &tenant.name,
+        Some(&tenant.name),
+        &scope,
+        AUDIENCE_RELAY,
+    )
+    .await?;
     tracing::debug!(client_id = %tenant.name, scope = %scope, "Token issued.");
+    Ok(token_response(token, expires_in, scope))
+}
+
+/// Authenticates a management client and issues a token for the management API, limited to
+/// the scopes the client holds (and to its tenant, when it is tenant-scoped).
+async fn management_token(
+    state: &AppState,
+    client_id: &str,
+    secret: &str,
+    basic: bool,
+    scope: String,
+) -> Result<Response, OAuthError> {
+    let client = match state
+        .store()
+        .verify_management_client(client_id, secret, now_ms())
+        .await
+    {
+        Ok(Some(client)) => client,
+        Ok(None) => {
+            tracing::info!(%client_id, reason = "bad credentials", "Management token request rejected.");
+            return Err(OAuthError::invalid_client(basic));
+        }
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "Verifying a management client failed.");
+            return Err(OAuthError::server_error());
+        }
+    };
+    let held: Vec<&str> = client.scopes.split_ascii_whitespace().collect();
+    if scope.split(' ').any(|s| !held.contains(&s)) {
+        return Err(OAuthError::invalid_scope());
+    }
+    let tenant = match &client.tenant_id {
+        None => None,
+        Some(id) => match state.store().tenant_by_id(id).await {
+            Ok(Some(t)) => Some(t.name),
+            Ok(None) => return Err(OAuthError::invalid_client(basic)),
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "Looking up a client's tenant failed.");
+                return Err(OAuthError::server_error());
+            }
+        },
+    };
+    let (token, expires_in) = sign(
+        state,
+        &client.name,
+        tenant.as_deref(),
+        &scope,
+        AUDIENCE_MANAGEMENT,
+    )
+    .await?;
+    tracing::debug!(client_id = %client.name, scope = %scope, "Management token issued.");
+    Ok(token_response(token, expires_in, scope))
+}
+
+fn token_response(token: String, expires_in: i64, scope: String) -> Response {
     let mut response = Json(TokenResponse {
         access_token: token,
         token_type: "Bearer",
@@ -114,12 +193,18 @@ async fn handle(
     response
         .headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    Ok(response)
+    response
 }
 
 /// Signs a token for `client`. Its lifetime is capped so that it never outlives its key's
 /// presence in the JWKS (matters only after `token_lifetime` was raised).
-async fn sign(state: &AppState, client: &str, scope: &str) -> Result<(String, i64), OAuthError> {
+async fn sign(
+    state: &AppState,
+    client: &str,
+    tenant: Option<&str>,
+    scope: &str,
+    audience: &str,
+) -> Result<(String, i64), OAuthError> {
     let mut ring = state.key_ring();
     if ring.signer(now_ms()).is_none() {
         if let Err(e) = state.rotate_keys().await {
@@ -139,10 +224,10 @@ async fn sign(state: &AppState, client: &str, scope: &str) -> Result<(String, i6
     }
     let claims = Claims {
         iss: state.issuer().to_owned(),
-        aud: vec![AUDIENCE_RELAY.to_owned()],
+        aud: vec![audience.to_owned()],
         sub: client.to_owned(),
         client_id: client.to_owned(),
-        tenant: Some(client.to_owned()),
+        tenant: tenant.map(str::to_owned),
         scope: scope.to_owned(),
         iat: now_s,
         nbf: now_s,
@@ -169,6 +254,32 @@ fn is_form(headers: &HeaderMap) -> bool {
 
 fn non_empty(value: Option<&str>) -> Option<&str> {
     value.filter(|v| !v.is_empty())
+}
+
+/// Scopes a management client may request.
+const MANAGEMENT_SCOPES: [&str; 2] = [SCOPE_MANAGEMENT_READ, SCOPE_MANAGEMENT_WRITE];
+
+/// Whether the request asks for any management scope (then the client is a management
+/// client, not a tenant).
+fn is_management_request(requested: Option<&str>) -> bool {
+    requested.is_some_and(|r| {
+        r.split_ascii_whitespace()
+            .any(|s| s.starts_with("management:"))
+    })
+}
+
+/// The requested management scopes, deduplicated, or `invalid_scope` if any other is mixed in.
+fn management_scope(requested: Option<&str>) -> Result<String, OAuthError> {
+    let mut granted: Vec<&str> = Vec::new();
+    for scope in requested.unwrap_or_default().split_ascii_whitespace() {
+        if !MANAGEMENT_SCOPES.contains(&scope) {
+            return Err(OAuthError::invalid_scope());
+        }
+        if !granted.contains(&scope) {
+            granted.push(scope);
+        }
+    }
+    Ok(granted.join(" "))
 }
 
 /// The requested scopes (default `connector`), deduplicated, or `invalid_scope`.
@@ -204,5 +315,14 @@ mod tests {
             Some("client connector")
         );
         assert!(granted_scope(Some("connector management:write")).is_err());
+        assert!(is_management_request(Some("management:read")));
+        assert!(!is_management_request(Some("connector")));
+        assert_eq!(
+            management_scope(Some("management:write management:read management:write"))
+                .ok()
+                .as_deref(),
+            Some("management:write management:read")
+        );
+        assert!(management_scope(Some("management:read connector")).is_err());
     }
 }

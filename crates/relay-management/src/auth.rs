@@ -1,0 +1,148 @@
+//! Who is calling: a bearer token from the authority (validated against its JWKS) or an API
+//! key (`Authorization: ApiKey rk_…` or `X-Api-Key: rk_…`), reduced to a [`Principal`].
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use relay_token::{SCOPE_MANAGEMENT_READ, SCOPE_MANAGEMENT_WRITE, TokenError};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Client id or API key name (for logs).
+    pub name: String,
+    pub read: bool,
+    pub write: bool,
+    /// Lower-cased name of the only tenant this caller may see, if scoped.
+    pub tenant: Option<String>,
+}
+
+impl Principal {
+    pub fn require_read(&self) -> Result<(), ApiError> {
+        if self.read || self.write {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("scope management:read required"))
+        }
+    }
+
+    pub fn require_write(&self) -> Result<(), ApiError> {
+        if self.write {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("scope management:write required"))
+        }
+    }
+
+    /// Whether the caller may see the tenant with this name.
+    pub fn may_see(&self, tenant_name: &str) -> bool {
+        self.tenant
+            .as_deref()
+            .is_none_or(|t| t.eq_ignore_ascii_case(tenant_name))
+    }
+
+    /// Refuses tenant-scoped callers (operations that span tenants).
+    pub fn require_global(&self) -> Result<(), ApiError> {
+        if self.tenant.is_some() {
+            Err(ApiError::forbidden(
+                "a tenant-scoped credential cannot do this",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+enum Credential<'a> {
+    Bearer(&'a str),
+    ApiKey(&'a str),
+}
+
+fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
+    if let Some(value) = headers.get("x-api-key") {
+        let key = value
+            .to_str()
+            .map_err(|_| ApiError::unauthorized("malformed X-Api-Key"))?;
+        return Ok(Credential::ApiKey(key.trim()));
+    }
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "a bearer token or API key is required",
+        ));
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let (scheme, rest) = value
+        .split_once(' ')
+        .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Credential::Bearer(rest.trim()))
+    } else if scheme.eq_ignore_ascii_case("apikey") {
+        Ok(Credential::ApiKey(rest.trim()))
+    } else {
+        Err(ApiError::unauthorized(
+            "use `Authorization: Bearer …` or `ApiKey …`",
+        ))
+    }
+}
+
+fn scopes_of(scopes: &str) -> (bool, bool) {
+    let has = |s: &str| scopes.split_ascii_whitespace().any(|x| x == s);
+    (has(SCOPE_MANAGEMENT_READ), has(SCOPE_MANAGEMENT_WRITE))
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match credential(&parts.headers)? {
+            Credential::Bearer(token) => {
+                let claims = match state.validator.validate(token).await {
+                    Ok(claims) => claims,
+                    Err(TokenError::Unavailable(e)) => {
+                        tracing::warn!(error = %e, "Token authority unreachable.");
+                        return Err(ApiError::unavailable());
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "Bearer token rejected.");
+                        return Err(ApiError::unauthorized("the token is not valid"));
+                    }
+                };
+                let (read, write) = scopes_of(&claims.scope);
+                Ok(Principal {
+                    name: claims.client_id,
+                    read,
+                    write,
+                    tenant: claims.tenant.map(|t| t.to_ascii_lowercase()),
+                })
+            }
+            Credential::ApiKey(key) => {
+                let Some(info) = state
+                    .store
+                    .verify_api_key(key, relay_store::now_ms())
+                    .await?
+                else {
+                    return Err(ApiError::unauthorized("the API key is not valid"));
+                };
+                let tenant = match &info.tenant_id {
+                    None => None,
+                    Some(id) => match state.store.tenant_by_id(id).await? {
+                        Some(t) => Some(t.name.to_ascii_lowercase()),
+                        None => return Err(ApiError::unauthorized("the API key is not valid")),
+                    },
+                };
+                let (read, write) = scopes_of(&info.scopes);
+                Ok(Principal {
+                    name: info.name,
+                    read,
+                    write,
+                    tenant,
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `relay-management` binary: flags, config, telemetry, database, then
+//! [`relay_management::serve`].
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use relay_management::{Config, ENV_PREFIX};
+use relay_store::Store;
+
+/// Relay management API: tenants, configuration, secrets, connections, nodes, request log.
+#[derive(Parser)]
+#[command(name = "relay-management", version)]
+struct Cli {
+    /// TOML configuration file; `RELAY_MANAGEMENT__SECTION__KEY` variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration without binding or connecting; exit 0 if valid, 1 if not.
+    CheckConfig,
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+    let origin = cli
+        .config
+        .as_ref()
+        .map_or_else(|| "environment".into(), |p| p.display().to_string());
+    let config: Config = relay_core::config::load(cli.config.as_deref(), ENV_PREFIX)
+        .with_context(|| format!("loading configuration from {origin}"))?;
+    config
+        .validate()
+        .with_context(|| format!("validating configuration from {origin}"))?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::CheckConfig) = cli.command {
+        match load_config(&cli) {
+            Ok(_) => println!("configuration is valid"),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
+    let config = load_config(&cli)?;
+    relay_core::telemetry::init(&config.log);
+    let url = config
+        .database
+        .resolve_url()
+        .context("reading the database URL")?;
+    let store = Store::connect(url.expose())
+        .await
+        .context("connecting to the database")?;
+    let listener = tokio::net::TcpListener::bind(config.listen.public)
+        .await
+        .with_context(|| format!("binding listen.public {}", config.listen.public))?;
+    let shutdown = relay_core::lifecycle::shutdown_on_signal();
+    relay_management::serve(config, store, listener, shutdown)
+        .await
+        .context("management API")
+}

@@ -1,0 +1,117 @@
+//! `/management/tenants/{name}/secrets[/{id}]`: client secrets of a tenant. The plaintext is
+//! in the creation answer only; lists never contain secrets or hashes.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use relay_store::{SecretInfo, now_ms};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::body;
+use super::tenants::visible_tenant;
+use super::{opt_time, time};
+use crate::error::ApiError;
+use crate::{AppState, Principal};
+
+#[derive(Serialize)]
+struct SecretJson {
+    id: String,
+    created_at: String,
+    expires_at: Option<String>,
+    last_used_at: Option<String>,
+    revoked_at: Option<String>,
+    active: bool,
+}
+
+impl From<SecretInfo> for SecretJson {
+    fn from(s: SecretInfo) -> Self {
+        Self {
+            active: s.is_active(now_ms()),
+            id: s.id,
+            created_at: time(s.created_at),
+            expires_at: opt_time(s.expires_at),
+            last_used_at: opt_time(s.last_used_at),
+            revoked_at: opt_time(s.revoked_at),
+        }
+    }
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    principal.require_read()?;
+    let tenant = visible_tenant(&state, &principal, &name).await?;
+    let items: Vec<SecretJson> = state
+        .store
+        .list_secrets(&tenant.id)
+        .await?
+        .into_iter()
+        .map(SecretJson::from)
+        .collect();
+    Ok(Json(json!({ "items": items, "total": items.len() })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateSecret {
+    /// Lifetime, e.g. `"90d"`.
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    principal.require_write()?;
+    let tenant = visible_tenant(&state, &principal, &name).await?;
+    let input: CreateSecret = if bytes.iter().all(u8::is_ascii_whitespace) {
+        CreateSecret::default()
+    } else {
+        body::json(&bytes)?
+    };
+    let expires_at = match input.expires_in.as_deref() {
+        None => None,
+        Some(text) => {
+            let d = body::duration("expires_in", text)?;
+            if d.is_zero() || d > std::time::Duration::from_secs(10 * 365 * 86400) {
+                return Err(ApiError::invalid("expires_in", "must be between 1ms and 10 years"));
+            }
+            Some(now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        }
+    };
+    let (info, plaintext) = state.store.create_secret(&tenant.id, expires_at).await?;
+    tracing::info!(tenant = %tenant.name, secret = %info.id, by = %principal.name, "Client secret created.");
+    let body = json!({
+        "id": info.id,
+        "secret": plaintext,
+        "created_at": time(info.created_at),
+        "expires_at": opt_time(info.expires_at),
+    });
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_write()?;
+    let tenant = visible_tenant(&state, &principal, &name).await?;
+    if !state.store.revoke_secret(&tenant.id, &id).await? {
+        return Err(ApiError::not_found());
+    }
+    tracing::info!(tenant = %tenant.name, secret = %id, by = %principal.name, "Client secret revoked.");
+    Ok(StatusCode::NO_CONTENT)
+}
