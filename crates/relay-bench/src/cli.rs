@@ -65,6 +65,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
 
+    /// rathole binary for the competitor rows (a TCP tunnel from the same target to a public
+    /// port); default: `rathole` on PATH, skipped with a note when there is none.
+    #[arg(long, value_name = "PATH", env = "RELAY_BENCH_RATHOLE")]
+    pub rathole: Option<PathBuf>,
+
     /// Cross-node rows (client on node A, connector on node B; PostgreSQL + RabbitMQ):
     /// `auto` runs them when both services are reachable, `on` (or a bare `--cross-node`)
     /// requires them, `off` skips them.

@@ -30,6 +30,7 @@ mod cli;
 mod crossnode;
 mod load;
 mod procs;
+mod rathole;
 mod report;
 mod scenario;
 mod stack;
@@ -90,6 +91,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut relay = stack::Relay::start(&binaries, scratch.path(), target.addr).await?;
     eprintln!("relay listening on {}; connector attached", relay.public);
 
+    let (mut rathole, rathole_note) = match rathole::locate(args.rathole.as_deref()) {
+        Ok(binary) => {
+            let rathole = rathole::Rathole::start(&binary, scratch.path(), target.addr)
+                .await
+                .context("starting rathole")?;
+            eprintln!("rathole listening on {}", rathole.public);
+            (Some(rathole), None)
+        }
+        Err(reason) => (None, Some(format!("rathole: skipped ({reason})"))),
+    };
     let (mut cluster, cross_node_note) = start_cluster(&args, &binaries, &scratch, &target).await?;
 
     let server_idle = relay.server.memory()?;
@@ -105,8 +116,21 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(cluster) = &cluster {
         cross_probes.extend(cluster.probes()?);
     }
-    let node_a = cluster.as_ref().map(|c| c.node_a);
-    let scenarios = scenario::standard(&args, target.addr, relay.public, node_a)?;
+    let rathole_probes = match &rathole {
+        Some(r) => vec![
+            probes[0].clone(),
+            probes[1].clone(),
+            Probe::child("rathole-server", &r.server)?,
+            Probe::child("rathole-client", &r.client)?,
+        ],
+        None => Vec::new(),
+    };
+    let entrances = scenario::Entrances {
+        relay: relay.public,
+        rathole: rathole.as_ref().map(|r| r.public),
+        cross_node: cluster.as_ref().map(|c| c.node_a),
+    };
+    let scenarios = scenario::standard(&args, target.addr, &entrances)?;
     let mut results = Vec::with_capacity(scenarios.len());
     for scenario in &scenarios {
         eprintln!(
@@ -117,16 +141,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             humantime::format_duration(args.warmup),
             humantime::format_duration(args.duration),
         );
-        let probed = if scenario.path == scenario::CROSS_NODE {
-            &cross_probes
-        } else {
-            &probes
+        let probed = match scenario.path.as_str() {
+            scenario::CROSS_NODE => &cross_probes,
+            scenario::RATHOLE => &rathole_probes,
+            _ => &probes,
         };
         let outcome = load::run(scenario, args.warmup, args.duration, probed).await?;
         let alive = target
             .service
             .ensure_running()
             .and_then(|()| relay.ensure_running())
+            .and_then(|()| rathole.as_mut().map_or(Ok(()), rathole::Rathole::ensure_running))
             .and_then(|()| cluster.as_mut().map_or(Ok(()), Cluster::ensure_running));
         alive.with_context(|| {
             format!(
@@ -155,6 +180,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if let Some(cluster) = cluster {
         cluster.stop().await;
     }
+    if let Some(rathole) = rathole {
+        rathole.stop().await;
+    }
     relay.connector.stop().await;
     relay.server.stop().await;
     target.service.stop().await;
@@ -165,7 +193,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         procs::load_average()
     );
     let mut report = Report::new(&args, results, memory, host);
-    report.cross_node_note = cross_node_note;
+    report.notes = [rathole_note, cross_node_note].into_iter().flatten().collect();
     report.print();
     if args.json {
         println!(

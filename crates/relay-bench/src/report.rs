@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::cli::{BenchArgs, format_size};
 use crate::load::Outcome;
 use crate::procs::Memory;
-use crate::scenario::{CROSS_NODE, DIRECT, LARGE, RELAY, SMALL};
+use crate::scenario::{CROSS_NODE, DIRECT, LARGE, RATHOLE, RELAY, SMALL};
 
 /// Server and connector memory before and after the load.
 pub struct MemoryFigures {
@@ -32,7 +32,8 @@ pub struct Report {
     memory: MemoryFigures,
     goals: Vec<Goal>,
     /// Why there are no cross-node rows, when there are none.
-    pub cross_node_note: Option<String>,
+    /// Why optional rows (rathole, cross-node) are missing.
+    pub notes: Vec<String>,
 }
 
 fn mib(kib: u64) -> f64 {
@@ -53,7 +54,7 @@ impl Report {
             results,
             memory,
             goals: Vec::new(),
-            cross_node_note: None,
+            notes: Vec::new(),
         };
         report.goals = report.judge(args);
         report
@@ -124,6 +125,20 @@ impl Report {
                 note: None,
             },
         ];
+        if let Some(rathole) = self.find(SMALL, RATHOLE) {
+            let versus = small_relay
+                .filter(|_| rathole.requests > 0)
+                .map(|relay| relay.requests_per_second() / rathole.requests_per_second());
+            goals.insert(
+                1,
+                Goal {
+                    goal: "small-request relay throughput >= rathole's (same run)".into(),
+                    measured: versus.map(|r| format!("{:.1}%", 100.0 * r)),
+                    pass: versus.map(|r| r >= 1.0),
+                    note: with_errors(&[small_relay, Some(rathole)]),
+                },
+            );
+        }
         if small_cross.is_some() {
             goals.push(Goal {
                 goal: "cross-node small-request throughput >= 50% of single-node (relay)".into(),
@@ -194,7 +209,7 @@ impl Report {
         );
         println!("host: {}", self.host);
         print_table(&rows, "ll");
-        if let Some(note) = &self.cross_node_note {
+        for note in &self.notes {
             println!("{note}");
         }
 
@@ -313,7 +328,7 @@ impl Report {
                 "connector": {"idle_rss": m.connector_idle.rss_kib, "peak_rss": m.connector_after.hwm_kib, "rss_after": m.connector_after.rss_kib},
             },
             "targets": goals,
-            "cross_node_skipped": self.cross_node_note,
+            "skipped": self.notes,
             "errors_total": self.results.iter().map(|o| o.errors.total()).sum::<u64>(),
         })
     }

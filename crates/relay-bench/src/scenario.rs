@@ -14,6 +14,8 @@ use crate::target::SMALL_SIZE;
 pub const DIRECT: &str = "direct";
 /// Path label of the single-node relay.
 pub const RELAY: &str = "relay";
+/// Path label of the competitor baseline (rathole, a TCP tunnel).
+pub const RATHOLE: &str = "rathole";
 /// Path label of the cross-node relay (client on node A, connector on node B).
 pub const CROSS_NODE: &str = "cross-node";
 
@@ -59,13 +61,21 @@ impl Scenario {
     }
 }
 
-/// Each kind once direct, once through the single-node relay and, given node A of a cluster,
-/// once cross-node, in this order.
+/// Public addresses of the set-ups under test besides the direct target.
+pub struct Entrances {
+    pub relay: SocketAddr,
+    /// rathole's public port, when rathole runs.
+    pub rathole: Option<SocketAddr>,
+    /// Node A of the cross-node cluster, when it runs.
+    pub cross_node: Option<SocketAddr>,
+}
+
+/// Each kind once direct, once through the single-node relay, through rathole and, given node
+/// A of a cluster, cross-node, in this order.
 pub fn standard(
     args: &BenchArgs,
     target: SocketAddr,
-    relay: SocketAddr,
-    cross_node: Option<SocketAddr>,
+    entrances: &Entrances,
 ) -> anyhow::Result<Vec<Scenario>> {
     let kinds = [
         (SMALL, "small", args.connections, SMALL_SIZE as u64),
@@ -89,11 +99,15 @@ pub fn standard(
         scenarios.push(Scenario::new(
             name,
             RELAY,
-            &relayed(relay),
+            &relayed(entrances.relay),
             connections,
             size,
         )?);
-        if let Some(node_a) = cross_node {
+        if let Some(rathole) = entrances.rathole {
+            let url = format!("http://{rathole}/{route}");
+            scenarios.push(Scenario::new(name, RATHOLE, &url, connections, size)?);
+        }
+        if let Some(node_a) = entrances.cross_node {
             let url = relayed(node_a);
             scenarios.push(Scenario::new(name, CROSS_NODE, &url, connections, size)?);
         }

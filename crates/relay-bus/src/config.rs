@@ -59,7 +59,7 @@ impl BusConfig {
             heartbeat: Duration::from_secs(10),
             origin_queue_expiry: Duration::from_secs(10 * 60),
             quorum_queues: false,
-            publisher_channels: 8,
+            publisher_channels: 64,
             response_prefetch: 256,
             max_backoff: Duration::from_secs(5),
         }
