@@ -103,8 +103,14 @@ mod tests {
         assert_eq!(config.listen.public.to_string(), "127.0.0.1:5004");
         assert_eq!(config.identity.audience, "relay-management");
         for (text, key) in [
-            ("[database]\nurl = \"sqlite://x\"\n[identity]\nauthority = \"id\"\n", "identity.authority"),
-            ("[database]\nurl = \"sqlite://x\"\n[listen]\nport = 1\n", "port"),
+            (
+                "[database]\nurl = \"sqlite://x\"\n[identity]\nauthority = \"id\"\n",
+                "identity.authority",
+            ),
+            (
+                "[database]\nurl = \"sqlite://x\"\n[listen]\nport = 1\n",
+                "port",
+            ),
             ("[listen]\npublic = \"127.0.0.1:1\"\n", "database"),
         ] {
             let err = load(text).expect_err(text).to_string();

@@ -47,8 +47,18 @@ fn id_param(what: &str) -> Value {
 
 fn paging() -> Vec<Value> {
     vec![
-        param("skip", "query", json!({"type": "integer", "minimum": 0, "default": 0}), "Entries to skip"),
-        param("take", "query", json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}), "Page size"),
+        param(
+            "skip",
+            "query",
+            json!({"type": "integer", "minimum": 0, "default": 0}),
+            "Entries to skip",
+        ),
+        param(
+            "take",
+            "query",
+            json!({"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            "Page size",
+        ),
     ]
 }
 
@@ -64,7 +74,13 @@ fn errors(codes: &[&str]) -> serde_json::Map<String, Value> {
         .collect()
 }
 
-fn op(summary: &str, params: Vec<Value>, body: Option<&str>, ok: (&str, Option<&str>), errs: &[&str]) -> Value {
+fn op(
+    summary: &str,
+    params: Vec<Value>,
+    body: Option<&str>,
+    ok: (&str, Option<&str>),
+    errs: &[&str],
+) -> Value {
     let mut responses = errors(errs);
     let mut success = json!({"description": "Success"});
     if let Some(schema) = ok.1 {
@@ -85,13 +101,33 @@ pub fn document_value(authority: &str) -> Value {
     let read = &["400", "401", "403", "404", "422"];
     let write = &["400", "401", "403", "404", "409", "422"];
     let mut list_params = paging();
-    list_params.push(param("filter", "query", json!({"type": "string", "maxLength": 64}), "Only names containing this text (ignoring case)"));
+    list_params.push(param(
+        "filter",
+        "query",
+        json!({"type": "string", "maxLength": 64}),
+        "Only names containing this text (ignoring case)",
+    ));
     let mut request_params = paging();
     request_params.extend([
         param("tenant", "query", json!({"type": "string"}), "Tenant name"),
-        param("from", "query", json!({"type": "string", "format": "date-time"}), "Started at or after (RFC 3339 or unix ms)"),
-        param("to", "query", json!({"type": "string", "format": "date-time"}), "Started before (RFC 3339 or unix ms)"),
-        param("outcome", "query", json!({"type": "string", "enum": crate::routes::OUTCOMES}), "Outcome"),
+        param(
+            "from",
+            "query",
+            json!({"type": "string", "format": "date-time"}),
+            "Started at or after (RFC 3339 or unix ms)",
+        ),
+        param(
+            "to",
+            "query",
+            json!({"type": "string", "format": "date-time"}),
+            "Started before (RFC 3339 or unix ms)",
+        ),
+        param(
+            "outcome",
+            "query",
+            json!({"type": "string", "enum": crate::routes::OUTCOMES}),
+            "Outcome",
+        ),
     ]);
     let duration = json!({"type": "string", "nullable": true, "example": "15s", "description": "humantime duration; null = server default"});
     json!({
@@ -219,9 +255,19 @@ mod tests {
         let doc = document_value("http://id");
         let paths = doc["paths"].as_object().expect("paths");
         for (method, path) in ROUTES {
-            assert!(paths.get(*path).and_then(|p| p.get(*method)).is_some(), "{method} {path} undocumented");
+            assert!(
+                paths.get(*path).and_then(|p| p.get(*method)).is_some(),
+                "{method} {path} undocumented"
+            );
         }
-        let documented: usize = paths.values().map(|p| p.as_object().map_or(0, |o| o.len())).sum();
-        assert_eq!(documented, ROUTES.len(), "document has operations the router lacks");
+        let documented: usize = paths
+            .values()
+            .map(|p| p.as_object().map_or(0, |o| o.len()))
+            .sum();
+        assert_eq!(
+            documented,
+            ROUTES.len(),
+            "document has operations the router lacks"
+        );
     }
 }

@@ -35,11 +35,11 @@ mod store;
 mod tenants;
 
 pub use error::{StoreError, redact_url};
+pub use management::{API_KEY_PREFIX, ApiKeyInfo, ManagementClient};
 pub use models::{
     AckMode, ConnectionRecord, NewConnection, NewTenant, OriginRecord, SecretInfo,
     SigningKeyRecord, Tenant, TenantConfig,
 };
-pub use management::{API_KEY_PREFIX, ApiKeyInfo, ManagementClient};
 pub use requestlog::{RequestLogEntry, RequestLogFilter};
 pub use store::{Backend, Store};
 pub use tenants::validate_tenant_name;

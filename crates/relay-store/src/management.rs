@@ -256,8 +256,8 @@ impl Store {
             return Ok(None);
         };
         if key.last_used_at.is_none_or(|t| t < now_ms - 60_000) {
-            let touch =
-                diesel::update(api_keys::table.find(key.id.clone())).set(api_keys::last_used_at.eq(now_ms));
+            let touch = diesel::update(api_keys::table.find(key.id.clone()))
+                .set(api_keys::last_used_at.eq(now_ms));
             with_conn!(self, |conn| touch.execute(conn).await)?;
         }
         Ok(Some(key))

@@ -109,7 +109,8 @@ impl Store {
 
     /// Deletes entries that started before `before_ms`; returns how many.
     pub async fn purge_request_log(&self, before_ms: i64) -> Result<usize, StoreError> {
-        let query = diesel::delete(request_log::table.filter(request_log::started_at.lt(before_ms)));
+        let query =
+            diesel::delete(request_log::table.filter(request_log::started_at.lt(before_ms)));
         Ok(with_conn!(self, |conn| query.execute(conn).await)?)
     }
 }

@@ -242,7 +242,11 @@ impl Store {
         display_name: Option<String>,
         description: Option<String>,
     ) -> Result<Tenant, StoreError> {
-        check_len("display_name", display_name.as_deref(), MAX_DISPLAY_NAME_LEN)?;
+        check_len(
+            "display_name",
+            display_name.as_deref(),
+            MAX_DISPLAY_NAME_LEN,
+        )?;
         check_len("description", description.as_deref(), MAX_DESCRIPTION_LEN)?;
         let query = diesel::update(tenants::table.find(id)).set((
             tenants::display_name.eq(display_name),

@@ -17,7 +17,10 @@ pub(crate) fn json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(None, format!("malformed JSON: {e}")))?;
     if !value.is_object() {
-        return Err(ApiError::bad_request(None, "the body must be a JSON object"));
+        return Err(ApiError::bad_request(
+            None,
+            "the body must be a JSON object",
+        ));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -61,7 +64,10 @@ impl QueryParams {
     }
 
     pub(crate) fn text(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|s| !s.is_empty())
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     /// An integer in `min..=max`, or `default` when absent.
@@ -87,7 +93,10 @@ impl QueryParams {
             return Ok(Some(ms));
         }
         let at = humantime::parse_rfc3339_weak(v).map_err(|_| {
-            ApiError::invalid(key, "expected RFC 3339 (2026-01-31T12:00:00Z) or unix milliseconds")
+            ApiError::invalid(
+                key,
+                "expected RFC 3339 (2026-01-31T12:00:00Z) or unix milliseconds",
+            )
         })?;
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)

@@ -52,7 +52,10 @@ pub(crate) async fn connections(
         .into_iter()
         .filter_map(|c| {
             let tenant = names.get(&c.tenant_id)?;
-            if wanted.as_deref().is_some_and(|w| w != tenant.to_ascii_lowercase()) {
+            if wanted
+                .as_deref()
+                .is_some_and(|w| w != tenant.to_ascii_lowercase())
+            {
                 return None;
             }
             Some(json!({

@@ -29,7 +29,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/management/tenants/{name}",
-            get(tenants::show).put(tenants::update).delete(tenants::delete),
+            get(tenants::show)
+                .put(tenants::update)
+                .delete(tenants::delete),
         )
         .route(
             "/management/tenants/{name}/config",

@@ -82,7 +82,10 @@ pub(crate) async fn create(
         Some(text) => {
             let d = body::duration("expires_in", text)?;
             if d.is_zero() || d > std::time::Duration::from_secs(10 * 365 * 86400) {
-                return Err(ApiError::invalid("expires_in", "must be between 1ms and 10 years"));
+                return Err(ApiError::invalid(
+                    "expires_in",
+                    "must be between 1ms and 10 years",
+                ));
             }
             Some(now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
         }

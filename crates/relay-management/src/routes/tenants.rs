@@ -74,10 +74,16 @@ pub(crate) async fn list(
         None => state.store.list_tenants_page(filter, skip, take).await?,
         Some(own) => {
             let mine = state.store.tenant_by_name(own).await?.filter(|t| {
-                filter.is_none_or(|f| t.name.to_ascii_lowercase().contains(&f.to_ascii_lowercase()))
+                filter.is_none_or(|f| {
+                    t.name
+                        .to_ascii_lowercase()
+                        .contains(&f.to_ascii_lowercase())
+                })
             });
             let total = i64::from(mine.is_some());
-            let page = mine.into_iter().skip(usize::try_from(skip).unwrap_or(usize::MAX));
+            let page = mine
+                .into_iter()
+                .skip(usize::try_from(skip).unwrap_or(usize::MAX));
             (page.collect(), total)
         }
     };
@@ -134,7 +140,9 @@ pub(crate) async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<TenantJson>, ApiError> {
     principal.require_read()?;
-    Ok(Json(visible_tenant(&state, &principal, &name).await?.into()))
+    Ok(Json(
+        visible_tenant(&state, &principal, &name).await?.into(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -293,9 +301,10 @@ impl ConfigJson {
             )?,
             max_body_bytes: match self.max_body_bytes {
                 None => None,
-                Some(v) => Some(i64::try_from(v).map_err(|_| {
-                    ApiError::invalid("max_body_bytes", "too large")
-                })?),
+                Some(v) => Some(
+                    i64::try_from(v)
+                        .map_err(|_| ApiError::invalid("max_body_bytes", "too large"))?,
+                ),
             },
             concurrency_limit: match self.concurrency_limit {
                 Some(n) if !(1..=65535).contains(&n) => {
@@ -318,7 +327,8 @@ impl ConfigJson {
             tracing: self.tracing,
             require_client_auth: self.require_client_token,
         };
-        if let (Some(min), Some(max)) = (config.reconnect_min_delay_ms, config.reconnect_max_delay_ms)
+        if let (Some(min), Some(max)) =
+            (config.reconnect_min_delay_ms, config.reconnect_max_delay_ms)
             && min > max
         {
             return Err(ApiError::invalid(
