@@ -197,18 +197,23 @@ pub(crate) struct Spec<T> {
 pub(crate) fn triage_request(delivery: Delivery, queue: &str) -> Triage<RequestDelivery> {
     match RequestEnvelope::from_bytes(&delivery.data) {
         Err(e) => {
+            crate::stats::count(&crate::stats::STATS.consume_failed);
             warn!(queue, error = %error_chain(&e), "Dropping a malformed request envelope.");
             Triage::Reject(delivery.acker)
         }
         Ok(envelope) if envelope.is_expired() => {
+            crate::stats::count(&crate::stats::STATS.consume_failed);
             debug!(queue, request_id = %envelope.request_id, "Dropping an expired request.");
             Triage::Drop(delivery.acker)
         }
-        Ok(envelope) => Triage::Deliver(RequestDelivery {
-            envelope,
-            redelivered: delivery.redelivered,
-            ack: AckHandle::new(delivery.acker),
-        }),
+        Ok(envelope) => {
+            crate::stats::count(&crate::stats::STATS.consumed);
+            Triage::Deliver(RequestDelivery {
+                envelope,
+                redelivered: delivery.redelivered,
+                ack: AckHandle::new(delivery.acker),
+            })
+        }
     }
 }
 
@@ -216,8 +221,12 @@ pub(crate) fn triage_request(delivery: Delivery, queue: &str) -> Triage<RequestD
 /// reader, and the prefetch plus the in-process buffer bound what is held in memory.
 pub(crate) fn triage_envelope<T: Envelope>(delivery: Delivery, queue: &str) -> Triage<T> {
     match T::from_bytes(&delivery.data) {
-        Ok(envelope) => Triage::DeliverThenAck(envelope, delivery.acker),
+        Ok(envelope) => {
+            crate::stats::count(&crate::stats::STATS.consumed);
+            Triage::DeliverThenAck(envelope, delivery.acker)
+        }
         Err(e) => {
+            crate::stats::count(&crate::stats::STATS.consume_failed);
             warn!(queue, error = %error_chain(&e), "Dropping a malformed envelope.");
             Triage::Reject(delivery.acker)
         }

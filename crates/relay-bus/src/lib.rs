@@ -28,7 +28,8 @@
 //! - `link`: the connection, its supervisor and the publisher channel pool;
 //! - `publish`: confirmed publishing across reconnects;
 //! - `consume`: [`Subscription`] streams, [`RequestDelivery`] and [`AckHandle`];
-//! - `bus`: [`Bus`], wiring the above.
+//! - `bus`: [`Bus`], wiring the above;
+//! - [`stats`]: process-wide publish/consume counters for metrics.
 
 mod bus;
 pub mod config;
@@ -37,6 +38,7 @@ pub mod envelope;
 mod error;
 mod link;
 mod publish;
+pub mod stats;
 pub mod topology;
 
 pub use bus::{Bus, BusHealth};

@@ -45,6 +45,15 @@ impl Shared {
     /// `config.publish_timeout`. A message that was written but never confirmed is not retried
     /// (that could duplicate it): [`BusError::Unconfirmed`].
     pub(crate) async fn publish(&self, message: Outgoing<'_>) -> Result<(), BusError> {
+        let result = self.publish_confirmed(message).await;
+        crate::stats::count(match result {
+            Ok(()) => &crate::stats::STATS.published,
+            Err(_) => &crate::stats::STATS.publish_failed,
+        });
+        result
+    }
+
+    async fn publish_confirmed(&self, message: Outgoing<'_>) -> Result<(), BusError> {
         let deadline = Instant::now() + self.config.publish_timeout;
         loop {
             if Instant::now() >= deadline {

@@ -46,6 +46,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[metrics]`: the Prometheus listener (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: relay_core::metrics::MetricsConfig,
 }
 
 /// `relay_url = "…"` or `relay_url = ["…", "…"]`.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod targets;
 
 mod backoff;
+mod metrics;
 mod tunnel;
 
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
 impl Shared {
     /// Counts a tunnel as up; the first one makes the connector ready for systemd.
     fn tunnel_up(&self, relay_url: &str) {
+        metrics::TUNNELS_UP.add(1);
+        metrics::CONNECTS[0].inc();
         let mut now = 0;
         self.live.send_modify(|n| {
             *n += 1;
@@ -67,6 +70,7 @@ impl Shared {
     }
 
     fn tunnel_down(&self) {
+        metrics::TUNNELS_UP.add(-1);
         self.live.send_modify(|n| *n = n.saturating_sub(1));
     }
 
@@ -84,6 +88,7 @@ impl Shared {
 pub struct Connector {
     shared: Arc<Shared>,
     relay_urls: Vec<String>,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Connector {
@@ -107,6 +112,7 @@ impl Connector {
             ready: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(Connector {
+            metrics_listen: config.metrics.listen,
             shared: Arc::new(shared),
             relay_urls: config
                 .relay_url
@@ -128,6 +134,19 @@ impl Connector {
     /// finish within the shutdown grace.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        if let Some(addr) = self.metrics_listen {
+            match relay_core::metrics::bind(addr).await {
+                Ok(listener) => {
+                    let render: relay_core::metrics::Render = Arc::new(metrics::render);
+                    tokio::spawn(relay_core::metrics::serve(
+                        listener,
+                        render,
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(error = %e, "Metrics listener not started."),
+            }
+        }
         for url in self.relay_urls {
             let shared = self.shared.clone();
             let shutdown = shutdown.clone();
@@ -151,16 +170,19 @@ async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: Cancellat
         match result {
             Ok(Ended::Shutdown) => break,
             Ok(Ended::Drained) => {
+                metrics::DRAINED.inc();
                 backoff.reset();
                 failures = 0;
             }
             Ok(Ended::Lost(reason)) => {
                 backoff.reset();
                 failures = 0;
+                metrics::LOST.inc();
                 tracing::warn!(relay = %relay_url, %reason, "Tunnel lost; reconnecting.");
                 shared.retrying(&relay_url, &reason);
             }
             Err(e) => {
+                metrics::CONNECTS[1].inc();
                 failures += 1;
                 shared.retrying(&relay_url, &e);
                 // The first failure is a warning; repeats of the same outage stay quieter.

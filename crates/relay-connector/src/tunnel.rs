@@ -241,7 +241,8 @@ async fn handle(
         None => tail.to_owned(),
     };
     let target = target.to_owned();
-    shared.targets.call(&target, &tail, req).await
+    let started = std::time::Instant::now();
+    crate::metrics::finish(started, shared.targets.call(&target, &tail, req).await)
 }
 
 fn empty(status: StatusCode) -> Response<ResponseBody> {

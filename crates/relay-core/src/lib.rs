@@ -7,11 +7,13 @@
 //!   `Debug` prints a mask.
 //! - [`telemetry`]: `tracing` set-up (text or JSON on stdout).
 //! - [`lifecycle`]: the process-wide shutdown token fired by SIGTERM/SIGINT.
+//! - [`metrics`]: Prometheus counters, gauges, histograms and the `/metrics` listener.
 //! - [`notify`]: systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`, `STOPPING=1`).
 
 pub mod config;
 pub mod database;
 pub mod lifecycle;
+pub mod metrics;
 pub mod notify;
 pub mod secret;
 pub mod telemetry;

@@ -128,6 +128,7 @@ impl Stack {
             node: Default::default(),
             shutdown_grace: Duration::from_secs(5),
             log: relay_core::telemetry::LogConfig::default(),
+            metrics: Default::default(),
         };
         tune(&mut config);
         let shutdown = CancellationToken::new();
@@ -241,6 +242,7 @@ impl Stack {
             tunnels_per_relay: 1,
             shutdown_grace: Duration::from_secs(5),
             log: relay_core::telemetry::LogConfig::default(),
+            metrics: Default::default(),
         };
         let connector = relay_connector::Connector::new(&config).unwrap();
         let live = connector.live_tunnels();

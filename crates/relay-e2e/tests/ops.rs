@@ -360,3 +360,133 @@ async fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
 async fn get_status_owned(url: String) -> Option<(StatusCode, Bytes)> {
     get_status(&url).await
 }
+
+/// Scrapes `/metrics` and parses the text format into `series → value`.
+async fn scrape(port: u16) -> std::collections::HashMap<String, f64> {
+    let (status, body) = get_status(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics answer");
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let mut out = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad sample `{line}`"));
+        assert!(
+            out.insert(series.to_owned(), value).is_none(),
+            "duplicate {series}"
+        );
+    }
+    out
+}
+
+fn delta(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    series: &str,
+) -> f64 {
+    let a = after
+        .get(series)
+        .unwrap_or_else(|| panic!("no series {series}"));
+    a - before.get(series).copied().unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn metrics_count_requests_bytes_and_tunnels() {
+    let target = TestTarget::start().await;
+    let site = Site::new("metrics");
+    let (server_metrics, connector_metrics) = (free_port(), free_port());
+    let server_config = site.server_config(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{server_metrics}\"\ntenant_label = true\n"
+    ));
+    let connector_config = site.connector_config(
+        &site.relay_url(),
+        &target.url(),
+        &format!("[metrics]\nlisten = \"127.0.0.1:{connector_metrics}\"\n"),
+    );
+    let server = spawn("relay-server", &server_config, &[], site.dir());
+    let connector = spawn("relay-connector", &connector_config, &[], site.dir());
+    wait_relaying(&site, &[&server, &connector]).await;
+
+    let s0 = scrape(server_metrics).await;
+    let c0 = scrape(connector_metrics).await;
+    for _ in 0..5 {
+        let (status, body) = get_status(&site.url("/relay/acme/web/bytes/1000"))
+            .await
+            .unwrap();
+        assert_eq!((status, body.len()), (StatusCode::OK, 1000));
+    }
+    for _ in 0..2 {
+        let request = Request::post(site.url("/relay/acme/web/sha256"))
+            .body(full(Bytes::from(vec![7u8; 300])))
+            .unwrap();
+        let response = client::client().request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let _ = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap();
+    }
+    let (status, _) = get_status(&site.url("/relay/acme/web/status/404"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get_status(&site.url("/relay/nobody/web/x")).await.unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = get_status(&site.url("/trace/acme/ping")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+
+    let s1 = scrape(server_metrics).await;
+    let c1 = scrape(connector_metrics).await;
+    let d = |series: &str| delta(&s0, &s1, series);
+    assert_eq!(d(r#"relay_requests_total{mode="relay",status="2xx"}"#), 7.0);
+    assert_eq!(d(r#"relay_requests_total{mode="relay",status="4xx"}"#), 2.0);
+    assert_eq!(d(r#"relay_requests_total{mode="trace",status="2xx"}"#), 1.0);
+    assert_eq!(
+        d(r#"relay_request_errors_total{code="tenant-unknown"}"#),
+        1.0
+    );
+    assert_eq!(
+        d(r#"relay_request_duration_seconds_count{mode="relay"}"#),
+        9.0
+    );
+    assert_eq!(
+        d(r#"relay_request_duration_seconds_bucket{mode="relay",le="+Inf"}"#),
+        9.0
+    );
+    assert_eq!(d("relay_request_body_bytes_total"), 600.0);
+    // 5 × 1000 pattern bytes, two "300 <sha256 hex>" answers, "status 404", the 404 text
+    // for the unknown tenant, and PONG.
+    let out = d("relay_response_body_bytes_total");
+    assert!(
+        (5000.0 + 2.0 * 68.0..5300.0).contains(&out),
+        "bytes out {out}"
+    );
+    assert_eq!(
+        d(r#"relay_tenant_requests_total{tenant="acme",mode="relay",status="2xx"}"#),
+        7.0
+    );
+    assert!(
+        !s1.keys().any(|k| k.contains("nobody")),
+        "unknown tenant got a series"
+    );
+    assert_eq!(s1[r#"relay_tenant_tunnels{tenant="acme"}"#], 1.0);
+    assert_eq!(s1["relay_connectors_connected"], 1.0);
+    assert!(s1.keys().any(|k| k.starts_with("relay_tunnels{node=")));
+    assert!(s1["relay_db_pool_max"] >= 1.0);
+    assert_eq!(s1[r#"relay_broker_publish_total{result="failed"}"#], 0.0);
+
+    let dc = |series: &str| delta(&c0, &c1, series);
+    assert_eq!(dc(r#"relay_connector_requests_total{status="2xx"}"#), 8.0);
+    assert_eq!(dc(r#"relay_connector_requests_total{status="4xx"}"#), 1.0);
+    assert_eq!(dc("relay_connector_request_duration_seconds_count"), 9.0);
+    assert_eq!(c1["relay_connector_tunnels"], 1.0);
+    assert_eq!(
+        c1[r#"relay_connector_tunnel_connects_total{result="ok"}"#],
+        1.0
+    );
+}

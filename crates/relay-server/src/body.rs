@@ -50,9 +50,12 @@ impl Body for LimitedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(limit)) = (frame.data_ref(), this.limit) {
+                if let Some(data) = frame.data_ref() {
+                    crate::metrics::BYTES_IN.add(data.len() as u64);
                     this.seen += data.len() as u64;
-                    if this.seen > limit {
+                    if let Some(limit) = this.limit
+                        && this.seen > limit
+                    {
                         this.tripped.store(true, Ordering::Release);
                         return Poll::Ready(Some(Err(Box::new(TooLarge(limit)))));
                     }

@@ -103,6 +103,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         node: Default::default(),
         shutdown_grace: Duration::from_secs(5),
         log: relay_core::telemetry::LogConfig::default(),
+        metrics: Default::default(),
     };
     let server = tokio::spawn(crate::run(config, store, listeners, shutdown.clone()));
 
@@ -124,6 +125,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         tunnels_per_relay: 1,
         shutdown_grace: Duration::from_secs(5),
         log: relay_core::telemetry::LogConfig::default(),
+        metrics: Default::default(),
     };
     let connector = relay_connector::Connector::new(&connector_config)
         .context("preparing the demo connector")?;

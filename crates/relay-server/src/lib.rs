@@ -16,6 +16,7 @@ pub mod dev;
 mod body;
 mod bodystore;
 mod crossnode;
+mod metrics;
 mod origins;
 mod public;
 mod registry;
@@ -98,6 +99,8 @@ pub enum ServerError {
     Bus(#[from] relay_bus::BusError),
     #[error("bus.url_file: {0}")]
     BusUrl(#[source] std::io::Error),
+    #[error("{0}")]
+    Metrics(#[source] std::io::Error),
 }
 
 /// Runs the server until `shutdown` fires, then drains: new tunnels are refused, connectors
@@ -172,6 +175,20 @@ pub async fn run(
         tasks: tasks.clone(),
     });
     tasks.spawn(tenants.refresh_loop(shutdown.clone()));
+    if let Some(addr) = state.config.metrics.listen {
+        let listener = relay_core::metrics::bind(addr)
+            .await
+            .map_err(ServerError::Metrics)?;
+        let render: relay_core::metrics::Render = {
+            let state = state.clone();
+            Arc::new(move || metrics::render(&state))
+        };
+        tokio::spawn(relay_core::metrics::serve(
+            listener,
+            render,
+            shutdown.clone(),
+        ));
+    }
     // The node's registration ends after its tunnels drained, so their records keep their
     // real close times.
     let origin_stop = CancellationToken::new();

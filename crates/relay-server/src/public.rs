@@ -90,7 +90,10 @@ async fn route(
     let trimmed = path.trim_start_matches('/');
     let (first, after) = trimmed.split_once('/').unwrap_or((trimmed, ""));
     if let Some(mode) = Mode::parse(first) {
-        return relay::handle(state, mode, req, remote, after).await;
+        let started = std::time::Instant::now();
+        let response = relay::handle(state, mode, req, remote, after).await;
+        let tenant = after.split('/').next().unwrap_or_default();
+        return crate::metrics::finish(state, mode, tenant, started, response);
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, relay_proto::TUNNEL_PATH) => crate::tunnel::accept(state, req, remote).await,
