@@ -77,8 +77,38 @@ impl Store {
             return Err(StoreError::NotFound);
         }
         let plaintext = generate_plaintext();
+        let info = self
+            .insert_secret(tenant_id, &plaintext, now, expires_at)
+            .await?;
+        Ok((info, plaintext))
+    }
+
+    /// Adds a secret with a plaintext chosen by the caller (known development secrets of
+    /// `relayctl seed`). At least 16 characters.
+    pub async fn add_known_secret(
+        &self,
+        tenant_id: &str,
+        plaintext: &str,
+    ) -> Result<SecretInfo, StoreError> {
+        if plaintext.len() < 16 || plaintext.len() > MAX_PLAINTEXT_LEN {
+            return Err(StoreError::Invalid {
+                field: "secret",
+                message: "must be 16 to 256 characters".into(),
+            });
+        }
+        self.insert_secret(tenant_id, plaintext, now_ms(), None)
+            .await
+    }
+
+    async fn insert_secret(
+        &self,
+        tenant_id: &str,
+        plaintext: &str,
+        now: i64,
+        expires_at: Option<i64>,
+    ) -> Result<SecretInfo, StoreError> {
         let hashed = {
-            let plaintext = plaintext.clone();
+            let plaintext = plaintext.to_owned();
             tokio::task::spawn_blocking(move || hash(&plaintext)).await??
         };
         let info = SecretInfo {
@@ -102,7 +132,7 @@ impl Store {
                 .execute(conn)
                 .await
         })?;
-        Ok((info, plaintext))
+        Ok(info)
     }
 
     /// All secrets of the tenant (including revoked and expired ones), oldest first.

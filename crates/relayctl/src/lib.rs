@@ -4,16 +4,27 @@
 //! Every command runs [`Store::migrate`] first: migrations are idempotent, so this costs one
 //! query on an up-to-date database and makes any command work on a fresh one.
 //!
-//! Exit codes: 0 success, 1 other failure, 2 usage (clap's, a missing database URL, or a
-//! value the store rejects as invalid), 3 not found, 4 conflict (already exists).
+//! With `--management-url` (or `RELAYCTL_MANAGEMENT_URL`) the tenant, secret, connection,
+//! node and request commands go through the management API instead; `migrate`, `admin` and
+//! `seed` always use the database (they bootstrap the API's credentials).
+//!
+//! Exit codes: 0 success, 1 other failure, 2 usage (clap's, a missing URL, or a value the
+//! store or API rejects as invalid), 3 not found, 4 authentication or permission refused,
+//! 5 server error or server unreachable, 6 conflict (already exists).
 //!
 //! Module map:
 //! - `cli`: clap definitions ([`Cli`], [`Command`]).
-//! - `tenant`, `secret`: the subcommands.
+//! - `tenant`, `secret`: the subcommands against the database.
+//! - `admin`: management clients, API keys and `seed`, against the database.
+//! - `api`: the management API client (authentication, token cache, errors);
+//!   `remote`: the commands through it.
 //! - `output`: tables and time formatting.
 
+mod admin;
+mod api;
 mod cli;
 mod output;
+mod remote;
 mod secret;
 mod tenant;
 
@@ -22,12 +33,16 @@ use std::fmt;
 use anyhow::Context;
 use relay_store::{Store, StoreError};
 
+pub use admin::{SEED_TENANTS, is_local_database};
+pub use api::{RemoteError, token_cache_path};
 pub use cli::{Cli, Command, SecretCommand, TenantCommand, TenantCreate};
 
 /// Exit code for a usage error, as clap uses.
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_NOT_FOUND: u8 = 3;
-pub const EXIT_CONFLICT: u8 = 4;
+pub const EXIT_AUTH: u8 = 4;
+pub const EXIT_SERVER: u8 = 5;
+pub const EXIT_CONFLICT: u8 = 6;
 pub const EXIT_OTHER: u8 = 1;
 
 /// An invocation that cannot work as given (exit code 2).
@@ -44,6 +59,23 @@ impl std::error::Error for UsageError {}
 
 /// Runs one command. Output goes to stdout; notes meant for the operator only to stderr.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let through_api = cli.management_url.is_some()
+        && !matches!(
+            cli.command,
+            Command::Migrate | Command::Admin(_) | Command::Seed { .. }
+        );
+    if through_api || matches!(cli.command, Command::Login) {
+        return run_remote(cli).await;
+    }
+    if matches!(
+        cli.command,
+        Command::Connection(_) | Command::Node(_) | Command::Request(_)
+    ) {
+        return Err(UsageError(
+            "this command needs --management-url (or RELAYCTL_MANAGEMENT_URL)".into(),
+        )
+        .into());
+    }
     let url = cli.database_url.ok_or_else(|| {
         UsageError("no database URL: pass --database-url or set RELAY_DATABASE_URL".into())
     })?;
@@ -56,6 +88,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant(cmd) => tenant::run(&store, cmd).await,
         Command::Secret(cmd) => secret::run(&store, cmd).await,
+        Command::Admin(cmd) => admin::run(&store, cmd).await,
+        Command::Seed { dev } => admin::seed(&store, &url, dev).await,
+        Command::Login | Command::Connection(_) | Command::Node(_) | Command::Request(_) => {
+            Err(UsageError("this command needs --management-url".into()).into())
+        }
+    }
+}
+
+async fn run_remote(cli: Cli) -> anyhow::Result<()> {
+    if matches!(cli.command, Command::Login) {
+        return api::login(&cli).await;
+    }
+    let api = api::Api::connect(&cli).await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Tenant(cmd) => remote::tenant(&api, json, cmd).await,
+        Command::Secret(cmd) => remote::secret(&api, json, cmd).await,
+        Command::Connection(cmd) => remote::connection(&api, json, cmd).await,
+        Command::Node(cmd) => remote::node(&api, json, cmd).await,
+        Command::Request(cmd) => remote::request(&api, json, cmd).await,
+        Command::Migrate | Command::Admin(_) | Command::Seed { .. } | Command::Login => {
+            Err(UsageError("this command uses --database-url".into()).into())
+        }
     }
 }
 
@@ -65,6 +120,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
         if cause.is::<UsageError>() {
             return EXIT_USAGE;
+        }
+        if let Some(remote) = cause.downcast_ref::<RemoteError>() {
+            return remote.exit_code();
         }
         if let Some(store_error) = cause.downcast_ref::<StoreError>() {
             return match store_error {

@@ -9,8 +9,11 @@ use crate::{find_tenant, output};
 pub async fn run(store: &Store, cmd: TenantCommand) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create(args) => create(store, args).await,
-        TenantCommand::List => list(store).await,
+        TenantCommand::List { .. } => list(store).await,
         TenantCommand::Show { name } => show(store, &name).await,
+        TenantCommand::Update { .. } | TenantCommand::Delete { .. } | TenantCommand::Config(_) => {
+            Err(crate::UsageError("this command needs --management-url".into()).into())
+        }
     }
 }
 

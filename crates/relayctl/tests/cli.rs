@@ -68,7 +68,7 @@ async fn tenant_and_secret_lifecycle() {
     assert!(stdout(&create).starts_with("Created tenant 'acme' with id "));
 
     let duplicate = db.run(&["tenant", "create", "ACME"]);
-    assert_exit(&duplicate, 4);
+    assert_exit(&duplicate, 6);
     assert_eq!(
         stderr(&duplicate),
         "error: creating tenant 'ACME': already exists\n"
