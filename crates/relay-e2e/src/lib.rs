@@ -126,6 +126,7 @@ impl Stack {
             },
             bus: BusConfig::default(),
             node: Default::default(),
+            request_log: Default::default(),
             shutdown_grace: Duration::from_secs(5),
             log: relay_core::telemetry::LogConfig::default(),
             metrics: Default::default(),

@@ -253,6 +253,7 @@ fn every_example_config_is_valid() {
             "server" | "server-dev" => "relay-server",
             "connector" => "relay-connector",
             "identity" => "relay-identity",
+            "management" => "relay-management",
             _ => continue,
         };
         let output = std::process::Command::new(bin_path(binary))
@@ -268,5 +269,5 @@ fn every_example_config_is_valid() {
         );
         checked += 1;
     }
-    assert!(checked >= 3, "only {checked} example configs found");
+    assert!(checked >= 4, "only {checked} example configs found");
 }

@@ -42,6 +42,9 @@ pub struct Config {
     /// `[metrics]`: the Prometheus listener (off unless `listen` is set).
     #[serde(default)]
     pub metrics: relay_core::metrics::MetricsConfig,
+    /// `[request_log]`: which relayed requests are recorded, and for how long.
+    #[serde(default)]
+    pub request_log: crate::requestlog::RequestLogConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

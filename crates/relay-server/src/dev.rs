@@ -36,6 +36,8 @@ pub const DEMO_TENANT: &str = "demo";
 pub struct DevOptions {
     pub relay_addr: SocketAddr,
     pub identity_addr: SocketAddr,
+    /// The management API (`--management-addr`, default 127.0.0.1:5004).
+    pub management_addr: SocketAddr,
     pub data_dir: PathBuf,
 }
 
@@ -82,6 +84,15 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
             .map_or(Ok(options.identity_addr), |l| l.local_addr())?,
     );
     let web_addr = start_demo_web(shutdown.clone()).await?;
+    let (management_addr, admin_file) = crate::devmanagement::start(
+        &store,
+        &data_dir,
+        &database_url,
+        options.management_addr,
+        &format!("http://{identity_addr}"),
+        shutdown.clone(),
+    )
+    .await?;
 
     let config = Config {
         listen: ListenConfig {
@@ -101,6 +112,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         },
         bus: BusConfig::default(),
         node: Default::default(),
+        request_log: Default::default(),
         shutdown_grace: Duration::from_secs(5),
         log: relay_core::telemetry::LogConfig::default(),
         metrics: Default::default(),
@@ -139,8 +151,9 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
     if up {
         tracing::info!("Demo connector connected.");
         println!(
-            "\nRelay is running (embedded default, data in {dir}).\n  curl http://{relay_addr}/relay/demo/ping\n  curl -d 'hello' http://{relay_addr}/relay/demo/echo\n  curl http://{relay_addr}/relay/demo/web/headers\nToken service: http://{identity_addr}   Stop with Ctrl-C.\n",
-            dir = data_dir.display()
+            "\nRelay is running (embedded default, data in {dir}).\n  curl http://{relay_addr}/relay/demo/ping\n  curl -d 'hello' http://{relay_addr}/relay/demo/echo\n  curl http://{relay_addr}/relay/demo/web/headers\nToken service: http://{identity_addr}\nManagement API: http://{management_addr}/management/ (client id and secret: {admin})\n  relayctl --management-url http://{management_addr} --client-id \"$(sed -n 1p {admin})\" --client-secret \"$(sed -n 2p {admin})\" tenant list\nStop with Ctrl-C.\n",
+            dir = data_dir.display(),
+            admin = admin_file.display()
         );
     } else {
         tracing::warn!("The demo connector has not connected yet; see the log above.");

@@ -12,15 +12,18 @@
 
 pub mod config;
 pub mod dev;
+mod devmanagement;
 
 mod body;
 mod bodystore;
 mod crossnode;
+mod livepush;
 mod metrics;
 mod origins;
 mod public;
 mod registry;
 mod relay;
+pub mod requestlog;
 mod responses;
 mod spool;
 mod tenants;
@@ -56,6 +59,8 @@ pub(crate) struct AppState {
     /// Cancelled once shutdown begins: new tunnels are refused, readiness fails.
     draining: CancellationToken,
     tasks: TaskTracker,
+    /// Where finished requests are logged (`None` with `request_log.level = "none"`).
+    request_log: Option<requestlog::RequestLog>,
 }
 
 /// Sockets the server serves on; bound by the caller so tests can use port 0.
@@ -156,6 +161,7 @@ pub async fn run(
         config.relay.request_expiry,
         shutdown.clone(),
     ));
+    let request_log = requestlog::RequestLog::start(&config.request_log, &store, &tasks, &shutdown);
     let state = Arc::new(AppState {
         validator: relay_token::Validator::new(
             &config.identity.authority,
@@ -172,9 +178,11 @@ pub async fn run(
         tenants: tenants.clone(),
         registry: Registry::default(),
         draining: CancellationToken::new(),
+        request_log,
         tasks: tasks.clone(),
     });
     tasks.spawn(tenants.refresh_loop(shutdown.clone()));
+    tasks.spawn(livepush::run(state.clone(), shutdown.clone()));
     if let Some(addr) = state.config.metrics.listen {
         let listener = relay_core::metrics::bind(addr)
             .await

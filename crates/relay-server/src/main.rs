@@ -28,6 +28,9 @@ struct Cli {
     /// token service in this process (overrides `listen.identity`).
     #[arg(long)]
     identity_addr: Option<SocketAddr>,
+    /// Management API address of `--dev` (default 127.0.0.1:5004).
+    #[arg(long)]
+    management_addr: Option<SocketAddr>,
     /// Data directory of `--dev` mode (SQLite file, bodies, demo secret).
     #[arg(long, default_value = "./.relay-dev")]
     data_dir: PathBuf,
@@ -59,6 +62,9 @@ fn main() -> anyhow::Result<()> {
             identity_addr: cli
                 .identity_addr
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5002))),
+            management_addr: cli
+                .management_addr
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 5004))),
             data_dir: cli.data_dir,
         };
         return runtime.block_on(async move {

@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
-use crate::relay::{self, Mode};
+use crate::relay::Mode;
 use crate::responses::{Body, error, json, text};
 
 /// Accepts connections until `shutdown`, then drains tunnels and open connections within
@@ -91,7 +91,7 @@ async fn route(
     let (first, after) = trimmed.split_once('/').unwrap_or((trimmed, ""));
     if let Some(mode) = Mode::parse(first) {
         let started = std::time::Instant::now();
-        let response = relay::handle(state, mode, req, remote, after).await;
+        let response = crate::requestlog::relay(state, mode, req, remote, after).await;
         let tenant = after.split('/').next().unwrap_or_default();
         return crate::metrics::finish(state, mode, tenant, started, response);
     }

@@ -266,6 +266,13 @@ impl Store {
         Ok(with_conn!(self, |conn| query.execute(conn).await)? > 0)
     }
 
+    /// `(tenant_id, updated_at)` of every tenant configuration: a cheap way for relay nodes
+    /// to notice changed settings.
+    pub async fn tenant_config_versions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let query = tenant_configs::table.select((tenant_configs::tenant_id, tenant_configs::updated_at));
+        Ok(with_conn!(self, |conn| query.load(conn).await)?)
+    }
+
     /// The tenant's settings; all `None` when none were ever set (or the tenant is unknown).
     pub async fn tenant_config(&self, tenant_id: &str) -> Result<TenantConfig, StoreError> {
         let row = with_conn!(self, |conn| {

@@ -79,6 +79,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let url = cli.database_url.ok_or_else(|| {
         UsageError("no database URL: pass --database-url or set RELAY_DATABASE_URL".into())
     })?;
+    if matches!(cli.command, Command::Seed { dev: false }) && !is_local_database(&url) {
+        return Err(UsageError(
+            "refusing to seed a database that is not on this machine; pass --dev if you mean it"
+                .into(),
+        )
+        .into());
+    }
     let store = Store::connect(&url).await.context("opening the database")?;
     store.migrate().await.context("migrating the database")?;
     match cli.command {
