@@ -49,6 +49,15 @@ pub struct Config {
     /// `[metrics]`: the Prometheus listener (off unless `listen` is set).
     #[serde(default)]
     pub metrics: relay_core::metrics::MetricsConfig,
+    /// PEM file of the CA(s) trusted for `https://` relay, token and tunnel URLs, instead of
+    /// the system's root store.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// HTTP proxy (`http://[user:pass@]host:port`) for every outbound relay and identity
+    /// connection, tunnelled with `CONNECT`. Overrides `HTTPS_PROXY`/`HTTP_PROXY`;
+    /// `"none"` turns proxies off. `NO_PROXY` is honoured either way.
+    #[serde(default)]
+    pub proxy: Option<String>,
 }
 
 /// `relay_url = "…"` or `relay_url = ["…", "…"]`.
@@ -116,7 +125,12 @@ impl Config {
             ));
         }
         for url in urls {
-            check_http_url(url).map_err(|m| ConfigError::key("relay_url", m))?;
+            check_relay_url(url).map_err(|m| ConfigError::key("relay_url", m))?;
+        }
+        if let Some(proxy) = &self.proxy
+            && proxy != "none"
+        {
+            crate::dial::ProxyUrl::parse(proxy).map_err(|m| ConfigError::key("proxy", m))?;
         }
         if !relay_proto::is_valid_tenant_name(&self.tenant) {
             return Err(ConfigError::key(
@@ -177,6 +191,20 @@ impl Config {
             )),
         }
     }
+}
+
+/// Relay URLs may be `http://` or `https://`.
+fn check_relay_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("`{url}` must start with http:// or https://"));
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(uri)
 }
 
 fn check_http_url(url: &str) -> Result<Uri, String> {

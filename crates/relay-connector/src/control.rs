@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
 use relay_core::secret::Secret;
 use relay_proto::discovery::DiscoveryDocument;
 use serde::Deserialize;
@@ -21,24 +19,18 @@ const MAX_BODY: usize = 1 << 20;
 /// Time allowed for one control-plane call.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// A small HTTP client for JSON control-plane calls.
+/// A small HTTP client for JSON control-plane calls. Each call opens its own connection
+/// (through the proxy and TLS when configured): calls happen once per tunnel (re)connect.
 #[derive(Clone)]
 pub struct ControlClient {
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-impl Default for ControlClient {
-    fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CALL_TIMEOUT));
-        ControlClient {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-        }
-    }
+    dialer: crate::dial::SharedDialer,
 }
 
 impl ControlClient {
+    pub fn new(dialer: crate::dial::SharedDialer) -> Self {
+        ControlClient { dialer }
+    }
+
     /// Fetches the relay's discovery document from its base URL.
     pub async fn discover(&self, relay_url: &str) -> Result<DiscoveryDocument, ConnectorError> {
         let url = format!(
@@ -66,10 +58,9 @@ impl ControlClient {
             url: url.to_owned(),
             message: e,
         };
-        let response = tokio::time::timeout(CALL_TIMEOUT, self.client.request(request))
+        let response = tokio::time::timeout(CALL_TIMEOUT, self.send(request))
             .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|_| unreachable("timed out".into()))??;
         let status = response.status();
         let body = Limited::new(response.into_body(), MAX_BODY)
             .collect()
@@ -77,6 +68,42 @@ impl ControlClient {
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
         Ok((status, body))
+    }
+}
+
+impl ControlClient {
+    /// Sends `request` (absolute URI) on a fresh HTTP/1.1 connection, in origin form.
+    async fn send(
+        &self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ConnectorError> {
+        let uri = request.uri().clone();
+        let unreachable = |e: String| ConnectorError::Unreachable {
+            url: uri.to_string(),
+            message: e,
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| unreachable("no host in URL".into()))?
+            .clone();
+        let stream = self.dialer.dial(&uri).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        *request.uri_mut() = path
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| unreachable(e.to_string()))?;
+        if let Ok(host) = http::HeaderValue::from_str(authority.as_str()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| unreachable(e.to_string()))
     }
 }
 

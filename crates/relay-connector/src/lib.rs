@@ -6,6 +6,8 @@
 //! - `tunnel`: one upgraded connection served as HTTP/2, with drain and keep-alive.
 //! - [`targets`]: forwarding to targets, built-in `ping` and `echo`.
 //! - `backoff`: jittered reconnect delays.
+//! - `dial`: outbound connections: TLS (system roots or `ca_file`) and HTTP `CONNECT` proxies.
+//! - `metrics`: the Prometheus metrics (`[metrics] listen`).
 //!
 //! One tunnel loop runs per configured relay URL, so a connector given several relay nodes
 //! keeps a tunnel to each.
@@ -16,6 +18,7 @@ pub mod error;
 pub mod targets;
 
 mod backoff;
+mod dial;
 mod metrics;
 mod tunnel;
 
@@ -38,6 +41,7 @@ pub(crate) struct Shared {
     tenant: String,
     machine: String,
     control: ControlClient,
+    dialer: dial::SharedDialer,
     tokens: TokenSource,
     targets: Targets,
     shutdown_grace: Duration,
@@ -97,13 +101,18 @@ impl Connector {
         let secret = config.read_secret()?;
         let targets = Targets::new(&config.targets, config.builtin_targets)
             .map_err(|m| relay_core::config::ConfigError::key("targets", m))?;
-        let control = ControlClient::default();
+        let dialer = Arc::new(dial::Dialer::new(
+            config.ca_file.as_deref(),
+            config.proxy.as_deref(),
+        )?);
+        let control = ControlClient::new(dialer.clone());
         let (live, _) = watch::channel(0);
         let shared = Shared {
             tenant: config.tenant.clone(),
             machine: config.machine_name.clone().unwrap_or_else(host_name),
             tokens: TokenSource::new(control.clone(), config.tenant.clone(), secret),
             control,
+            dialer,
             targets,
             shutdown_grace: config.shutdown_grace,
             live,

@@ -11,7 +11,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use relay_proto::discovery::TunnelSettings;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -55,22 +54,10 @@ pub async fn connect_and_serve(
             ConnectorError::Protocol(format!("tunnel endpoint `{endpoint}` has no host"))
         })?
         .clone();
-    if endpoint.scheme_str() != Some("http") {
-        return Err(ConnectorError::Protocol(format!(
-            "tunnel endpoint `{endpoint}`: only http:// is supported yet (terminate TLS in front of the connector's egress or use an http relay URL)"
-        )));
-    }
-    let port = authority.port_u16().unwrap_or(80);
-    let unreachable = |e: std::io::Error| ConnectorError::Unreachable {
-        url: doc.tunnel_endpoint.clone(),
-        message: e.to_string(),
-    };
-    let tcp = TcpStream::connect((authority.host(), port))
-        .await
-        .map_err(unreachable)?;
-    tcp.set_nodelay(true).map_err(unreachable)?;
+    // TCP or TLS, directly or through the proxy; `TCP_NODELAY` is set.
+    let stream = shared.dialer.dial(&endpoint).await?;
 
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(ConnectorError::Tunnel)?;
     tokio::spawn(async move {

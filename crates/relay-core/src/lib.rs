@@ -8,6 +8,7 @@
 //! - [`telemetry`]: `tracing` set-up (text or JSON on stdout).
 //! - [`lifecycle`]: the process-wide shutdown token fired by SIGTERM/SIGINT.
 //! - [`metrics`]: Prometheus counters, gauges, histograms and the `/metrics` listener.
+//! - [`tls`]: rustls server (reloadable) and client configurations.
 //! - [`notify`]: systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`, `STOPPING=1`).
 
 pub mod config;
@@ -17,3 +18,4 @@ pub mod metrics;
 pub mod notify;
 pub mod secret;
 pub mod telemetry;
+pub mod tls;

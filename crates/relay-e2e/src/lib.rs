@@ -130,6 +130,7 @@ impl Stack {
             shutdown_grace: Duration::from_secs(5),
             log: relay_core::telemetry::LogConfig::default(),
             metrics: Default::default(),
+            tls: Default::default(),
         };
         tune(&mut config);
         let shutdown = CancellationToken::new();
@@ -244,6 +245,8 @@ impl Stack {
             shutdown_grace: Duration::from_secs(5),
             log: relay_core::telemetry::LogConfig::default(),
             metrics: Default::default(),
+            ca_file: None,
+            proxy: None,
         };
         let connector = relay_connector::Connector::new(&config).unwrap();
         let live = connector.live_tunnels();

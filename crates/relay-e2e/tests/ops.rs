@@ -257,51 +257,59 @@ async fn server_and_connector_notify_systemd_in_order() {
 }
 
 #[tokio::test]
-async fn identity_notifies_systemd() {
-    let site = Site::new("notify-id");
-    let notify = NotifySocket::bind(site.dir(), "identity");
-    let config = site.path("identity.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\npublic = \"127.0.0.1:{}\"\n[database]\nurl = \"{}\"\n",
-            site.identity_port, site.db
-        ),
-    )
-    .unwrap();
-    let mut identity = spawn(
-        "relay-identity",
-        &config,
-        &[
-            ("NOTIFY_SOCKET", notify.path_str()),
-            ("WATCHDOG_USEC", "400000"),
-        ],
-        site.dir(),
-    );
-    notify
-        .wait_for(Duration::from_secs(20), |l| l == "READY=1")
-        .await;
-    notify
-        .wait_for(Duration::from_secs(1), |l| {
-            l == format!("STATUS=serving on 127.0.0.1:{}", site.identity_port)
-        })
-        .await;
-    let url = format!("http://127.0.0.1:{}/health/live", site.identity_port);
-    assert_eq!(get_status(&url).await.map(|r| r.0), Some(StatusCode::OK));
-    notify
-        .wait_for(Duration::from_secs(2), |l| l == "WATCHDOG=1")
-        .await;
-    identity.terminate();
-    assert!(
-        wait_exit(&mut identity, Duration::from_secs(15))
-            .await
-            .success()
-    );
-    let lines = notify.lines();
-    assert!(
-        index_of(&lines, |l| l == "READY=1") < index_of(&lines, |l| l == "STOPPING=1"),
-        "{lines:?}"
-    );
+async fn identity_and_management_notify_systemd() {
+    for service in ["relay-identity", "relay-management"] {
+        let site = Site::new("notify-svc");
+        let notify = NotifySocket::bind(site.dir(), service);
+        let config = site.path("service.toml");
+        let port = free_port();
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{}\"\n",
+                site.db
+            ),
+        )
+        .unwrap();
+        let mut proc = spawn(
+            service,
+            &config,
+            &[
+                ("NOTIFY_SOCKET", notify.path_str()),
+                ("WATCHDOG_USEC", "400000"),
+            ],
+            site.dir(),
+        );
+        notify
+            .wait_for(Duration::from_secs(20), |l| l == "READY=1")
+            .await;
+        notify
+            .wait_for(Duration::from_secs(1), |l| {
+                l == format!("STATUS=serving on 127.0.0.1:{port}")
+            })
+            .await;
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            "{service}: READY before the listener was bound"
+        );
+        notify
+            .wait_for(Duration::from_secs(2), |l| l == "WATCHDOG=1")
+            .await;
+        proc.terminate();
+        let status = wait_exit(&mut proc, Duration::from_secs(15)).await;
+        assert!(
+            status.success(),
+            "{service}: {status:?}\n{}",
+            proc.log_text()
+        );
+        let lines = notify.lines();
+        let ready = index_of(&lines, |l| l == "READY=1");
+        let stopping = index_of(&lines, |l| l == "STOPPING=1");
+        assert!(
+            stopping.is_some() && ready < stopping,
+            "{service}: {lines:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -489,4 +497,184 @@ async fn metrics_count_requests_bytes_and_tunnels() {
         c1[r#"relay_connector_tunnel_connects_total{result="ok"}"#],
         1.0
     );
+}
+
+/// `GET path` over TLS to 127.0.0.1:`port`, trusting only `ca`; returns the answer and the
+/// server certificate's DER.
+async fn https_get(ca: &Path, port: u16, path: &str) -> Option<(StatusCode, Bytes, Vec<u8>)> {
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let connector = relay_core::tls::client_connector(Some(ca)).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .ok()?;
+    let peer = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .ok()?;
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header(http::header::HOST, format!("localhost:{port}"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.ok()?;
+    let status = response.status();
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    Some((status, body, peer))
+}
+
+#[tokio::test]
+async fn tls_public_listener_and_tunnel_with_certificate_reload() {
+    let target = TestTarget::start().await;
+    let site = Site::new("tls");
+    let ca = relay_testkit::tls::TestCa::new(site.dir());
+    let (cert, key) = (site.path("cert.pem"), site.path("key.pem"));
+    let first = ca.issue(&cert, &key, "relay one");
+    let connector_metrics = free_port();
+    let server_config = site.server_config(&format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let connector_config = site.connector_config(
+        &format!("https://localhost:{}", site.relay_port),
+        &target.url(),
+        &format!(
+            "ca_file = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{connector_metrics}\"\n",
+            ca.ca_file.display()
+        ),
+    );
+    let server = spawn("relay-server", &server_config, &[], site.dir());
+    let connector = spawn("relay-connector", &connector_config, &[], site.dir());
+    let port = site.relay_port;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((StatusCode::OK, body, peer)) =
+            https_get(&ca.ca_file, port, "/relay/acme/web/status/200").await
+        {
+            assert_eq!(&body[..], b"status 200");
+            assert_eq!(peer, first);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TLS relaying:\n{}\n{}",
+            server.log_text(),
+            connector.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Plain HTTP on the TLS port gets nothing useful.
+    assert!(!matches!(
+        get_status(&site.url("/health/live")).await,
+        Some((StatusCode::OK, _))
+    ));
+    // The discovery document names an https tunnel endpoint.
+    let (_, discovery, _) = https_get(&ca.ca_file, port, relay_proto::DISCOVERY_PATH)
+        .await
+        .unwrap();
+    let discovery = String::from_utf8_lossy(&discovery).into_owned();
+    assert!(
+        discovery.contains(&format!("https://localhost:{port}/connector")),
+        "{discovery}"
+    );
+
+    // A new certificate, then SIGHUP: new connections see it, the tunnel stays.
+    let second = ca.issue(&cert, &key, "relay two");
+    let _ = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(server.pid().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, peer) = https_get(&ca.ca_file, port, "/relay/acme/ping")
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK);
+        if peer == second {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "certificate not reloaded:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = scrape(connector_metrics).await;
+    assert_eq!(
+        metrics[r#"relay_connector_tunnel_connects_total{result="ok"}"#],
+        1.0
+    );
+    assert_eq!(metrics["relay_connector_tunnels"], 1.0);
+    assert!(server.log_text().contains("TLS certificate reloaded"));
+}
+
+#[tokio::test]
+async fn connector_reaches_the_relay_through_an_http_connect_proxy() {
+    let target = TestTarget::start().await;
+    let proxy = relay_testkit::connect_proxy::ConnectProxy::start().await;
+    let site = Site::new("proxy");
+    let server_config = site.server_config("");
+    let connector_config = site.connector_config(&site.relay_url(), &target.url(), "");
+    let server = spawn("relay-server", &server_config, &[], site.dir());
+    let connector = spawn(
+        "relay-connector",
+        &connector_config,
+        &[
+            ("HTTP_PROXY", &proxy.url()),
+            ("NO_PROXY", "example.invalid"),
+        ],
+        site.dir(),
+    );
+    wait_relaying(&site, &[&server, &connector]).await;
+    let (status, body) = get_status(&site.url("/relay/acme/web/status/201"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::CREATED, &b"status 201"[..])
+    );
+    let connects = proxy.connects();
+    let relay = format!("127.0.0.1:{}", site.relay_port);
+    let identity = format!("127.0.0.1:{}", site.identity_port);
+    // Discovery and the tunnel go to the relay, the token request to the identity service.
+    assert!(
+        connects.iter().filter(|c| **c == relay).count() >= 2,
+        "{connects:?}"
+    );
+    assert!(connects.contains(&identity), "{connects:?}");
+    assert!(
+        connects.iter().all(|c| *c == relay || *c == identity),
+        "{connects:?}"
+    );
+}
+
+#[tokio::test]
+async fn no_proxy_bypasses_the_proxy() {
+    let target = TestTarget::start().await;
+    let proxy = relay_testkit::connect_proxy::ConnectProxy::start().await;
+    let site = Site::new("noproxy");
+    let server_config = site.server_config("");
+    let connector_config = site.connector_config(
+        &site.relay_url(),
+        &target.url(),
+        &format!("proxy = \"{}\"", proxy.url()),
+    );
+    let server = spawn("relay-server", &server_config, &[], site.dir());
+    let connector = spawn(
+        "relay-connector",
+        &connector_config,
+        &[("NO_PROXY", "localhost,127.0.0.1")],
+        site.dir(),
+    );
+    wait_relaying(&site, &[&server, &connector]).await;
+    assert!(proxy.connects().is_empty(), "{:?}", proxy.connects());
 }

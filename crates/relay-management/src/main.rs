@@ -53,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let config = load_config(&cli)?;
     relay_core::telemetry::init(&config.log);
+    relay_core::notify::spawn_watchdog(tokio_util::sync::CancellationToken::new());
+    relay_core::notify::status("starting: connecting to the database");
     let url = config
         .database
         .resolve_url()
@@ -64,6 +66,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding listen.public {}", config.listen.public))?;
     let shutdown = relay_core::lifecycle::shutdown_on_signal();
+    // Bound and the database answered.
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.public.to_string(), |a| a.to_string());
+    relay_core::notify::ready_with_status(&format!("serving on {addr}"));
     relay_management::serve(config, store, listener, shutdown)
         .await
         .context("management API")

@@ -45,6 +45,9 @@ pub struct Config {
     /// `[request_log]`: which relayed requests are recorded, and for how long.
     #[serde(default)]
     pub request_log: crate::requestlog::RequestLogConfig,
+    /// `[tls]`: serve the public listener (relay paths and tunnels) over TLS.
+    #[serde(default)]
+    pub tls: relay_core::tls::TlsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -268,6 +271,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
+        self.tls.files()?;
         if self.bus.kind == BusKind::Rabbitmq
             && self.bus.url.is_none()
             && self.bus.url_file.is_none()

@@ -116,6 +116,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         shutdown_grace: Duration::from_secs(5),
         log: relay_core::telemetry::LogConfig::default(),
         metrics: Default::default(),
+        tls: Default::default(),
     };
     let server = tokio::spawn(crate::run(config, store, listeners, shutdown.clone()));
 
@@ -138,6 +139,8 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         shutdown_grace: Duration::from_secs(5),
         log: relay_core::telemetry::LogConfig::default(),
         metrics: Default::default(),
+        ca_file: None,
+        proxy: None,
     };
     let connector = relay_connector::Connector::new(&connector_config)
         .context("preparing the demo connector")?;

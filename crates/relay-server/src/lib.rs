@@ -56,6 +56,8 @@ pub(crate) struct AppState {
     origin_id: String,
     /// The broker side of a multi-node set-up (`bus.kind = "rabbitmq"`).
     cross: Option<Arc<crossnode::CrossNode>>,
+    /// TLS of the public listener (`[tls]`), reloaded on SIGHUP.
+    tls: Option<Arc<relay_core::tls::ReloadableAcceptor>>,
     /// Cancelled once shutdown begins: new tunnels are refused, readiness fails.
     draining: CancellationToken,
     tasks: TaskTracker,
@@ -106,6 +108,10 @@ pub enum ServerError {
     BusUrl(#[source] std::io::Error),
     #[error("{0}")]
     Metrics(#[source] std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] relay_core::tls::TlsError),
+    #[error("{0}")]
+    Config(#[from] relay_core::config::ConfigError),
 }
 
 /// Runs the server until `shutdown` fires, then drains: new tunnels are refused, connectors
@@ -161,18 +167,28 @@ pub async fn run(
         config.relay.request_expiry,
         shutdown.clone(),
     ));
+    let tls = match config.tls.files()? {
+        Some((cert, key)) => {
+            let acceptor = Arc::new(relay_core::tls::ReloadableAcceptor::load(cert, key)?);
+            acceptor.clone().reload_on_sighup(shutdown.clone());
+            Some(acceptor)
+        }
+        None => None,
+    };
     let request_log = requestlog::RequestLog::start(&config.request_log, &store, &tasks, &shutdown);
     let state = Arc::new(AppState {
+        client_proto: match (&config.public_url, &tls) {
+            (_, Some(_)) => "https",
+            (Some(url), None) if url.starts_with("https://") => "https",
+            _ => "http",
+        },
+        tls,
         validator: relay_token::Validator::new(
             &config.identity.authority,
             &config.identity.audience,
         ),
         cross,
         origin_id,
-        client_proto: match &config.public_url {
-            Some(url) if url.starts_with("https://") => "https",
-            _ => "http",
-        },
         config,
         store,
         tenants: tenants.clone(),

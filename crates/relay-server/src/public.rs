@@ -19,6 +19,9 @@ use crate::AppState;
 use crate::relay::Mode;
 use crate::responses::{Body, error, json, text};
 
+/// Time a client gets to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections until `shutdown`, then drains tunnels and open connections within
 /// the shutdown grace.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: CancellationToken) {
@@ -34,6 +37,7 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
         .max_concurrent_streams(1024);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, remote) = tokio::select! {
@@ -49,17 +53,44 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // The acceptor (certificate) current now; a SIGHUP reload affects later connections.
+        let tls = state.tls.as_ref().map(|tls| tls.acceptor());
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
             async move { Ok::<_, Infallible>(route(&state, req, remote).await) }
         });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let Some(acceptor) = tls else {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%remote, error = %e, "Client connection ended with an error.");
+                }
+            });
+            continue;
+        };
+        // TLS: the handshake runs in the connection's own task.
+        let Some(acceptor) = acceptor else {
+            continue;
+        };
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out.");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%remote, error = %e, "Client connection ended with an error.");
             }
         });
@@ -121,7 +152,7 @@ fn discovery(state: &AppState, req: &Request<Incoming>) -> DiscoveryDocument {
                 .map(str::to_owned)
                 .or_else(|| req.uri().authority().map(|a| a.to_string()))
                 .unwrap_or_else(|| state.config.listen.public.to_string());
-            format!("http://{host}")
+            format!("{}://{host}", state.client_proto)
         }
     };
     DiscoveryDocument {
