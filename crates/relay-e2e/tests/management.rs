@@ -2,6 +2,8 @@
 //! connected connector live, the request log, disconnecting a tunnel, and the real
 //! `relay-management` and `relayctl` binaries end to end.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -120,11 +122,15 @@ async fn config_change_reaches_the_connector_live_and_requests_are_logged() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    until(Duration::from_secs(15), "connector got the new settings", || async {
-        logs_contain(&logs, "Tunnel settings updated by the server")
-            .then_some(())
-            .filter(|()| logs_contain(&logs, "keep_alive_interval: 3s"))
-    })
+    until(
+        Duration::from_secs(15),
+        "connector got the new settings",
+        || async {
+            logs_contain(&logs, "Tunnel settings updated by the server")
+                .then_some(())
+                .filter(|()| logs_contain(&logs, "keep_alive_interval: 3s"))
+        },
+    )
     .await;
 
     // The request log: one relayed request, listed through the API.
@@ -149,15 +155,31 @@ async fn config_change_reaches_the_connector_live_and_requests_are_logged() {
     assert_eq!(failed["total"], 1);
 
     // Disconnect: the node drains the tunnel and the connector comes back on a new one.
-    let (_, conns) = api("GET", &format!("{base}/management/connections"), &token, None).await;
+    let (_, conns) = api(
+        "GET",
+        &format!("{base}/management/connections"),
+        &token,
+        None,
+    )
+    .await;
     assert_eq!(conns["total"], 1, "{conns}");
     let id = conns["items"][0]["id"].as_str().unwrap().to_owned();
-    let (status, _) = api("DELETE", &format!("{base}/management/connections/{id}"), &token, None).await;
+    let (status, _) = api(
+        "DELETE",
+        &format!("{base}/management/connections/{id}"),
+        &token,
+        None,
+    )
+    .await;
     assert_eq!(status, 202);
     let conns_url = format!("{base}/management/connections");
     until(Duration::from_secs(15), "tunnel replaced", || async {
         let (_, body) = api("GET", &conns_url, &token, None).await;
-        let ids: Vec<&str> = body["items"].as_array()?.iter().filter_map(|c| c["id"].as_str()).collect();
+        let ids: Vec<&str> = body["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|c| c["id"].as_str())
+            .collect();
         (ids.len() == 1 && ids[0] != id).then_some(())
     })
     .await;
@@ -208,7 +230,11 @@ async fn relayctl_against_the_management_binary() {
         .args(["check-config", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     let _management = Proc::spawn(
         "relay-management",
         &["--config", config.to_str().unwrap()],
@@ -218,7 +244,10 @@ async fn relayctl_against_the_management_binary() {
     let base = format!("http://127.0.0.1:{port}");
     let doc_url = format!("{base}/management/openapi.json");
     until(Duration::from_secs(20), "management up", || async {
-        let r = relay_testkit::client::client().get(doc_url.parse().unwrap()).await.ok()?;
+        let r = relay_testkit::client::client()
+            .get(doc_url.parse().unwrap())
+            .await
+            .ok()?;
         r.status().is_success().then_some(())
     })
     .await;
@@ -228,16 +257,33 @@ async fn relayctl_against_the_management_binary() {
     let secret = out.lines().last().unwrap().to_owned();
     let config_home = scratch.0.join("config");
     let config_home = config_home.to_str().unwrap();
-    let env = [("RELAYCTL_MANAGEMENT_URL", base.as_str()), ("XDG_CONFIG_HOME", config_home)];
+    let env = [
+        ("RELAYCTL_MANAGEMENT_URL", base.as_str()),
+        ("XDG_CONFIG_HOME", config_home),
+    ];
 
     let out = relayctl_at(&["tenant", "list"], &env);
     assert_eq!(out.status.code(), Some(4), "no credentials: auth error");
-    let out = relayctl_at(&["login", "--client-id", "ops", "--client-secret", "wrong"], &env);
-    assert_eq!(out.status.code(), Some(4), "wrong secret: auth error: {}", String::from_utf8_lossy(&out.stderr));
-    ok(&relayctl_at(&["login", "--client-id", "ops", "--client-secret", &secret], &env));
+    let out = relayctl_at(
+        &["login", "--client-id", "ops", "--client-secret", "wrong"],
+        &env,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "wrong secret: auth error: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&relayctl_at(
+        &["login", "--client-id", "ops", "--client-secret", &secret],
+        &env,
+    ));
     assert!(scratch.0.join("config/relayctl/token.json").exists());
 
-    ok(&relayctl_at(&["tenant", "create", "acme", "--display-name", "Acme"], &env));
+    ok(&relayctl_at(
+        &["tenant", "create", "acme", "--display-name", "Acme"],
+        &env,
+    ));
     let out = relayctl_at(&["tenant", "create", "ACME"], &env);
     assert_eq!(out.status.code(), Some(6), "conflict");
     let out = relayctl_at(&["tenant", "create", "bad name"], &env);
@@ -245,19 +291,52 @@ async fn relayctl_against_the_management_binary() {
     let table = ok(&relayctl_at(&["tenant", "list"], &env));
     assert!(table.starts_with("NAME"), "{table}");
     assert!(table.contains("acme") && table.contains("Acme"), "{table}");
-    let json: Value = serde_json::from_str(&ok(&relayctl_at(&["--json", "tenant", "show", "Acme"], &env))).unwrap();
+    let json: Value = serde_json::from_str(&ok(&relayctl_at(
+        &["--json", "tenant", "show", "Acme"],
+        &env,
+    )))
+    .unwrap();
     assert_eq!(json["name"], "acme");
     let out = relayctl_at(&["tenant", "show", "nobody"], &env);
     assert_eq!(out.status.code(), Some(3), "not found");
 
-    ok(&relayctl_at(&["tenant", "config", "set", "acme", "--keep-alive-interval", "20s", "--concurrency-limit", "4"], &env));
-    let json: Value = serde_json::from_str(&ok(&relayctl_at(&["--json", "tenant", "config", "get", "acme"], &env))).unwrap();
+    ok(&relayctl_at(
+        &[
+            "tenant",
+            "config",
+            "set",
+            "acme",
+            "--keep-alive-interval",
+            "20s",
+            "--concurrency-limit",
+            "4",
+        ],
+        &env,
+    ));
+    let json: Value = serde_json::from_str(&ok(&relayctl_at(
+        &["--json", "tenant", "config", "get", "acme"],
+        &env,
+    )))
+    .unwrap();
     assert_eq!(json["keep_alive_interval"], "20s");
     assert_eq!(json["concurrency_limit"], 4);
-    let out = relayctl_at(&["tenant", "config", "set", "acme", "--keep-alive-interval", "soon"], &env);
+    let out = relayctl_at(
+        &[
+            "tenant",
+            "config",
+            "set",
+            "acme",
+            "--keep-alive-interval",
+            "soon",
+        ],
+        &env,
+    );
     assert_eq!(out.status.code(), Some(2));
 
-    let created = ok(&relayctl_at(&["secret", "create", "acme", "--expires", "30d"], &env));
+    let created = ok(&relayctl_at(
+        &["secret", "create", "acme", "--expires", "30d"],
+        &env,
+    ));
     let tenant_secret = created.lines().last().unwrap();
     assert_eq!(tenant_secret.len(), 43);
     let list = ok(&relayctl_at(&["secret", "list", "acme"], &env));
@@ -267,9 +346,13 @@ async fn relayctl_against_the_management_binary() {
     connector.connected(1).await;
     let conns = ok(&relayctl_at(&["connection", "list"], &env));
     assert!(conns.contains("acme"), "{conns}");
-    let nodes: Value = serde_json::from_str(&ok(&relayctl_at(&["--json", "nodes", "list"], &env))).unwrap();
+    let nodes: Value =
+        serde_json::from_str(&ok(&relayctl_at(&["--json", "nodes", "list"], &env))).unwrap();
     assert!(nodes["total"].as_i64().unwrap() >= 1, "{nodes}");
-    ok(&relayctl_at(&["requests", "list", "--tenant", "acme"], &env));
+    ok(&relayctl_at(
+        &["requests", "list", "--tenant", "acme"],
+        &env,
+    ));
     let out = relayctl_at(&["requests", "list", "--outcome", "odd"], &env);
     assert_eq!(out.status.code(), Some(2));
 
@@ -279,13 +362,24 @@ async fn relayctl_against_the_management_binary() {
         assert!(out.contains("TestTenant1\t"), "{out}");
     }
     ok(&relayctl_at(&["tenant", "show", "TestTenant2"], &env));
-    let out = relayctl_at(&["--database-url", "postgres://u@db.example.com/x", "seed"], &[]);
-    assert_eq!(out.status.code(), Some(2), "non-local database refused without --dev");
+    let out = relayctl_at(
+        &["--database-url", "postgres://u@db.example.com/x", "seed"],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "non-local database refused without --dev"
+    );
 
     ok(&relayctl_at(&["tenant", "delete", "acme"], &env));
     let out = relayctl_at(&["tenant", "show", "acme"], &env);
     assert_eq!(out.status.code(), Some(3));
     drop(_management);
     let out = relayctl_at(&["tenant", "list"], &env);
-    assert_eq!(out.status.code(), Some(5), "server unreachable: server error");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "server unreachable: server error"
+    );
 }

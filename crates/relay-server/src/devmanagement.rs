@@ -56,7 +56,10 @@ async fn ensure_admin(store: &Store, file: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
     }
-    let name = format!("dev-admin-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let name = format!(
+        "dev-admin-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let (_, secret) = store
         .create_management_client(&name, "management:read management:write", None)
         .await

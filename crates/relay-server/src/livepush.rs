@@ -80,11 +80,18 @@ async fn poll(state: &AppState, seen: &mut Seen) -> Result<(), relay_store::Stor
         let config = state.store.tenant_config(&tenant_id).await?;
         let key = tenant.name.to_ascii_lowercase();
         let first_load = !seen.versions.contains_key(&tenant_id);
-        seen.settings
-            .insert(key.clone(), effective(&config, state.config.tunnel.settings()));
+        seen.settings.insert(
+            key.clone(),
+            effective(&config, state.config.tunnel.settings()),
+        );
         seen.versions.insert(tenant_id, updated_at);
-        seen.pushed
-            .retain(|id| !state.registry.all().iter().any(|t| &t.id == id && t.tenant_key == key));
+        seen.pushed.retain(|id| {
+            !state
+                .registry
+                .all()
+                .iter()
+                .any(|t| &t.id == id && t.tenant_key == key)
+        });
         if !first_load {
             tracing::info!(tenant = %key, "Tenant configuration changed.");
         }
@@ -110,7 +117,8 @@ async fn poll(state: &AppState, seen: &mut Seen) -> Result<(), relay_store::Stor
 fn push_pending(state: &AppState, seen: &mut Seen) {
     let tunnels = state.registry.all();
     seen.pushed.retain(|id| tunnels.iter().any(|t| &t.id == id));
-    seen.drained.retain(|id| tunnels.iter().any(|t| &t.id == id));
+    seen.drained
+        .retain(|id| tunnels.iter().any(|t| &t.id == id));
     for tunnel in tunnels {
         if seen.pushed.contains(&tunnel.id) {
             continue;
@@ -140,7 +148,9 @@ fn send_control(tunnel: &Tunnel, path: &str, body: Bytes) {
         tokio::spawn(async move {
             match sender.send_request(request).await {
                 Ok(r) if r.status().is_success() => {}
-                Ok(r) => tracing::info!(tunnel = %id, status = %r.status(), "Connector refused a control request."),
+                Ok(r) => {
+                    tracing::info!(tunnel = %id, status = %r.status(), "Connector refused a control request.")
+                }
                 Err(e) => tracing::debug!(tunnel = %id, error = %e, "Control request failed."),
             }
         });

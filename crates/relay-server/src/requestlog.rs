@@ -158,7 +158,13 @@ pub(crate) async fn relay(
         bytes: 0,
         ended: false,
     };
-    response.map(|inner| LoggedBody { inner, pending: sender }.boxed())
+    response.map(|inner| {
+        LoggedBody {
+            inner,
+            pending: sender,
+        }
+        .boxed()
+    })
 }
 
 /// Outcome decided by the response head: the relay's own error code, else the status.
@@ -293,7 +299,10 @@ async fn write(
         flush(&store, &mut batch, &dropped).await;
         let now_dropped = dropped.load(Ordering::Relaxed);
         if now_dropped > reported {
-            tracing::warn!(dropped = now_dropped - reported, "Request log entries dropped (writer behind or database failing).");
+            tracing::warn!(
+                dropped = now_dropped - reported,
+                "Request log entries dropped (writer behind or database failing)."
+            );
             reported = now_dropped;
         }
     }

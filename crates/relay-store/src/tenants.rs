@@ -269,7 +269,8 @@ impl Store {
     /// `(tenant_id, updated_at)` of every tenant configuration: a cheap way for relay nodes
     /// to notice changed settings.
     pub async fn tenant_config_versions(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let query = tenant_configs::table.select((tenant_configs::tenant_id, tenant_configs::updated_at));
+        let query =
+            tenant_configs::table.select((tenant_configs::tenant_id, tenant_configs::updated_at));
         Ok(with_conn!(self, |conn| query.load(conn).await)?)
     }
 

@@ -210,7 +210,7 @@ pub enum ConfigCommand {
     /// Show the tenant's configuration (null = server default).
     Get { name: String },
     /// Change settings; unnamed ones keep their value, `default` resets one.
-    Set(ConfigSet),
+    Set(Box<ConfigSet>),
 }
 
 #[derive(Debug, Args)]

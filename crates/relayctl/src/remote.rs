@@ -167,7 +167,7 @@ pub async fn tenant(api: &Api, json: bool, cmd: TenantCommand) -> anyhow::Result
                 .await?;
             show_object(json, &c);
         }
-        TenantCommand::Config(ConfigCommand::Set(set)) => config_set(api, json, set).await?,
+        TenantCommand::Config(ConfigCommand::Set(set)) => config_set(api, json, *set).await?,
     }
     Ok(())
 }

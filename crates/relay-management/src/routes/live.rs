@@ -151,7 +151,7 @@ pub(crate) async fn requests(
     }
     let mut tenant = q.text("tenant").map(str::to_ascii_lowercase);
     if let Some(t) = &tenant
-        && !relay_store::validate_tenant_name(t).is_ok()
+        && relay_store::validate_tenant_name(t).is_err()
     {
         return Err(ApiError::invalid("tenant", "not a valid tenant name"));
     }

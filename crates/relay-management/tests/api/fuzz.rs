@@ -16,12 +16,36 @@ const ROUNDS: usize = 25;
 fn random_text(rng: &mut StdRng) -> String {
     const PIECES: &[&str] = &[
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-        "acme", "Acme", "beta", "x", "-", "_", "%20", "%2F", "..", "ü", "😀", "'", "\"", "%00",
-        "0", "-1", "null", "true", "9999999999999999999", "1s", "15s", "-5s",
-        "connector-received", "succeeded", "2026-01-01T00:00:00Z",
+        "acme",
+        "Acme",
+        "beta",
+        "x",
+        "-",
+        "_",
+        "%20",
+        "%2F",
+        "..",
+        "ü",
+        "😀",
+        "'",
+        "\"",
+        "%00",
+        "0",
+        "-1",
+        "null",
+        "true",
+        "9999999999999999999",
+        "1s",
+        "15s",
+        "-5s",
+        "connector-received",
+        "succeeded",
+        "2026-01-01T00:00:00Z",
     ];
     let n = rng.random_range(1..4);
-    (0..n).map(|_| PIECES[rng.random_range(0..PIECES.len())]).collect()
+    (0..n)
+        .map(|_| PIECES[rng.random_range(0..PIECES.len())])
+        .collect()
 }
 
 fn random_value(rng: &mut StdRng, schema: Option<&Value>) -> Value {
@@ -50,7 +74,10 @@ fn random_value(rng: &mut StdRng, schema: Option<&Value>) -> Value {
 }
 
 fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
-    match schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+    match schema["$ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("#/components/schemas/"))
+    {
         Some(name) => &doc["components"]["schemas"][name],
         None => schema,
     }
@@ -87,7 +114,13 @@ fn random_path(rng: &mut StdRng, template: &str) -> String {
             if seg.starts_with('{') {
                 let text = random_text(rng);
                 text.bytes()
-                    .map(|b| if b.is_ascii_alphanumeric() || b"-_.%".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b"-_.%".contains(&b) {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
                     .collect()
             } else {
                 seg.to_owned()
@@ -121,16 +154,27 @@ fn random_query(rng: &mut StdRng, op: &Value) -> String {
 #[tokio::test]
 async fn openapi_fuzz_finds_no_server_errors() {
     let s = Stack::start(Db::Sqlite).await.unwrap();
-    let admin = s.token("ops", "management:read management:write", None).await;
+    let admin = s
+        .token("ops", "management:read management:write", None)
+        .await;
     for name in ["acme", "beta"] {
         let (status, _) = s
-            .call(Method::POST, "/management/tenants", &admin, Some(json!({"name": name})))
+            .call(
+                Method::POST,
+                "/management/tenants",
+                &admin,
+                Some(json!({"name": name})),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED);
     }
     let reader = s.token("viewer", "management:read", None).await;
-    let scoped = s.token("acme-ops", "management:read management:write", Some("acme")).await;
-    let (_, doc) = s.call_raw(Method::GET, "/management/openapi.json", None, None).await;
+    let scoped = s
+        .token("acme-ops", "management:read management:write", Some("acme"))
+        .await;
+    let (_, doc) = s
+        .call_raw(Method::GET, "/management/openapi.json", None, None)
+        .await;
     let seed: u64 = rand::rng().random();
     eprintln!("fuzz seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -139,19 +183,34 @@ async fn openapi_fuzz_finds_no_server_errors() {
         for (method, op) in ops.as_object().unwrap() {
             for round in 0..ROUNDS {
                 let token = [&admin, &reader, &scoped][round % 3];
-                let target = format!("{}{}", random_path(&mut rng, path), random_query(&mut rng, op));
+                let target = format!(
+                    "{}{}",
+                    random_path(&mut rng, path),
+                    random_query(&mut rng, op)
+                );
                 let body = random_body(&mut rng, &doc, op);
                 let m: Method = method.to_uppercase().parse().unwrap();
                 let (status, answer) = s
-                    .call_raw(m.clone(), &target, Some(&format!("Bearer {token}")), body.clone())
+                    .call_raw(
+                        m.clone(),
+                        &target,
+                        Some(&format!("Bearer {token}")),
+                        body.clone(),
+                    )
                     .await;
                 calls += 1;
                 assert!(
                     !status.is_server_error(),
                     "seed {seed}: {m} {target} {body:?} -> {status} {answer}"
                 );
-                if status.is_client_error() && status != StatusCode::METHOD_NOT_ALLOWED && status != StatusCode::PAYLOAD_TOO_LARGE {
-                    assert!(answer["error"].is_string(), "seed {seed}: {m} {target} -> {status} {answer}");
+                if status.is_client_error()
+                    && status != StatusCode::METHOD_NOT_ALLOWED
+                    && status != StatusCode::PAYLOAD_TOO_LARGE
+                {
+                    assert!(
+                        answer["error"].is_string(),
+                        "seed {seed}: {m} {target} -> {status} {answer}"
+                    );
                 }
             }
         }
