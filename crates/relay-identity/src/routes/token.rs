@@ -144,6 +144,14 @@ async fn management_token(
     {
         Ok(Some(client)) => client,
         Ok(None) => {
+            // A tenant asking for management scopes authenticated fine but may not have them.
+            if let Ok(Some(_)) = state
+                .store()
+                .verify_secret(client_id, secret, now_ms())
+                .await
+            {
+                return Err(OAuthError::invalid_scope());
+            }
             tracing::info!(%client_id, reason = "bad credentials", "Management token request rejected.");
             return Err(OAuthError::invalid_client(basic));
         }

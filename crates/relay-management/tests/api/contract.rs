@@ -729,8 +729,9 @@ async fn token_endpoint(s: &Stack) {
     // A tenant secret is no management credential.
     let tenant = s.store.tenant_by_name("beta").await.unwrap().unwrap();
     let (_, tenant_secret) = s.store.create_secret(&tenant.id, None).await.unwrap();
-    let (status, _) = s.token_request("beta", &tenant_secret, RO).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = s.token_request("beta", &tenant_secret, RO).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"], "invalid_scope");
     // Guessing is rate limited per client id.
     let mut limited = None;
     for _ in 0..40 {
