@@ -42,7 +42,7 @@ pub fn init(config: &LogConfig) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(journald) => {
                 let _ = tracing_subscriber::registry()
@@ -75,6 +75,23 @@ fn filter(config: &LogConfig) -> EnvFilter {
     EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&level))
         .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// Whether systemd connected our stderr to the journal: `JOURNAL_STREAM` is `DEV:INODE` of
+/// that stream, compared with stderr's so a variable inherited by a child whose output was
+/// redirected elsewhere is ignored. When stderr cannot be inspected, the variable decides.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(meta) => dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino()),
+        Err(_) => true,
+    }
 }
 
 /// `SYSLOG_IDENTIFIER` of journal entries: the binary's name (`relay-server`, …).
