@@ -215,14 +215,18 @@ async fn server_and_connector_notify_systemd_in_order() {
             .map(|n| n.at)
             .collect();
         assert!(pings.len() >= 4, "{name}: {} watchdog pings", pings.len());
-        let last = pings.windows(2).rev().take(3);
-        for pair in last {
-            let gap = pair[1] - pair[0];
-            assert!(
-                gap >= Duration::from_millis(100) && gap < Duration::from_millis(400),
-                "{name}: watchdog gap {gap:?}"
-            );
-        }
+        // Not faster than the period (200 ms), and typically on time: a loaded machine may
+        // delay single ticks (or the test's reading), so the median gap is checked.
+        let span = pings[pings.len() - 1] - pings[0];
+        assert!(
+            pings.len() as u128 <= span.as_millis() / 150 + 2,
+            "{name}: {} pings in {span:?}",
+            pings.len()
+        );
+        let mut gaps: Vec<Duration> = pings.windows(2).map(|p| p[1] - p[0]).collect();
+        gaps.sort();
+        let median = gaps[gaps.len() / 2];
+        assert!(median < Duration::from_millis(400), "{name}: gaps {gaps:?}");
     }
 
     server.terminate();
@@ -243,6 +247,9 @@ async fn server_and_connector_notify_systemd_in_order() {
     );
 
     for (name, socket) in [("server", &server_notify), ("connector", &connector_notify)] {
+        socket
+            .wait_for(Duration::from_secs(2), |l| l == "STOPPING=1")
+            .await;
         let lines = socket.lines();
         let ready = index_of(&lines, |l| l == "READY=1").unwrap();
         let stopping = index_of(&lines, |l| l == "STOPPING=1")
@@ -302,6 +309,10 @@ async fn identity_and_management_notify_systemd() {
             "{service}: {status:?}\n{}",
             proc.log_text()
         );
+        // The datagram may still be unread by the socket's task when the process is gone.
+        notify
+            .wait_for(Duration::from_secs(2), |l| l == "STOPPING=1")
+            .await;
         let lines = notify.lines();
         let ready = index_of(&lines, |l| l == "READY=1");
         let stopping = index_of(&lines, |l| l == "STOPPING=1");
