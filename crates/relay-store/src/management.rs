@@ -161,9 +161,10 @@ impl Store {
             None => (dummy_hash().to_owned(), None),
         };
         let ok = tokio::task::spawn_blocking(move || verifies(&phc, &plaintext)).await?;
-        let Some(client) = client.filter(|_| ok) else {
+        let Some(mut client) = client.filter(|_| ok) else {
             return Ok(None);
         };
+        client.last_used_at = Some(now_ms);
         let touch = diesel::update(management_clients::table.find(client.id.clone()))
             .set(management_clients::last_used_at.eq(now_ms));
         with_conn!(self, |conn| touch.execute(conn).await)?;
@@ -252,13 +253,14 @@ impl Store {
                 .await
                 .optional()
         })?;
-        let Some(key) = found.filter(|k| k.expires_at.is_none_or(|e| e > now_ms)) else {
+        let Some(mut key) = found.filter(|k| k.expires_at.is_none_or(|e| e > now_ms)) else {
             return Ok(None);
         };
         if key.last_used_at.is_none_or(|t| t < now_ms - 60_000) {
             let touch = diesel::update(api_keys::table.find(key.id.clone()))
                 .set(api_keys::last_used_at.eq(now_ms));
             with_conn!(self, |conn| touch.execute(conn).await)?;
+            key.last_used_at = Some(now_ms);
         }
         Ok(Some(key))
     }

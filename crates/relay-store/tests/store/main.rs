@@ -6,6 +6,7 @@ mod harness;
 mod connect;
 mod connections;
 mod keys;
+mod management;
 mod origins;
 mod secrets;
 mod tenants;
