@@ -269,11 +269,16 @@ async fn identity_and_management_notify_systemd() {
         let site = Site::new("notify-svc");
         let notify = NotifySocket::bind(site.dir(), service);
         let config = site.path("service.toml");
-        let port = free_port();
+        let (port, metrics_port) = (free_port(), free_port());
+        let metrics = if service == "relay-identity" {
+            format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n")
+        } else {
+            String::new()
+        };
         std::fs::write(
             &config,
             format!(
-                "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{}\"\n",
+                "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{}\"\n{metrics}",
                 site.db
             ),
         )
@@ -302,6 +307,15 @@ async fn identity_and_management_notify_systemd() {
         notify
             .wait_for(Duration::from_secs(2), |l| l == "WATCHDOG=1")
             .await;
+        if service == "relay-identity" {
+            let url = format!("http://127.0.0.1:{port}/.well-known/openid-configuration");
+            assert_eq!(get_status(&url).await.map(|r| r.0), Some(StatusCode::OK));
+            let m = scrape(metrics_port).await;
+            let key = r#"relay_identity_requests_total{endpoint="wellknown",status="2xx"}"#;
+            assert_eq!(m[key], 1.0);
+            let key = r#"relay_identity_request_duration_seconds_count{endpoint="wellknown"}"#;
+            assert_eq!(m[key], 1.0);
+        }
         proc.terminate();
         let status = wait_exit(&mut proc, Duration::from_secs(15)).await;
         assert!(

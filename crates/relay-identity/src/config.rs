@@ -31,6 +31,9 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[metrics]`: the Prometheus listener (off unless `listen` is set).
+    #[serde(default)]
+    pub metrics: relay_core::metrics::MetricsConfig,
 }
 
 /// `[rate_limit]`: token requests per `client_id` (a token bucket), to slow secret guessing.
@@ -105,6 +108,7 @@ impl Config {
             keys: KeysConfig::default(),
             rate_limit: RateLimitConfig::default(),
             log: LogConfig::default(),
+            metrics: relay_core::metrics::MetricsConfig::default(),
         }
     }
 

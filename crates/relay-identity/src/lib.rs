@@ -23,6 +23,7 @@
 mod config;
 mod error;
 mod keys;
+mod metrics;
 mod ratelimit;
 pub mod rotation;
 mod routes;
@@ -53,7 +54,19 @@ pub async fn serve(
     {
         config.listen.public = addr;
     }
+    let metrics_listen = config.metrics.listen;
     let state = AppState::new(config, store).await?;
+    if let Some(addr) = metrics_listen {
+        let listener = relay_core::metrics::bind(addr)
+            .await
+            .map_err(IdentityError::Serve)?;
+        let render: relay_core::metrics::Render = std::sync::Arc::new(metrics::render);
+        tokio::spawn(relay_core::metrics::serve(
+            listener,
+            render,
+            shutdown.clone(),
+        ));
+    }
     let rotation_stop = shutdown.child_token();
     let rotation = tokio::spawn({
         let state = state.clone();

@@ -26,5 +26,6 @@ pub fn router(state: AppState) -> Router {
         .route(JWKS_PATH, get(wellknown::jwks))
         .route("/health/live", get(wellknown::live))
         .route("/health/ready", get(wellknown::ready))
+        .layer(axum::middleware::from_fn(crate::metrics::record))
         .with_state(state)
 }
