@@ -383,3 +383,51 @@ async fn relayctl_against_the_management_binary() {
         "server unreachable: server error"
     );
 }
+
+#[tokio::test]
+async fn dev_mode_serves_the_management_api_with_a_dev_admin() {
+    let scratch = Scratch::new("dev-mgmt");
+    let data = scratch.0.join("data");
+    let data_dir = data.to_str().unwrap();
+    let server = Proc::spawn(
+        "relay-server",
+        &[
+            "--dev",
+            "--data-dir",
+            data_dir,
+            "--relay-addr",
+            "127.0.0.1:0",
+            "--identity-addr",
+            "127.0.0.1:0",
+            "--management-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+        &scratch.0,
+    );
+    let url = until(Duration::from_secs(60), "dev banner", || async {
+        let log = server.log_text();
+        let start = log.find("Management API: ")? + "Management API: ".len();
+        let rest = &log[start..];
+        let end = rest.find("/management/")?;
+        Some(rest[..end].to_owned())
+    })
+    .await;
+    let credentials = std::fs::read_to_string(data.join("management-client")).unwrap();
+    let mut lines = credentials.lines();
+    let (id, secret) = (lines.next().unwrap(), lines.next().unwrap());
+    let out = ok(&relayctl_at(
+        &[
+            "--management-url",
+            &url,
+            "--client-id",
+            id,
+            "--client-secret",
+            secret,
+            "tenant",
+            "list",
+        ],
+        &[],
+    ));
+    assert!(out.contains("demo"), "{out}");
+}
