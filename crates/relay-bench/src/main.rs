@@ -151,7 +151,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .service
             .ensure_running()
             .and_then(|()| relay.ensure_running())
-            .and_then(|()| rathole.as_mut().map_or(Ok(()), rathole::Rathole::ensure_running))
+            .and_then(|()| {
+                rathole
+                    .as_mut()
+                    .map_or(Ok(()), rathole::Rathole::ensure_running)
+            })
             .and_then(|()| cluster.as_mut().map_or(Ok(()), Cluster::ensure_running));
         alive.with_context(|| {
             format!(
@@ -193,7 +197,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         procs::load_average()
     );
     let mut report = Report::new(&args, results, memory, host);
-    report.notes = [rathole_note, cross_node_note].into_iter().flatten().collect();
+    report.notes = [rathole_note, cross_node_note]
+        .into_iter()
+        .flatten()
+        .collect();
     report.print();
     if args.json {
         println!(

@@ -51,7 +51,13 @@ impl Rathole {
         let probe: Uri = format!("http://{public}/small")
             .parse()
             .context("rathole probe URL")?;
-        wait_for(&mut client, "rathole forwarding to the target", &probe, |_| true).await?;
+        wait_for(
+            &mut client,
+            "rathole forwarding to the target",
+            &probe,
+            |_| true,
+        )
+        .await?;
         Ok(Rathole {
             public,
             server,

@@ -29,6 +29,11 @@ impl Backoff {
         self.max = max.max(min);
     }
 
+    /// The current `(min, max)` delays.
+    pub fn bounds(&self) -> (Duration, Duration) {
+        (self.min, self.max)
+    }
+
     /// Called once a tunnel was up: the next failure starts from the minimum again.
     pub fn reset(&mut self) {
         self.attempt = 0;

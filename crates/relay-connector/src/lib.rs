@@ -50,9 +50,22 @@ pub(crate) struct Shared {
     tunnels_wanted: usize,
     /// Whether `READY=1` was sent (after the first tunnel came up).
     ready: std::sync::atomic::AtomicBool,
+    /// The tenant's tunnel settings as last pushed by a relay node. They outrank the
+    /// discovery document (server defaults) on every later connection.
+    pushed: std::sync::Mutex<Option<TunnelSettings>>,
 }
 
 impl Shared {
+    fn pushed_settings(&self) -> Option<TunnelSettings> {
+        self.pushed.lock().ok().and_then(|slot| *slot)
+    }
+
+    fn settings_pushed(&self, new: TunnelSettings) {
+        if let Ok(mut slot) = self.pushed.lock() {
+            *slot = Some(new);
+        }
+    }
+
     /// Counts a tunnel as up; the first one makes the connector ready for systemd.
     fn tunnel_up(&self, relay_url: &str) {
         metrics::TUNNELS_UP.add(1);
@@ -119,6 +132,7 @@ impl Connector {
             tunnels_wanted: config.relay_url.as_slice().len()
                 * usize::from(config.tunnels_per_relay),
             ready: std::sync::atomic::AtomicBool::new(false),
+            pushed: std::sync::Mutex::new(None),
         };
         Ok(Connector {
             metrics_listen: config.metrics.listen,
@@ -203,6 +217,10 @@ async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: Cancellat
             }
         }
         let delay = backoff.next_delay();
+        if failures <= 1 {
+            let (min, max) = backoff.bounds();
+            tracing::info!(relay = %relay_url, "Reconnecting in {delay:?} (back-off between {min:?} and {max:?}).");
+        }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => break,

@@ -35,7 +35,9 @@ const CONNECTION_WINDOW: u32 = 16 << 20;
 const MAX_STREAMS: u32 = 2048;
 
 /// Opens a tunnel to `relay_url` and serves it until it ends. `settings` is updated from the
-/// discovery document and from settings the server pushes.
+/// discovery document, overridden by the tenant settings a server pushed (now or earlier):
+/// reconnect delays apply to the next back-off, the keep-alive interval to the next tunnel
+/// (HTTP/2 cannot change it on a live connection).
 pub async fn connect_and_serve(
     shared: &Arc<Shared>,
     relay_url: &str,
@@ -43,7 +45,7 @@ pub async fn connect_and_serve(
     shutdown: &CancellationToken,
 ) -> Result<Ended, ConnectorError> {
     let doc = shared.control.discover(relay_url).await?;
-    *settings = doc.settings;
+    *settings = shared.pushed_settings().unwrap_or(doc.settings);
     let token = shared.tokens.token(&doc.token_endpoint).await?;
     let endpoint: Uri = doc.tunnel_endpoint.parse().map_err(|e| {
         ConnectorError::Protocol(format!("tunnel endpoint `{}`: {e}", doc.tunnel_endpoint))
@@ -117,16 +119,13 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> Result<Ended, ConnectorError> {
     let drain = Arc::new(Notify::new());
-    let pushed = Arc::new(std::sync::Mutex::new(None::<TunnelSettings>));
     let service = {
         let shared = shared.clone();
         let drain = drain.clone();
-        let pushed = pushed.clone();
         service_fn(move |req: Request<Incoming>| {
             let shared = shared.clone();
             let drain = drain.clone();
-            let pushed = pushed.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, req, &drain, &pushed).await) }
+            async move { Ok::<_, Infallible>(handle(&shared, req, &drain).await) }
         })
     };
     let keep_alive = settings.keep_alive_interval.max(Duration::from_secs(1));
@@ -145,19 +144,18 @@ async fn serve(
     let _down = scopeguard(shared.clone());
     tracing::info!(tenant = %shared.tenant, "Tunnel established.");
     let ended = tokio::select! {
-        result = conn.as_mut() => {
-            return Ok(Ended::Lost(match result {
-                Ok(()) => "closed by the server".to_owned(),
-                Err(e) => e.to_string(),
-            }));
-        }
+        result = conn.as_mut() => Ended::Lost(match result {
+            Ok(()) => "closed by the server".to_owned(),
+            Err(e) => e.to_string(),
+        }),
         () = drain.notified() => Ended::Drained,
         () = shutdown.cancelled() => Ended::Shutdown,
     };
-    if let Ok(pushed) = pushed.lock()
-        && let Some(new) = *pushed
-    {
+    if let Some(new) = shared.pushed_settings() {
         *settings = new;
+    }
+    if matches!(ended, Ended::Lost(_)) {
+        return Ok(ended);
     }
     conn.as_mut().graceful_shutdown();
     match ended {
@@ -178,12 +176,7 @@ async fn serve(
     Ok(ended)
 }
 
-async fn handle(
-    shared: &Shared,
-    req: Request<Incoming>,
-    drain: &Notify,
-    pushed: &std::sync::Mutex<Option<TunnelSettings>>,
-) -> Response<ResponseBody> {
+async fn handle(shared: &Shared, req: Request<Incoming>, drain: &Notify) -> Response<ResponseBody> {
     let path = req.uri().path();
     if let Some(control) = path.strip_prefix(relay_proto::CONTROL_PREFIX) {
         return match control {
@@ -196,9 +189,7 @@ async fn handle(
                 Ok(bytes) => match serde_json::from_slice::<TunnelSettings>(&bytes) {
                     Ok(new) => {
                         tracing::info!(?new, "Tunnel settings updated by the server.");
-                        if let Ok(mut slot) = pushed.lock() {
-                            *slot = Some(new);
-                        }
+                        shared.settings_pushed(new);
                         empty(StatusCode::NO_CONTENT)
                     }
                     Err(e) => relay_error(StatusCode::BAD_REQUEST, "bad-settings", e.to_string()),

@@ -118,7 +118,11 @@ async fn config_change_reaches_the_connector_live_and_requests_are_logged() {
         "PUT",
         &format!("{base}/management/tenants/live/config"),
         &token,
-        Some(serde_json::json!({"keep_alive_interval": "3s", "reconnect_max_delay": "7s"})),
+        Some(serde_json::json!({
+            "keep_alive_interval": "3s",
+            "reconnect_min_delay": "2s",
+            "reconnect_max_delay": "7s"
+        })),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -183,6 +187,11 @@ async fn config_change_reaches_the_connector_live_and_requests_are_logged() {
         (ids.len() == 1 && ids[0] != id).then_some(())
     })
     .await;
+    // The pushed reconnect delays, not the discovery document's defaults, paced the reconnect.
+    assert!(
+        logs_contain(&logs, "back-off between 2s and 7s"),
+        "connector reconnected with the pushed delays"
+    );
     let answer = relay_testkit::client::get(&stack.url("/relay/live/ping")).await;
     assert_eq!(answer.text(), "PONG");
 }
