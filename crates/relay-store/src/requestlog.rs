@@ -6,7 +6,7 @@ use diesel_async::scoped_futures::ScopedFutureExt;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 
 use crate::schema::request_log;
-use crate::store::with_conn;
+use crate::store::{DbPool, POOL_TIMEOUT, with_conn};
 use crate::{Store, StoreError};
 
 /// One relayed request.
@@ -48,27 +48,58 @@ pub struct RequestLogFilter {
     pub take: i64,
 }
 
+/// Rows per PostgreSQL INSERT statement (13 bind parameters each, far below its limit).
+const INSERT_CHUNK: usize = 250;
+
 impl Store {
     /// Inserts `entries` in one transaction.
+    ///
+    /// The writer calls this with batches of hundreds of rows, so a batch costs one round
+    /// trip: one blocking-pool call running every insert on SQLite (instead of one per row),
+    /// multi-row `INSERT` statements on PostgreSQL.
     pub async fn insert_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
-        with_conn!(self, |conn| {
-            conn.transaction(|conn| {
-                async move {
-                    for entry in entries {
-                        diesel::insert_into(request_log::table)
-                            .values(entry)
-                            .execute(conn)
-                            .await?;
+        match self.pool() {
+            DbPool::Sqlite(pool) => {
+                let mut conn = tokio::time::timeout(POOL_TIMEOUT, pool.get())
+                    .await
+                    .map_err(|_| StoreError::PoolTimeout)??;
+                let entries = entries.to_vec();
+                conn.spawn_blocking(move |conn| {
+                    diesel::Connection::transaction(conn, |conn| {
+                        for entry in &entries {
+                            diesel::RunQueryDsl::execute(
+                                diesel::insert_into(request_log::table).values(entry),
+                                conn,
+                            )?;
+                        }
+                        Ok(())
+                    })
+                })
+                .await?;
+            }
+            DbPool::Postgres(pool) => {
+                let mut conn = tokio::time::timeout(POOL_TIMEOUT, pool.get())
+                    .await
+                    .map_err(|_| StoreError::PoolTimeout)??;
+                conn.transaction(|conn| {
+                    async move {
+                        for chunk in entries.chunks(INSERT_CHUNK) {
+                            diesel::insert_into(request_log::table)
+                                .values(chunk)
+                                .execute(conn)
+                                .await?;
+                        }
+                        Ok::<_, StoreError>(())
                     }
-                    Ok::<_, StoreError>(())
-                }
-                .scope_boxed()
-            })
-            .await
-        })
+                    .scope_boxed()
+                })
+                .await?;
+            }
+        }
+        Ok(())
     }
 
     /// The matching entries (newest first, paged) and how many match in total.
