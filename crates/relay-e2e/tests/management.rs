@@ -365,6 +365,40 @@ async fn relayctl_against_the_management_binary() {
     let out = relayctl_at(&["requests", "list", "--outcome", "odd"], &env);
     assert_eq!(out.status.code(), Some(2));
 
+    // API keys through the API: created read-only, usable at once, listed without the
+    // value, and refused once revoked.
+    let out = ok(&relayctl_at(
+        &[
+            "apikey",
+            "create",
+            "ci-reader",
+            "--read-only",
+            "--expires",
+            "7d",
+        ],
+        &env,
+    ));
+    let key = out.lines().last().unwrap().to_owned();
+    assert!(key.starts_with("rk_"), "{out}");
+    let with_key = [env[0], env[1], ("RELAYCTL_API_KEY", key.as_str())];
+    ok(&relayctl_at(&["tenant", "show", "acme"], &with_key));
+    let out = relayctl_at(&["tenant", "create", "by-key"], &with_key);
+    assert_eq!(out.status.code(), Some(4), "read-only key cannot write");
+    let keys: Value =
+        serde_json::from_str(&ok(&relayctl_at(&["--json", "apikey", "list"], &env))).unwrap();
+    assert!(!keys.to_string().contains(&key), "{keys}");
+    let id = keys["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "ci-reader")
+        .and_then(|k| k["id"].as_str())
+        .unwrap()
+        .to_owned();
+    ok(&relayctl_at(&["apikey", "revoke", &id], &env));
+    let out = relayctl_at(&["tenant", "show", "acme"], &with_key);
+    assert_eq!(out.status.code(), Some(4), "revoked key: auth error");
+
     // Seed is idempotent and its secrets work.
     for _ in 0..2 {
         let out = relayctl(&stack.database_url, &["seed"]);

@@ -23,6 +23,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/management/connections/{id}"),
     ("get", "/management/nodes"),
     ("get", "/management/requests"),
+    ("get", "/management/apikeys"),
+    ("post", "/management/apikeys"),
+    ("delete", "/management/apikeys/{id}"),
 ];
 
 fn param(name: &str, location: &str, schema: Value, description: &str) -> Value {
@@ -169,6 +172,16 @@ pub fn document_value(authority: &str) -> Value {
                 "CreatedSecret": {"type": "object", "properties": {
                     "id": {"type": "string"}, "secret": {"type": "string", "description": "Shown once"},
                     "created_at": {"type": "string"}, "expires_at": {"type": "string", "nullable": true}}},
+                "NewApiKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+                    "scopes": {"type": "array", "items": {"type": "string", "enum": ["management:read", "management:write"]},
+                               "description": "Default: the caller's scopes; never more than the caller has"},
+                    "tenant": {"type": "string", "description": "Restrict the key to this tenant (forced for tenant-scoped callers)"},
+                    "expires_in": {"type": "string", "example": "90d"}}},
+                "CreatedApiKey": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "name": {"type": "string"}, "key": {"type": "string", "description": "Shown once"},
+                    "scopes": {"type": "array", "items": {"type": "string"}}, "tenant": {"type": "string", "nullable": true},
+                    "created_at": {"type": "string"}, "expires_at": {"type": "string", "nullable": true}}},
                 "List": {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object"}}, "total": {"type": "integer"}}}
             }
         },
@@ -206,6 +219,13 @@ pub fn document_value(authority: &str) -> Value {
             },
             "/management/requests": {
                 "get": op("Request log", request_params, None, ("200", Some("List")), read),
+            },
+            "/management/apikeys": {
+                "get": op("List API keys (never their values)", vec![], None, ("200", Some("List")), read),
+                "post": op("Create an API key (plaintext `key` in this answer only)", vec![], Some("NewApiKey"), ("201", Some("CreatedApiKey")), write),
+            },
+            "/management/apikeys/{id}": {
+                "delete": op("Revoke an API key", vec![id_param("API key id")], None, ("204", None), write),
             },
         }
     })

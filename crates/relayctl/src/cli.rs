@@ -97,6 +97,32 @@ pub enum Command {
     /// The request log (API only).
     #[command(subcommand, alias = "requests")]
     Request(RequestCommand),
+    /// API keys for automation (API only; `admin api-key` creates the first one in the
+    /// database).
+    #[command(subcommand, name = "apikey", alias = "apikeys")]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create an API key; printed once, as the last line of stdout.
+    Create {
+        /// A label for the key.
+        name: String,
+        /// Only scope management:read (default: the caller's scopes).
+        #[arg(long)]
+        read_only: bool,
+        /// Restrict the key to this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime, e.g. 90d (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// List API keys (never their values).
+    List,
+    /// Revoke an API key by id.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -69,7 +69,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if matches!(
         cli.command,
-        Command::Connection(_) | Command::Node(_) | Command::Request(_)
+        Command::Connection(_) | Command::Node(_) | Command::Request(_) | Command::ApiKey(_)
     ) {
         return Err(UsageError(
             "this command needs --management-url (or RELAYCTL_MANAGEMENT_URL)".into(),
@@ -97,7 +97,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Secret(cmd) => secret::run(&store, cmd).await,
         Command::Admin(cmd) => admin::run(&store, cmd).await,
         Command::Seed { dev } => admin::seed(&store, &url, dev).await,
-        Command::Login | Command::Connection(_) | Command::Node(_) | Command::Request(_) => {
+        Command::Login
+        | Command::Connection(_)
+        | Command::Node(_)
+        | Command::Request(_)
+        | Command::ApiKey(_) => {
             Err(UsageError("this command needs --management-url".into()).into())
         }
     }
@@ -115,6 +119,7 @@ async fn run_remote(cli: Cli) -> anyhow::Result<()> {
         Command::Connection(cmd) => remote::connection(&api, json, cmd).await,
         Command::Node(cmd) => remote::node(&api, json, cmd).await,
         Command::Request(cmd) => remote::request(&api, json, cmd).await,
+        Command::ApiKey(cmd) => remote::api_key(&api, json, cmd).await,
         Command::Migrate | Command::Admin(_) | Command::Seed { .. } | Command::Login => {
             Err(UsageError("this command uses --database-url".into()).into())
         }

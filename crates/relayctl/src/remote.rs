@@ -5,8 +5,8 @@ use serde_json::{Map, Value, json};
 
 use crate::api::Api;
 use crate::cli::{
-    ConfigCommand, ConfigSet, ConnectionCommand, NodeCommand, RequestCommand, SecretCommand,
-    TenantCommand,
+    ApiKeyCommand, ConfigCommand, ConfigSet, ConnectionCommand, NodeCommand, RequestCommand,
+    SecretCommand, TenantCommand,
 };
 use crate::output::print_table;
 
@@ -328,6 +328,69 @@ pub async fn node(api: &Api, json: bool, NodeCommand::List: NodeCommand) -> anyh
             ("LAST HEARTBEAT", "last_heartbeat_at"),
         ],
     );
+    Ok(())
+}
+
+pub async fn api_key(api: &Api, json: bool, cmd: ApiKeyCommand) -> anyhow::Result<()> {
+    match cmd {
+        ApiKeyCommand::Create {
+            name,
+            read_only,
+            tenant,
+            expires,
+        } => {
+            let mut body = json!({"name": name, "tenant": tenant, "expires_in": expires});
+            if read_only {
+                body["scopes"] = json!(["management:read"]);
+            }
+            let created = api
+                .call(Method::POST, "/management/apikeys", Some(body))
+                .await?;
+            if json {
+                println!("{created:#}");
+            } else {
+                eprintln!(
+                    "Created API key {} '{}' (scopes: {}). Use it as `X-Api-Key` or `Authorization: ApiKey …`.",
+                    text(&created["id"]),
+                    text(&created["name"]),
+                    created["scopes"]
+                        .as_array()
+                        .map(|s| s.iter().map(text).collect::<Vec<_>>().join(" "))
+                        .unwrap_or_default(),
+                );
+                eprintln!("The key is shown only once; store it now:");
+                println!("{}", text(&created["key"]));
+            }
+        }
+        ApiKeyCommand::List => {
+            let list = api.call(Method::GET, "/management/apikeys", None).await?;
+            show_list(
+                json,
+                &list,
+                &[
+                    ("ID", "id"),
+                    ("NAME", "name"),
+                    ("SCOPES", "scopes"),
+                    ("TENANT", "tenant"),
+                    ("CREATED", "created_at"),
+                    ("EXPIRES", "expires_at"),
+                    ("LAST USED", "last_used_at"),
+                    ("ACTIVE", "active"),
+                ],
+            );
+        }
+        ApiKeyCommand::Revoke { id } => {
+            api.call(
+                Method::DELETE,
+                &format!("/management/apikeys/{}", seg(&id)),
+                None,
+            )
+            .await?;
+            if !json {
+                println!("Revoked API key {id}.");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -112,6 +112,36 @@ pub(crate) fn duration(field: &str, text: &str) -> Result<Duration, ApiError> {
         .map_err(|e| ApiError::invalid(field, format!("expected a duration like \"15s\": {e}")))
 }
 
+/// Longest lifetime of a secret or API key.
+const MAX_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86400);
+
+/// The expiry (unix ms) for an optional `expires_in` lifetime such as `"90d"`.
+pub(crate) fn expiry(expires_in: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let Some(text) = expires_in else {
+        return Ok(None);
+    };
+    let d = duration("expires_in", text)?;
+    if d.is_zero() || d > MAX_LIFETIME {
+        return Err(ApiError::invalid(
+            "expires_in",
+            "must be between 1ms and 10 years",
+        ));
+    }
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    Ok(Some(relay_store::now_ms().saturating_add(ms)))
+}
+
+/// `201` with a body holding a credential shown this once: never cached.
+pub(crate) fn created_once(body: serde_json::Value) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = (axum::http::StatusCode::CREATED, axum::Json(body)).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 //! The router: every route of [`crate::openapi::ROUTES`], a JSON 404 for the rest.
 
+mod apikeys;
 mod body;
 mod live;
 pub(crate) use live::OUTCOMES;
@@ -51,6 +52,14 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(live::disconnect),
         )
         .route("/management/nodes", get(live::nodes))
+        .route(
+            "/management/apikeys",
+            get(apikeys::list).post(apikeys::create),
+        )
+        .route(
+            "/management/apikeys/{id}",
+            axum::routing::delete(apikeys::revoke),
+        )
         .route("/management/requests", get(live::requests))
         .fallback(|| async { ApiError::not_found().into_response() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use relay_store::{SecretInfo, now_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -77,32 +77,15 @@ pub(crate) async fn create(
     } else {
         body::json(&bytes)?
     };
-    let expires_at = match input.expires_in.as_deref() {
-        None => None,
-        Some(text) => {
-            let d = body::duration("expires_in", text)?;
-            if d.is_zero() || d > std::time::Duration::from_secs(10 * 365 * 86400) {
-                return Err(ApiError::invalid(
-                    "expires_in",
-                    "must be between 1ms and 10 years",
-                ));
-            }
-            Some(now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-        }
-    };
+    let expires_at = body::expiry(input.expires_in.as_deref())?;
     let (info, plaintext) = state.store.create_secret(&tenant.id, expires_at).await?;
     tracing::info!(tenant = %tenant.name, secret = %info.id, by = %principal.name, "Client secret created.");
-    let body = json!({
+    Ok(body::created_once(json!({
         "id": info.id,
         "secret": plaintext,
         "created_at": time(info.created_at),
         "expires_at": opt_time(info.expires_at),
-    });
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    })))
 }
 
 pub(crate) async fn revoke(

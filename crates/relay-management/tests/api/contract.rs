@@ -40,6 +40,7 @@ async fn contract(s: &Stack) {
     connections_and_nodes(s, &admin, &reader, &scoped).await;
     requests(s, &admin, &scoped).await;
     api_keys(s).await;
+    api_key_endpoints(s, &admin, &reader, &scoped).await;
     token_endpoint(s).await;
     deletion(s, &admin, &reader, &scoped).await;
 }
@@ -708,6 +709,145 @@ async fn api_keys(s: &Stack) {
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked key");
+}
+
+async fn api_key_endpoints(s: &Stack, admin: &str, reader: &str, scoped: &str) {
+    let path = "/management/apikeys";
+    // Create: the plaintext once, never cached; it works as a credential right away.
+    let (status, created) = s
+        .call(
+            Method::POST,
+            path,
+            admin,
+            Some(json!({"name": "deploy bot", "scopes": ["management:read"], "expires_in": "30d"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("rk_"), "{created}");
+    assert_eq!(created["scopes"], json!(["management:read"]));
+    assert!(created["expires_at"].is_string(), "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .call_raw(
+            Method::GET,
+            "/management/nodes",
+            Some(&format!("ApiKey {key}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "new key authenticates");
+    // Listed without its value.
+    let (status, list) = s.call(Method::GET, path, reader, None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let listed = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(listed["name"], "deploy bot");
+    assert_eq!(listed["active"], true);
+    assert!(!list.to_string().contains(&key), "plaintext never listed");
+    // Validation and authorization.
+    for (body, field_name) in [
+        (json!({"name": ""}), "name"),
+        (json!({"name": "x", "scopes": ["root"]}), "scopes"),
+        (json!({"name": "x", "scopes": []}), "scopes"),
+        (json!({"name": "x", "expires_in": "soon"}), "expires_in"),
+        (json!({"name": "x", "tenant": "nope"}), "tenant"),
+    ] {
+        let (status, answer) = s.call(Method::POST, path, admin, Some(body.clone())).await;
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {status} {answer}"
+        );
+        assert_eq!(field(&answer), field_name, "{body}: {answer}");
+    }
+    let (status, _) = s
+        .call(
+            Method::POST,
+            path,
+            admin,
+            Some(json!({"name": "x", "colour": "red"})),
+        )
+        .await;
+    assert!(status.is_client_error(), "unknown field rejected");
+    let (status, _) = s
+        .call(Method::POST, path, reader, Some(json!({"name": "x"})))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "read scope cannot create keys"
+    );
+    let (status, _) = s.call_raw(Method::GET, path, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A tenant-scoped caller: its keys are bound to its tenant, others are invisible.
+    let (status, answer) = s
+        .call(
+            Method::POST,
+            path,
+            scoped,
+            Some(json!({"name": "acme bot", "tenant": "someone-else"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
+    let (status, own) = s
+        .call(
+            Method::POST,
+            path,
+            scoped,
+            Some(json!({"name": "acme bot"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{own}");
+    assert_eq!(
+        own["tenant"]
+            .as_str()
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("acme")
+    );
+    let (_, scoped_list) = s.call(Method::GET, path, scoped, None).await;
+    let ids: Vec<&str> = scoped_list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    assert_eq!(ids, [own["id"].as_str().unwrap()], "{scoped_list}");
+    let (status, _) = s
+        .call(Method::DELETE, &format!("{path}/{id}"), scoped, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another tenant's key");
+    // Revoke.
+    let (status, _) = s
+        .call(Method::DELETE, &format!("{path}/{id}"), reader, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = s
+        .call(Method::DELETE, &format!("{path}/{id}"), admin, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!("{path}/does-not-exist"),
+            admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s
+        .call_raw(
+            Method::GET,
+            "/management/nodes",
+            Some(&format!("ApiKey {key}")),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "revoked through the API");
 }
 
 async fn token_endpoint(s: &Stack) {

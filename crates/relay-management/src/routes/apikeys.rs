@@ -1,0 +1,187 @@
+//! `/management/apikeys[/{id}]`: API keys for automation. The plaintext (`rk_…`) is in the
+//! creation answer only; only its SHA-256 is stored, lists never contain it.
+//!
+//! No escalation: a key never gets a scope its creator lacks, and a tenant-scoped caller
+//! creates, sees and revokes keys of its own tenant only.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use relay_store::{ApiKeyInfo, now_ms};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::body;
+use super::{opt_time, time};
+use crate::error::ApiError;
+use crate::{AppState, Principal};
+
+const READ: &str = "management:read";
+const WRITE: &str = "management:write";
+
+/// The key as listed; `tenant` is the tenant's name (`None`: all tenants).
+fn key_json(key: &ApiKeyInfo, tenant: Option<&str>) -> Value {
+    let now = now_ms();
+    json!({
+        "id": key.id,
+        "name": key.name,
+        "scopes": key.scopes.split_ascii_whitespace().collect::<Vec<_>>(),
+        "tenant": tenant,
+        "created_at": time(key.created_at),
+        "expires_at": opt_time(key.expires_at),
+        "last_used_at": opt_time(key.last_used_at),
+        "revoked_at": opt_time(key.revoked_at),
+        "active": key.revoked_at.is_none() && key.expires_at.is_none_or(|e| e > now),
+    })
+}
+
+/// The tenant id the caller's keys are limited to, or `None` for a global caller.
+async fn caller_tenant_id(
+    state: &AppState,
+    principal: &Principal,
+) -> Result<Option<String>, ApiError> {
+    match &principal.tenant {
+        None => Ok(None),
+        Some(name) => Ok(Some(
+            state
+                .store
+                .tenant_by_name(name)
+                .await?
+                .ok_or_else(ApiError::not_found)?
+                .id,
+        )),
+    }
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<Json<Value>, ApiError> {
+    principal.require_read()?;
+    let only = caller_tenant_id(&state, &principal).await?;
+    let mut items = Vec::new();
+    for key in state.store.list_api_keys().await? {
+        if only.is_some() && key.tenant_id != only {
+            continue;
+        }
+        let tenant = match &key.tenant_id {
+            Some(id) => state.store.tenant_by_id(id).await?.map(|t| t.name),
+            None => None,
+        };
+        items.push(key_json(&key, tenant.as_deref()));
+    }
+    Ok(Json(json!({ "total": items.len(), "items": items })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: String,
+    /// Default: the caller's own scopes.
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+    /// Restrict the key to this tenant.
+    #[serde(default)]
+    tenant: Option<String>,
+    /// Lifetime, e.g. `"90d"`; default: no expiry.
+    #[serde(default)]
+    expires_in: Option<String>,
+}
+
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    bytes: Bytes,
+) -> Result<Response, ApiError> {
+    principal.require_write()?;
+    let input: NewKey = body::json(&bytes)?;
+    let mut read = false;
+    let mut write = false;
+    for scope in input
+        .scopes
+        .as_deref()
+        .unwrap_or(&[READ.into(), WRITE.into()])
+    {
+        match scope.as_str() {
+            READ => read = true,
+            WRITE => write = true,
+            _ => {
+                return Err(ApiError::invalid(
+                    "scopes",
+                    format!("unknown scope '{scope}' (expected {READ} or {WRITE})"),
+                ));
+            }
+        }
+    }
+    if !read && !write {
+        return Err(ApiError::invalid("scopes", "name at least one scope"));
+    }
+    if (read && !(principal.read || principal.write)) || (write && !principal.write) {
+        return Err(ApiError::forbidden(
+            "a key cannot have a scope its creator lacks",
+        ));
+    }
+    let tenant = match (&principal.tenant, input.tenant.as_deref()) {
+        (Some(own), Some(asked)) if !own.eq_ignore_ascii_case(asked) => {
+            return Err(ApiError::not_found());
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, asked) => asked.map(str::to_owned),
+    };
+    let tenant = match tenant {
+        Some(name) => Some(
+            state
+                .store
+                .tenant_by_name(&name)
+                .await?
+                .ok_or_else(|| ApiError::invalid("tenant", format!("no tenant '{name}'")))?,
+        ),
+        None => None,
+    };
+    let expires_at = body::expiry(input.expires_in.as_deref())?;
+    let scopes = match (read, write) {
+        (true, true) => format!("{READ} {WRITE}"),
+        (false, true) => WRITE.to_owned(),
+        _ => READ.to_owned(),
+    };
+    let (info, plaintext) = state
+        .store
+        .create_api_key(
+            &input.name,
+            &scopes,
+            tenant.as_ref().map(|t| t.id.as_str()),
+            expires_at,
+        )
+        .await?;
+    tracing::info!(key = %info.id, name = %info.name, by = %principal.name, "API key created.");
+    let mut answer = key_json(&info, tenant.as_ref().map(|t| t.name.as_str()));
+    answer["key"] = Value::String(plaintext);
+    Ok(body::created_once(answer))
+}
+
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_write()?;
+    let only = caller_tenant_id(&state, &principal).await?;
+    if only.is_some() {
+        let visible = state
+            .store
+            .list_api_keys()
+            .await?
+            .iter()
+            .any(|k| k.id == id && k.tenant_id == only);
+        if !visible {
+            return Err(ApiError::not_found());
+        }
+    }
+    if !state.store.revoke_api_key(&id).await? {
+        return Err(ApiError::not_found());
+    }
+    tracing::info!(key = %id, by = %principal.name, "API key revoked.");
+    Ok(StatusCode::NO_CONTENT)
+}
