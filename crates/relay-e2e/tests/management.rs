@@ -142,12 +142,27 @@ async fn config_change_reaches_the_connector_live_and_requests_are_logged() {
     assert_eq!(answer.text(), "PONG");
     let missing = relay_testkit::client::get(&stack.url("/relay/live/nowhere")).await;
     assert_eq!(missing.status, 404);
+    // A chunked upload (no Content-Length): its size is counted as it streams.
+    let chunks = ["first chunk, ", "second chunk, ", "last"]
+        .map(|c| Ok::<_, std::io::Error>(hyper::body::Frame::data(bytes::Bytes::from(c))));
+    let upload = http::Request::post(stack.url("/relay/live/echo"))
+        .body(http_body_util::BodyExt::boxed(
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)),
+        ))
+        .unwrap();
+    let echoed = relay_testkit::client::send(upload).await;
+    assert_eq!(echoed.text(), "first chunk, second chunk, last");
     let url = format!("{base}/management/requests?tenant=live");
     let entries = until(Duration::from_secs(10), "request logged", || async {
         let (_, body) = api("GET", &url, &token, None).await;
-        (body["total"].as_i64() == Some(2)).then_some(body)
+        (body["total"].as_i64() == Some(3)).then_some(body)
     })
     .await;
+    let echo = &entries["items"][0];
+    assert_eq!(echo["target"], "echo");
+    assert_eq!(echo["request_bytes"], 31, "{echo}");
+    assert_eq!(echo["response_bytes"], 31, "{echo}");
+    let entries = serde_json::json!({"items": entries["items"].as_array().unwrap()[1..]});
     let ping = &entries["items"][1];
     assert_eq!(ping["target"], "ping");
     assert_eq!(ping["path"], "/x", "query stripped");

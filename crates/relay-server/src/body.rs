@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -17,6 +17,11 @@ use crate::registry::BoxError;
 #[error("request body exceeds the limit of {0} bytes")]
 pub struct TooLarge(pub u64);
 
+/// Counts the bytes read from the client's body, for whoever put it into the request's
+/// extensions before the relay handled it (the request log).
+#[derive(Clone, Default)]
+pub struct BodyBytes(pub Arc<AtomicU64>);
+
 /// Streams the client's body, failing once more than `limit` bytes have passed. `tripped`
 /// tells the request handler afterwards that a failure was this and not the tunnel.
 pub struct LimitedBody {
@@ -24,16 +29,22 @@ pub struct LimitedBody {
     limit: Option<u64>,
     seen: u64,
     tripped: Arc<AtomicBool>,
+    counter: Option<BodyBytes>,
 }
 
 impl LimitedBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> (Self, Arc<AtomicBool>) {
+    pub fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        counter: Option<BodyBytes>,
+    ) -> (Self, Arc<AtomicBool>) {
         let tripped = Arc::new(AtomicBool::new(false));
         let body = LimitedBody {
             inner,
             limit,
             seen: 0,
             tripped: tripped.clone(),
+            counter,
         };
         (body, tripped)
     }
@@ -53,6 +64,9 @@ impl Body for LimitedBody {
                 if let Some(data) = frame.data_ref() {
                     crate::metrics::BYTES_IN.add(data.len() as u64);
                     this.seen += data.len() as u64;
+                    if let Some(counter) = &this.counter {
+                        counter.0.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
                     if let Some(limit) = this.limit
                         && this.seen > limit
                     {

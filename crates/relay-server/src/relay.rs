@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use relay_proto::headers;
 
 use crate::AppState;
-use crate::body::LimitedBody;
+use crate::body::{BodyBytes, LimitedBody};
 use crate::registry::TunnelBody;
 use crate::responses::{Body, error};
 use crate::tenants::TenantEntry;
@@ -249,7 +249,8 @@ fn to_tunnel_request(
     if mode == Mode::Trace {
         h.insert(headers::TRACE, HeaderValue::from_static("1"));
     }
-    let (body, tripped) = LimitedBody::new(body, tenant.max_body_bytes);
+    let counter = parts.extensions.remove::<BodyBytes>();
+    let (body, tripped) = LimitedBody::new(body, tenant.max_body_bytes, counter);
     Some((tripped, Request::from_parts(parts, body.boxed())))
 }
 

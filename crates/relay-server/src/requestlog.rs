@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response, header};
+use http::{Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::AppState;
+use crate::body::BodyBytes;
 use crate::registry::BoxError;
 use crate::relay::Mode;
 use crate::responses::Body;
@@ -125,11 +126,10 @@ pub(crate) async fn relay(
         path = format!("{path}?{q}");
     }
     let method = req.method().as_str().to_owned();
-    let request_bytes = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok());
+    // The relay counts what it reads of the body into this as the body streams.
+    let request_bytes = BodyBytes::default();
+    let mut req = req;
+    req.extensions_mut().insert(request_bytes.clone());
     let response = crate::relay::handle(state, mode, req, remote, after).await;
     let code = response
         .headers()
@@ -144,7 +144,7 @@ pub(crate) async fn relay(
         method: method.chars().take(16).collect(),
         path: path.chars().take(2048).collect(),
         status: i64::from(response.status().as_u16()),
-        request_bytes,
+        request_bytes: None,
         response_bytes: None,
         duration_ms: 0,
         outcome: outcome.to_owned(),
@@ -154,6 +154,7 @@ pub(crate) async fn relay(
     let sender = Pending {
         log: log.handle.clone(),
         entry: Some(entry),
+        request_bytes,
         started,
         bytes: 0,
         ended: false,
@@ -200,6 +201,7 @@ impl LogHandle {
 struct Pending {
     log: LogHandle,
     entry: Option<RequestLogEntry>,
+    request_bytes: BodyBytes,
     started: Instant,
     bytes: u64,
     ended: bool,
@@ -214,6 +216,8 @@ impl Drop for Pending {
             entry.outcome = "aborted".to_owned();
         }
         entry.response_bytes = Some(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+        let read = self.request_bytes.0.load(Ordering::Relaxed);
+        entry.request_bytes = Some(i64::try_from(read).unwrap_or(i64::MAX));
         entry.duration_ms = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
         self.log.submit(entry);
     }
