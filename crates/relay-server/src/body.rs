@@ -10,7 +10,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::registry::BoxError;
+use tokio::sync::oneshot;
+
+use crate::registry::{BoxError, TunnelBody};
 
 /// The body went over the tenant's limit.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,45 @@ impl Body for LimitedBody {
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that reports when it was read to its end, i.e. handed in full to the tunnel
+/// stream (acknowledge mode `connector-received`). It never claims to be empty up front, so
+/// even an empty body is polled once and reports.
+pub struct Handed {
+    inner: TunnelBody,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Handed {
+    pub fn wrap(inner: TunnelBody, done: oneshot::Sender<()>) -> TunnelBody {
+        http_body_util::BodyExt::boxed(Handed {
+            inner,
+            done: Some(done),
+        })
+    }
+}
+
+impl Body for Handed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled
+            && let Some(done) = self.done.take()
+        {
+            let _ = done.send(());
+        }
+        polled
     }
 
     fn size_hint(&self) -> SizeHint {

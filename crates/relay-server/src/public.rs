@@ -127,6 +127,9 @@ async fn route(
         let tenant = after.split('/').next().unwrap_or_default();
         return crate::metrics::finish(state, mode, tenant, started, response);
     }
+    if first == crate::ack::PATH_SEGMENT && req.method() == Method::POST {
+        return crate::ack::acknowledge(state, after).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, relay_proto::TUNNEL_PATH) => crate::tunnel::accept(state, req, remote).await,
         (&Method::GET, relay_proto::DISCOVERY_PATH) => {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use relay_store::{Store, StoreError, Tenant, TenantConfig};
+use relay_store::{AckMode, Store, StoreError, Tenant, TenantConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
@@ -30,6 +30,8 @@ pub struct TenantEntry {
     pub require_client_auth: bool,
     /// Requests one node takes from the tenant's queue at once (broker prefetch).
     pub concurrency_limit: u16,
+    /// When a request's broker delivery is settled (see `ack`).
+    pub ack_mode: AckMode,
 }
 
 impl TenantEntry {
@@ -52,6 +54,7 @@ impl TenantEntry {
                 .concurrency_limit
                 .and_then(|v| u16::try_from(v).ok())
                 .unwrap_or(defaults.concurrency_limit),
+            ack_mode: config.ack_mode.unwrap_or(AckMode::ConnectorFinished),
         }
     }
 }
