@@ -22,6 +22,19 @@ fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// `host:port` of the test PostgreSQL server.
+fn postgres_addr() -> std::net::SocketAddr {
+    let url = postgres_admin_url();
+    let authority = url
+        .split_once('@')
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    authority.parse().unwrap()
+}
+
 fn amqp_url() -> String {
     std::env::var("RELAY_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -136,6 +149,16 @@ impl Cluster {
         extra_server_toml: &str,
         tenant_config: relay_store::TenantConfig,
     ) -> Option<Cluster> {
+        Self::start_full(extra_server_toml, tenant_config, None).await
+    }
+
+    /// Like [`Cluster::start_with`]; with `database_via`, the relay nodes reach PostgreSQL
+    /// through that address (a proxy) instead of directly.
+    async fn start_full(
+        extra_server_toml: &str,
+        tenant_config: relay_store::TenantConfig,
+        database_via: Option<std::net::SocketAddr>,
+    ) -> Option<Cluster> {
         let services = Services::get()?;
         let scratch = Scratch::new("multinode");
         let dir = scratch.0.clone();
@@ -175,13 +198,17 @@ impl Cluster {
             nodes: Vec::new(),
             secret,
         };
+        let node_db = match database_via {
+            Some(via) => db.replacen(&postgres_addr().to_string(), &via.to_string(), 1),
+            None => db.clone(),
+        };
         for name in ["a", "b"] {
             let port = free_port();
             let config = dir.join(format!("node-{name}.toml"));
             std::fs::write(
                 &config,
                 format!(
-                    "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{db}\"\n\
+                    "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{node_db}\"\n\
                      [identity]\nauthority = \"http://127.0.0.1:{identity_port}\"\n\
                      [body_store]\npath = \"{}\"\n[bus]\nkind = \"rabbitmq\"\nurl = \"{}\"\nprefix = \"{}\"\n\
                      [tunnel]\nreconnect_min_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nkeep_alive_interval = \"2s\"\n{extra_server_toml}",
@@ -731,4 +758,107 @@ async fn connector_received_reruns_requests_the_connector_never_fully_received()
         || async { (target.counters.hang_started.load(Ordering::SeqCst) == 2).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test]
+async fn known_tenants_keep_flowing_while_postgresql_is_unreachable() {
+    let proxy = relay_testkit::proxy::BlockableProxy::start(postgres_addr()).await;
+    let Some(cluster) =
+        Cluster::start_full("", relay_store::TenantConfig::default(), Some(proxy.addr)).await
+    else {
+        return;
+    };
+    let target = TestTarget::start().await;
+    let _c1 = cluster.connector("c1", &[1], &target);
+    until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
+    until_ok(
+        &cluster.url(0, "/relay/acme/ping"),
+        "node A through the broker",
+    )
+    .await;
+
+    proxy.block();
+    for node in 0..2 {
+        wait::until(
+            Duration::from_secs(15),
+            "readiness reports the degraded database",
+            || async {
+                let ready = get(&cluster.url(node, "/health/ready")).await;
+                (ready.status == StatusCode::OK
+                    && ready.text()
+                        == "ready (degraded: database unreachable, serving from cache)\n")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    // Node B through its own tunnel, node A across the broker: the tenant is cached.
+    for node in [0, 1, 0, 1] {
+        let answer = get(&cluster.url(node, "/relay/acme/web/status/200")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "node {node}: {}",
+            answer.text()
+        );
+    }
+
+    proxy.unblock();
+    for node in 0..2 {
+        wait::until(
+            Duration::from_secs(30),
+            "readiness back to ready",
+            || async {
+                let ready = get(&cluster.url(node, "/health/ready")).await;
+                (ready.status == StatusCode::OK && ready.text() == "ready\n").then_some(())
+            },
+        )
+        .await;
+    }
+    // Writes resume: a request after the outage reaches the request log.
+    assert_eq!(
+        get(&cluster.url(0, "/relay/acme/web/status/203"))
+            .await
+            .status,
+        StatusCode::NON_AUTHORITATIVE_INFORMATION
+    );
+    let store = relay_store::Store::connect(&cluster.services.database_url)
+        .await
+        .unwrap();
+    wait::until(
+        Duration::from_secs(15),
+        "request logged after the outage",
+        || async {
+            let filter = relay_store::RequestLogFilter {
+                take: 100,
+                ..Default::default()
+            };
+            let (entries, _) = store.list_request_log(&filter).await.ok()?;
+            entries.iter().any(|e| e.status == 203).then_some(())
+        },
+    )
+    .await;
+    // A tenant created after the outage is found (not cached as unknown).
+    relayctl(
+        &cluster.services.database_url,
+        &["tenant", "create", "later"],
+    );
+    wait::until(Duration::from_secs(10), "new tenant known", || async {
+        let answer = get(&cluster.url(0, "/relay/later/web/x")).await;
+        (answer.header("x-relay-error") == Some("no-connector")).then_some(())
+    })
+    .await;
+    // One warning per outage and node, and one line when it ended.
+    for (_, node) in &cluster.nodes {
+        let log = node.log_text();
+        assert_eq!(
+            log.matches("Configuration database unreachable").count(),
+            1,
+            "{log}"
+        );
+        assert!(
+            log.contains("Configuration database reachable again."),
+            "{log}"
+        );
+    }
 }

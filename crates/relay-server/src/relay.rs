@@ -95,7 +95,7 @@ pub async fn handle(
         Ok(Some(tenant)) => tenant,
         Ok(None) => return unknown_tenant(),
         Err(e) => {
-            tracing::warn!(error = %e, "Configuration database unavailable.");
+            state.tenants.health.note(Err(&e));
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store-unavailable",
