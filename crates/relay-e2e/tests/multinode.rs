@@ -275,6 +275,29 @@ impl Cluster {
         )
     }
 
+    /// Waits until every node answers `/health/ready` with `200` and `body`.
+    async fn ready_everywhere(&self, body: &str) {
+        for node in 0..self.nodes.len() {
+            wait::until(Duration::from_secs(30), body.trim(), || async {
+                let ready = get(&self.url(node, "/health/ready")).await;
+                (ready.status == StatusCode::OK && ready.text() == body).then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// Waits until `n` open tunnels are recorded; returns a store on the test database.
+    async fn tunnels_recorded(&self, n: usize) -> relay_store::Store {
+        let store = relay_store::Store::connect(&self.services.database_url)
+            .await
+            .unwrap();
+        wait::until(Duration::from_secs(10), "tunnels recorded", || async {
+            (store.list_connections(true).await.unwrap().len() == n).then_some(())
+        })
+        .await;
+        store
+    }
+
     fn logs(&self) -> String {
         self.nodes
             .iter()
@@ -476,13 +499,7 @@ async fn a_crashed_nodes_connections_are_marked_gone_within_three_heartbeats() {
     let _c1 = cluster.connector("c1", &[0, 1], &target);
     until_ok(&cluster.url(0, "/relay/acme/ping"), "connector on node A").await;
     until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
-    let store = relay_store::Store::connect(&cluster.services.database_url)
-        .await
-        .unwrap();
-    wait::until(Duration::from_secs(10), "both tunnels recorded", || async {
-        (store.list_connections(true).await.unwrap().len() == 2).then_some(())
-    })
-    .await;
+    let store = cluster.tunnels_recorded(2).await;
 
     cluster.nodes[0].1.kill().await;
     let killed = Instant::now();
@@ -554,32 +571,28 @@ fn inspected_header(answer: &client::Answer, name: &str) -> Option<String> {
     })
 }
 
-fn tenant_with_ack(mode: relay_store::AckMode, expiry_ms: i64) -> relay_store::TenantConfig {
-    relay_store::TenantConfig {
+/// A cluster whose tenant uses acknowledge mode `mode`, a concurrency limit of 1 and the
+/// given request expiry, and a test target.
+async fn ack_cluster(mode: relay_store::AckMode, expiry_ms: i64) -> Option<(Cluster, TestTarget)> {
+    let config = relay_store::TenantConfig {
         ack_mode: Some(mode),
         concurrency_limit: Some(1),
         request_expiry_ms: Some(expiry_ms),
         ..Default::default()
-    }
+    };
+    let cluster = Cluster::start_with("", config).await?;
+    Some((cluster, TestTarget::start().await))
 }
 
 #[tokio::test]
 async fn manual_acknowledgements_settle_through_any_node() {
-    let config = tenant_with_ack(relay_store::AckMode::Manual, 4000);
-    let Some(cluster) = Cluster::start_with("", config).await else {
+    let Some((cluster, target)) = ack_cluster(relay_store::AckMode::Manual, 4000).await else {
         return;
     };
-    let target = TestTarget::start().await;
     let _c1 = cluster.connector("c1", &[1], &target);
     // Not warmed up with requests: before the tunnel is up even node B would send one through
     // the broker, and its unacknowledged delivery would hold the only slot.
-    let store = relay_store::Store::connect(&cluster.services.database_url)
-        .await
-        .unwrap();
-    wait::until(Duration::from_secs(10), "tunnel on node B", || async {
-        (store.list_connections(true).await.unwrap().len() == 1).then_some(())
-    })
-    .await;
+    cluster.tunnels_recorded(1).await;
     // Relayed on node B itself (the local shortcut): nothing to settle, the URL still works.
     let local = get(&cluster.url(1, "/relay/acme/web/inspect")).await;
     let local_ack = inspected_header(&local, "x-relay-acknowledge-url")
@@ -701,11 +714,10 @@ async fn kill_the_node_running(
 
 #[tokio::test]
 async fn disabled_acknowledgement_runs_requests_at_most_once() {
-    let config = tenant_with_ack(relay_store::AckMode::Disabled, 6_000);
-    let Some(mut cluster) = Cluster::start_with("", config).await else {
+    let Some((mut cluster, target)) = ack_cluster(relay_store::AckMode::Disabled, 6_000).await
+    else {
         return;
     };
-    let target = TestTarget::start().await;
     let hang = Request::get(cluster.url(0, "/relay/acme/web/hang"))
         .body(full(Bytes::new()))
         .unwrap();
@@ -738,11 +750,11 @@ async fn disabled_acknowledgement_runs_requests_at_most_once() {
 
 #[tokio::test]
 async fn connector_received_reruns_requests_the_connector_never_fully_received() {
-    let config = tenant_with_ack(relay_store::AckMode::ConnectorReceived, 15_000);
-    let Some(mut cluster) = Cluster::start_with("", config).await else {
+    let Some((mut cluster, target)) =
+        ack_cluster(relay_store::AckMode::ConnectorReceived, 15_000).await
+    else {
         return;
     };
-    let target = TestTarget::start().await;
     // `/hang` never reads the body: 64 MiB cannot all go into the tunnel (flow control), so
     // node B has not acknowledged the delivery when it dies.
     let size: u64 = 64 << 20;
@@ -778,20 +790,9 @@ async fn known_tenants_keep_flowing_while_postgresql_is_unreachable() {
     .await;
 
     proxy.block();
-    for node in 0..2 {
-        wait::until(
-            Duration::from_secs(15),
-            "readiness reports the degraded database",
-            || async {
-                let ready = get(&cluster.url(node, "/health/ready")).await;
-                (ready.status == StatusCode::OK
-                    && ready.text()
-                        == "ready (degraded: database unreachable, serving from cache)\n")
-                    .then_some(())
-            },
-        )
+    cluster
+        .ready_everywhere("ready (degraded: database unreachable, serving from cache)\n")
         .await;
-    }
     // Node B through its own tunnel, node A across the broker: the tenant is cached.
     for node in [0, 1, 0, 1] {
         let answer = get(&cluster.url(node, "/relay/acme/web/status/200")).await;
@@ -804,17 +805,7 @@ async fn known_tenants_keep_flowing_while_postgresql_is_unreachable() {
     }
 
     proxy.unblock();
-    for node in 0..2 {
-        wait::until(
-            Duration::from_secs(30),
-            "readiness back to ready",
-            || async {
-                let ready = get(&cluster.url(node, "/health/ready")).await;
-                (ready.status == StatusCode::OK && ready.text() == "ready\n").then_some(())
-            },
-        )
-        .await;
-    }
+    cluster.ready_everywhere("ready\n").await;
     // Writes resume: a request after the outage reaches the request log.
     assert_eq!(
         get(&cluster.url(0, "/relay/acme/web/status/203"))

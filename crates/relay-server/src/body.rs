@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use http_body_util::{BodyExt, BodyStream, StreamBody};
 use tokio::sync::oneshot;
 
 use crate::registry::{BoxError, TunnelBody};
@@ -80,40 +81,13 @@ impl Body for LimitedBody {
 }
 
 /// A request body that reports when it was read to its end, i.e. handed in full to the tunnel
-/// stream (acknowledge mode `connector-received`). It never claims to be empty up front, so
-/// even an empty body is polled once and reports.
-pub struct Handed {
-    inner: TunnelBody,
-    done: Option<oneshot::Sender<()>>,
-}
-
-impl Handed {
-    pub fn wrap(inner: TunnelBody, done: oneshot::Sender<()>) -> TunnelBody {
-        http_body_util::BodyExt::boxed(Handed {
-            inner,
-            done: Some(done),
-        })
-    }
-}
-
-impl Body for Handed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled
-            && let Some(done) = self.done.take()
-        {
-            let _ = done.send(());
-        }
-        polled
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+/// stream (acknowledge mode `connector-received`). A stream body never claims to be empty up
+/// front, so even an empty body is polled once and reports.
+pub fn report_end(inner: TunnelBody, done: oneshot::Sender<()>) -> TunnelBody {
+    use futures_util::StreamExt;
+    let end = futures_util::stream::once(async move {
+        let _ = done.send(());
+    })
+    .filter_map(|()| async { None });
+    BodyExt::boxed(StreamBody::new(BodyStream::new(inner).chain(end)))
 }

@@ -305,21 +305,10 @@ impl CrossNode {
 
     /// Node A: delivers responses from the broker to the waiting requests.
     pub async fn run_responses(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut responses = match self.bus.consume_responses().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot consume this node's response queue.");
-                return;
-            }
+        let Some(mut responses) = started(self.bus.consume_responses().await, "response") else {
+            return;
         };
-        loop {
-            let answer = tokio::select! {
-                answer = responses.next() => match answer {
-                    Some(answer) => answer,
-                    None => return,
-                },
-                () = shutdown.cancelled() => return,
-            };
+        while let Some(answer) = next_until(&mut responses, &shutdown).await {
             let waiter = self
                 .waiters
                 .lock()
@@ -339,21 +328,10 @@ impl CrossNode {
 
     /// Node B: settles deliveries whose manual acknowledgement another node received.
     pub async fn run_acks(self: Arc<Self>, acks: Arc<Acks>, shutdown: CancellationToken) {
-        let mut incoming = match self.bus.consume_acks().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot consume this node's acknowledge queue.");
-                return;
-            }
+        let Some(mut incoming) = started(self.bus.consume_acks().await, "acknowledge") else {
+            return;
         };
-        loop {
-            let ack = tokio::select! {
-                ack = incoming.next() => match ack {
-                    Some(ack) => ack,
-                    None => return,
-                },
-                () = shutdown.cancelled() => return,
-            };
+        while let Some(ack) = next_until(&mut incoming, &shutdown).await {
             if !acks.settle(&ack.request_id).await {
                 tracing::debug!(request = %ack.request_id, "Acknowledgement for a request not held here (settled or expired).");
             }
@@ -586,7 +564,7 @@ impl CrossNode {
             .await
             .map_err(|_| "body-store")?;
         let body = match handed {
-            Some(handed) => crate::body::Handed::wrap(body, handed),
+            Some(handed) => crate::body::report_end(body, handed),
             None => body,
         };
         let uri: Uri = format!("http://tunnel{}", envelope.path_and_query)
@@ -628,6 +606,27 @@ impl CrossNode {
             connector_machine: Some(tunnel.machine.clone()),
             connector_version: Some(tunnel.version.clone()),
         })
+    }
+}
+
+/// The subscription to one of this node's own queues, or `None` after logging why not.
+fn started<T>(
+    subscribed: Result<relay_bus::Subscription<T>, BusError>,
+    queue: &str,
+) -> Option<relay_bus::Subscription<T>> {
+    subscribed
+        .inspect_err(|e| tracing::error!(error = %e, queue, "Cannot consume this node's queue."))
+        .ok()
+}
+
+/// The next item, or `None` once the subscription ends or `shutdown` fires.
+async fn next_until<T>(
+    subscription: &mut relay_bus::Subscription<T>,
+    shutdown: &CancellationToken,
+) -> Option<T> {
+    tokio::select! {
+        item = subscription.next() => item,
+        () = shutdown.cancelled() => None,
     }
 }
 
