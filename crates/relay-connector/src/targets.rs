@@ -120,7 +120,12 @@ impl Targets {
             Err(e) => return relay_error(StatusCode::BAD_REQUEST, "bad-path", e),
         };
         add_forwarding_headers(&mut parts.headers);
+        let ack_url = parts.headers.remove(headers::ACKNOWLEDGE_URL);
         headers::strip_relay_headers(&mut parts.headers);
+        if let Some(url) = ack_url {
+            // Manual acknowledge mode: the target acknowledges through the relay itself.
+            parts.headers.insert(headers::ACKNOWLEDGE_URL, url);
+        }
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(header::HOST, target.host.clone());
         let follow = target.follow_redirects && matches!(parts.method, Method::GET | Method::HEAD);

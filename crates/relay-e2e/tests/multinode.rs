@@ -22,6 +22,19 @@ fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// `host:port` of the test PostgreSQL server.
+fn postgres_addr() -> std::net::SocketAddr {
+    let url = postgres_admin_url();
+    let authority = url
+        .split_once('@')
+        .map_or(url.as_str(), |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    authority.parse().unwrap()
+}
+
 fn amqp_url() -> String {
     std::env::var("RELAY_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -136,6 +149,16 @@ impl Cluster {
         extra_server_toml: &str,
         tenant_config: relay_store::TenantConfig,
     ) -> Option<Cluster> {
+        Self::start_full(extra_server_toml, tenant_config, None).await
+    }
+
+    /// Like [`Cluster::start_with`]; with `database_via`, the relay nodes reach PostgreSQL
+    /// through that address (a proxy) instead of directly.
+    async fn start_full(
+        extra_server_toml: &str,
+        tenant_config: relay_store::TenantConfig,
+        database_via: Option<std::net::SocketAddr>,
+    ) -> Option<Cluster> {
         let services = Services::get()?;
         let scratch = Scratch::new("multinode");
         let dir = scratch.0.clone();
@@ -175,13 +198,17 @@ impl Cluster {
             nodes: Vec::new(),
             secret,
         };
+        let node_db = match database_via {
+            Some(via) => db.replacen(&postgres_addr().to_string(), &via.to_string(), 1),
+            None => db.clone(),
+        };
         for name in ["a", "b"] {
             let port = free_port();
             let config = dir.join(format!("node-{name}.toml"));
             std::fs::write(
                 &config,
                 format!(
-                    "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{db}\"\n\
+                    "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{node_db}\"\n\
                      [identity]\nauthority = \"http://127.0.0.1:{identity_port}\"\n\
                      [body_store]\npath = \"{}\"\n[bus]\nkind = \"rabbitmq\"\nurl = \"{}\"\nprefix = \"{}\"\n\
                      [tunnel]\nreconnect_min_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nkeep_alive_interval = \"2s\"\n{extra_server_toml}",
@@ -246,6 +273,29 @@ impl Cluster {
             &[],
             dir,
         )
+    }
+
+    /// Waits until every node answers `/health/ready` with `200` and `body`.
+    async fn ready_everywhere(&self, body: &str) {
+        for node in 0..self.nodes.len() {
+            wait::until(Duration::from_secs(30), body.trim(), || async {
+                let ready = get(&self.url(node, "/health/ready")).await;
+                (ready.status == StatusCode::OK && ready.text() == body).then_some(())
+            })
+            .await;
+        }
+    }
+
+    /// Waits until `n` open tunnels are recorded; returns a store on the test database.
+    async fn tunnels_recorded(&self, n: usize) -> relay_store::Store {
+        let store = relay_store::Store::connect(&self.services.database_url)
+            .await
+            .unwrap();
+        wait::until(Duration::from_secs(10), "tunnels recorded", || async {
+            (store.list_connections(true).await.unwrap().len() == n).then_some(())
+        })
+        .await;
+        store
     }
 
     fn logs(&self) -> String {
@@ -449,13 +499,7 @@ async fn a_crashed_nodes_connections_are_marked_gone_within_three_heartbeats() {
     let _c1 = cluster.connector("c1", &[0, 1], &target);
     until_ok(&cluster.url(0, "/relay/acme/ping"), "connector on node A").await;
     until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
-    let store = relay_store::Store::connect(&cluster.services.database_url)
-        .await
-        .unwrap();
-    wait::until(Duration::from_secs(10), "both tunnels recorded", || async {
-        (store.list_connections(true).await.unwrap().len() == 2).then_some(())
-    })
-    .await;
+    let store = cluster.tunnels_recorded(2).await;
 
     cluster.nodes[0].1.kill().await;
     let killed = Instant::now();
@@ -504,4 +548,308 @@ async fn a_tenants_concurrency_limit_bounds_requests_in_flight() {
         cluster.logs()
     );
     assert!(max >= 1);
+}
+
+/// A request sent in the background; its status, or `None` when the connection failed.
+fn in_background(
+    request: Request<client::TestBody>,
+) -> tokio::task::JoinHandle<Option<StatusCode>> {
+    tokio::spawn(async move {
+        client::client()
+            .request(request)
+            .await
+            .ok()
+            .map(|r| r.status())
+    })
+}
+
+/// Value of header `name` as the test target's `/inspect` saw it.
+fn inspected_header(answer: &client::Answer, name: &str) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    json["headers"].as_array()?.iter().find_map(|pair| {
+        (pair[0].as_str()? == name).then(|| pair[1].as_str().map(str::to_owned))?
+    })
+}
+
+/// A cluster whose tenant uses acknowledge mode `mode`, a concurrency limit of 1 and the
+/// given request expiry, and a test target.
+async fn ack_cluster(mode: relay_store::AckMode, expiry_ms: i64) -> Option<(Cluster, TestTarget)> {
+    let config = relay_store::TenantConfig {
+        ack_mode: Some(mode),
+        concurrency_limit: Some(1),
+        request_expiry_ms: Some(expiry_ms),
+        ..Default::default()
+    };
+    let cluster = Cluster::start_with("", config).await?;
+    Some((cluster, TestTarget::start().await))
+}
+
+#[tokio::test]
+async fn manual_acknowledgements_settle_through_any_node() {
+    let Some((cluster, target)) = ack_cluster(relay_store::AckMode::Manual, 4000).await else {
+        return;
+    };
+    let _c1 = cluster.connector("c1", &[1], &target);
+    // Not warmed up with requests: before the tunnel is up even node B would send one through
+    // the broker, and its unacknowledged delivery would hold the only slot.
+    cluster.tunnels_recorded(1).await;
+    // Relayed on node B itself (the local shortcut): nothing to settle, the URL still works.
+    let local = get(&cluster.url(1, "/relay/acme/web/inspect")).await;
+    let local_ack = inspected_header(&local, "x-relay-acknowledge-url")
+        .unwrap_or_else(|| panic!("no acknowledge URL in {}", local.text()));
+    let settled = post(&cluster.url(1, &local_ack), "").await;
+    assert_eq!(settled.status, StatusCode::NO_CONTENT, "{}", settled.text());
+    target.counters.requests.store(0, Ordering::SeqCst);
+
+    // Through node A: node B holds the delivery until the target acknowledges it.
+    let first = get(&cluster.url(0, "/relay/acme/web/inspect")).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let ack_path = inspected_header(&first, "x-relay-acknowledge-url")
+        .unwrap_or_else(|| panic!("no acknowledge URL in {}", first.text()));
+    let parts: Vec<&str> = ack_path.trim_start_matches('/').split('/').collect();
+    let ["acknowledge", origin, request_id, signature] = parts[..] else {
+        panic!("unexpected acknowledge URL {ack_path}");
+    };
+
+    // With a concurrency limit of 1 the unacknowledged request keeps the only slot.
+    let second = tokio::spawn(get_owned(cluster.url(0, "/relay/acme/web/status/202")));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        target.counters.requests.load(Ordering::SeqCst),
+        1,
+        "{}",
+        cluster.logs()
+    );
+    assert!(!second.is_finished(), "ran before the acknowledgement");
+
+    // Forged or transplanted signatures are refused on every node.
+    let mut forged = signature.to_owned().into_bytes();
+    forged[0] = if forged[0] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    for url in [
+        cluster.url(0, &format!("/acknowledge/{origin}/{request_id}/{forged}")),
+        cluster.url(1, &format!("/acknowledge/{origin}/{request_id}/{forged}")),
+        cluster.url(
+            0,
+            &format!("/acknowledge/{origin}/{OTHER_REQUEST}/{signature}"),
+        ),
+    ] {
+        let refused = post(&url, "").await;
+        assert_eq!(
+            refused.status,
+            StatusCode::FORBIDDEN,
+            "{url}: {}",
+            refused.text()
+        );
+    }
+    assert!(
+        !second.is_finished(),
+        "a forged acknowledgement settled the request"
+    );
+
+    // Acknowledged through node A, which forwards it to node B.
+    let acked = post(&cluster.url(0, &ack_path), "").await;
+    assert_eq!(acked.status, StatusCode::ACCEPTED, "{}", acked.text());
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second request ran after the acknowledgement")
+        .unwrap();
+    assert_eq!(second.status, StatusCode::ACCEPTED, "{}", cluster.logs());
+    // Settled: node B, which held it, knows it no longer.
+    let again = post(&cluster.url(1, &ack_path), "").await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND, "{}", again.text());
+
+    // The second request is not acknowledged: it keeps the slot until it expires (4 s after
+    // it was sent), is then dropped without running again, and the third runs.
+    let third = get(&cluster.url(0, "/relay/acme/web/status/201")).await;
+    assert_eq!(third.status, StatusCode::CREATED, "{}", third.text());
+    wait::until(
+        Duration::from_secs(5),
+        "expired manual delivery logged",
+        || async {
+            cluster
+                .logs()
+                .contains("without a manual acknowledgement")
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        target.counters.requests.load(Ordering::SeqCst),
+        3,
+        "{}",
+        cluster.logs()
+    );
+}
+
+/// A request id the test's acknowledge URL was not signed for.
+const OTHER_REQUEST: &str = "0190c6e4-7a1b-4c3d-9e8f-0123456789ab";
+
+async fn get_owned(url: String) -> client::Answer {
+    get(&url).await
+}
+
+/// Starts a request through node A that node B runs (its only connector, c1, is on B), waits
+/// until the target started it, then connects c2 to node A and kills node B. Returns the
+/// connectors and the request's answer to come.
+async fn kill_the_node_running(
+    cluster: &mut Cluster,
+    target: &TestTarget,
+    request: Request<client::TestBody>,
+) -> (Proc, Proc, tokio::task::JoinHandle<Option<StatusCode>>) {
+    let c1 = cluster.connector("c1", &[1], target);
+    until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
+    let answer = in_background(request);
+    wait::until(
+        Duration::from_secs(10),
+        "target started the request",
+        || async { (target.counters.hang_started.load(Ordering::SeqCst) == 1).then_some(()) },
+    )
+    .await;
+    let c2 = cluster.connector("c2", &[0], target);
+    until_ok(&cluster.url(0, "/relay/acme/ping"), "connector on node A").await;
+    cluster.nodes[1].1.kill().await;
+    (c1, c2, answer)
+}
+
+#[tokio::test]
+async fn disabled_acknowledgement_runs_requests_at_most_once() {
+    let Some((mut cluster, target)) = ack_cluster(relay_store::AckMode::Disabled, 6_000).await
+    else {
+        return;
+    };
+    let hang = Request::get(cluster.url(0, "/relay/acme/web/hang"))
+        .body(full(Bytes::new()))
+        .unwrap();
+    let (_c1, _c2, answer) = kill_the_node_running(&mut cluster, &target, hang).await;
+
+    // Node B acknowledged the delivery when it took it: the broker has nothing to give node
+    // A's consumer, so the request does not run again (node A would take a redelivery at once).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        target.counters.hang_started.load(Ordering::SeqCst),
+        1,
+        "{}",
+        cluster.logs()
+    );
+    // Node A still serves the tenant.
+    assert_eq!(
+        get(&cluster.url(0, "/relay/acme/web/status/200"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // Nobody answers the lost request (connector-finished would answer 502 "interrupted"
+    // from the redelivery): the client gets its 504 at the expiry.
+    let answer = tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .expect("answered by the expiry")
+        .unwrap();
+    assert_eq!(answer, Some(StatusCode::GATEWAY_TIMEOUT));
+}
+
+#[tokio::test]
+async fn connector_received_reruns_requests_the_connector_never_fully_received() {
+    let Some((mut cluster, target)) =
+        ack_cluster(relay_store::AckMode::ConnectorReceived, 15_000).await
+    else {
+        return;
+    };
+    // `/hang` never reads the body: 64 MiB cannot all go into the tunnel (flow control), so
+    // node B has not acknowledged the delivery when it dies.
+    let size: u64 = 64 << 20;
+    let upload = Request::post(cluster.url(0, "/relay/acme/web/hang"))
+        .body(http_body_util::BodyExt::boxed(PatternBody::new(size)))
+        .unwrap();
+    let _running = kill_the_node_running(&mut cluster, &target, upload).await;
+
+    // The broker redelivers it to node A, which runs it again.
+    wait::until(
+        Duration::from_secs(10),
+        "the request ran again on node A",
+        || async { (target.counters.hang_started.load(Ordering::SeqCst) == 2).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn known_tenants_keep_flowing_while_postgresql_is_unreachable() {
+    let proxy = relay_testkit::proxy::BlockableProxy::start(postgres_addr()).await;
+    let Some(cluster) =
+        Cluster::start_full("", relay_store::TenantConfig::default(), Some(proxy.addr)).await
+    else {
+        return;
+    };
+    let target = TestTarget::start().await;
+    let _c1 = cluster.connector("c1", &[1], &target);
+    until_ok(&cluster.url(1, "/relay/acme/ping"), "connector on node B").await;
+    until_ok(
+        &cluster.url(0, "/relay/acme/ping"),
+        "node A through the broker",
+    )
+    .await;
+
+    proxy.block();
+    cluster
+        .ready_everywhere("ready (degraded: database unreachable, serving from cache)\n")
+        .await;
+    // Node B through its own tunnel, node A across the broker: the tenant is cached.
+    for node in [0, 1, 0, 1] {
+        let answer = get(&cluster.url(node, "/relay/acme/web/status/200")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "node {node}: {}",
+            answer.text()
+        );
+    }
+
+    proxy.unblock();
+    cluster.ready_everywhere("ready\n").await;
+    // Writes resume: a request after the outage reaches the request log.
+    assert_eq!(
+        get(&cluster.url(0, "/relay/acme/web/status/203"))
+            .await
+            .status,
+        StatusCode::NON_AUTHORITATIVE_INFORMATION
+    );
+    let store = relay_store::Store::connect(&cluster.services.database_url)
+        .await
+        .unwrap();
+    wait::until(
+        Duration::from_secs(15),
+        "request logged after the outage",
+        || async {
+            let filter = relay_store::RequestLogFilter {
+                take: 100,
+                ..Default::default()
+            };
+            let (entries, _) = store.list_request_log(&filter).await.ok()?;
+            entries.iter().any(|e| e.status == 203).then_some(())
+        },
+    )
+    .await;
+    // A tenant created after the outage is found (not cached as unknown).
+    relayctl(
+        &cluster.services.database_url,
+        &["tenant", "create", "later"],
+    );
+    wait::until(Duration::from_secs(10), "new tenant known", || async {
+        let answer = get(&cluster.url(0, "/relay/later/web/x")).await;
+        (answer.header("x-relay-error") == Some("no-connector")).then_some(())
+    })
+    .await;
+    // One warning per outage and node, and one line when it ended.
+    for (_, node) in &cluster.nodes {
+        let log = node.log_text();
+        assert_eq!(
+            log.matches("Configuration database unreachable").count(),
+            1,
+            "{log}"
+        );
+        assert!(
+            log.contains("Configuration database reachable again."),
+            "{log}"
+        );
+    }
 }

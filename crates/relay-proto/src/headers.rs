@@ -18,6 +18,10 @@ pub const CLIENT_ADDR: HeaderName = HeaderName::from_static("x-relay-client-addr
 pub const CLIENT_HOST: HeaderName = HeaderName::from_static("x-relay-client-host");
 /// Scheme the client used (`http` or `https`), for `X-Forwarded-Proto`.
 pub const CLIENT_PROTO: HeaderName = HeaderName::from_static("x-relay-client-proto");
+/// Tenants in acknowledge mode `manual`: where the target `POST`s to acknowledge the request
+/// (`[public_url]/acknowledge/{origin}/{request_id}/{signature}`). The connector passes this
+/// one relay header on to the target.
+pub const ACKNOWLEDGE_URL: HeaderName = HeaderName::from_static("x-relay-acknowledge-url");
 
 // Connector → server, on relayed responses.
 /// Set when the connector itself produced the response (not the target); the value is a

@@ -10,7 +10,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::registry::BoxError;
+use http_body_util::{BodyExt, BodyStream, StreamBody};
+use tokio::sync::oneshot;
+
+use crate::registry::{BoxError, TunnelBody};
 
 /// The body went over the tenant's limit.
 #[derive(Debug, thiserror::Error)]
@@ -89,4 +92,16 @@ impl Body for LimitedBody {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// A request body that reports when it was read to its end, i.e. handed in full to the tunnel
+/// stream (acknowledge mode `connector-received`). A stream body never claims to be empty up
+/// front, so even an empty body is polled once and reports.
+pub fn report_end(inner: TunnelBody, done: oneshot::Sender<()>) -> TunnelBody {
+    use futures_util::StreamExt;
+    let end = futures_util::stream::once(async move {
+        let _ = done.send(());
+    })
+    .filter_map(|()| async { None });
+    BodyExt::boxed(StreamBody::new(BodyStream::new(inner).chain(end)))
 }

@@ -5,6 +5,11 @@
 //! a tunnel of the tenant consumes that queue (competing consumers); the one that takes the
 //! message runs it through a local tunnel and publishes the answer to A. Bodies up to
 //! `inline_body_limit` travel inside the messages, larger ones through the shared body store.
+//!
+//! When B settles the delivery depends on the tenant's acknowledge mode (`ack`), which A
+//! stamps into the envelope. B runs at most the tenant's concurrency limit of requests at once
+//! whatever the mode; the broker's prefetch (the same limit) additionally bounds deliveries
+//! not yet settled, which is what makes an unacknowledged `manual` request hold its slot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,10 +19,12 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use relay_bus::{Bus, BusError, RequestDelivery, RequestEnvelope, ResponseEnvelope};
 use relay_proto::headers;
-use tokio::sync::oneshot;
+use relay_store::AckMode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::ack::{self, Acks};
 use crate::bodystore::{BodyStore, StoreBodyError};
 use crate::registry::TunnelBody;
 use crate::relay::Mode;
@@ -249,7 +256,7 @@ impl CrossNode {
                 Mode::Trace => "trace",
             }
             .to_owned(),
-            ack_mode: "connector-finished".to_owned(),
+            ack_mode: ack::wire(tenant.ack_mode).to_owned(),
         })
     }
 
@@ -298,21 +305,10 @@ impl CrossNode {
 
     /// Node A: delivers responses from the broker to the waiting requests.
     pub async fn run_responses(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut responses = match self.bus.consume_responses().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "Cannot consume this node's response queue.");
-                return;
-            }
+        let Some(mut responses) = started(self.bus.consume_responses().await, "response") else {
+            return;
         };
-        loop {
-            let answer = tokio::select! {
-                answer = responses.next() => match answer {
-                    Some(answer) => answer,
-                    None => return,
-                },
-                () = shutdown.cancelled() => return,
-            };
+        while let Some(answer) = next_until(&mut responses, &shutdown).await {
             let waiter = self
                 .waiters
                 .lock()
@@ -326,6 +322,18 @@ impl CrossNode {
                 }
                 // The client is gone (expired or disconnected): nobody will read the body.
                 None => self.bodies.remove(&answer.body).await,
+            }
+        }
+    }
+
+    /// Node B: settles deliveries whose manual acknowledgement another node received.
+    pub async fn run_acks(self: Arc<Self>, acks: Arc<Acks>, shutdown: CancellationToken) {
+        let Some(mut incoming) = started(self.bus.consume_acks().await, "acknowledge") else {
+            return;
+        };
+        while let Some(ack) = next_until(&mut incoming, &shutdown).await {
+            if !acks.settle(&ack.request_id).await {
+                tracing::debug!(request = %ack.request_id, "Acknowledgement for a request not held here (settled or expired).");
             }
         }
     }
@@ -377,45 +385,59 @@ impl CrossNode {
             }
         };
         tracing::debug!(tenant = %tenant.key, prefetch, "Consuming the tenant's requests.");
+        // Requests running here at once; with early acknowledge modes the prefetch alone
+        // would not bound them.
+        let running = Arc::new(Semaphore::new(usize::from(prefetch.max(1))));
         loop {
+            let permit = tokio::select! {
+                p = running.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = stop.cancelled() => return self.hand_back_buffered(&mut requests).await,
+            };
             let delivery = tokio::select! {
                 d = requests.next() => match d {
                     Some(d) => d,
                     None => return,
                 },
-                () = stop.cancelled() => {
-                    // Deliveries buffered here never ran: hand them back as fresh messages so
-                    // another node runs them (a broker requeue would flag them redelivered,
-                    // and redelivered requests are not executed).
-                    while let Some(Some(d)) = futures_util::FutureExt::now_or_never(requests.next()) {
-                        self.hand_back(d).await;
-                    }
-                    return;
-                }
+                () = stop.cancelled() => return self.hand_back_buffered(&mut requests).await,
             };
             let node = self.clone();
             let state = state.clone();
             let tenant = tenant.clone();
-            tokio::spawn(async move { node.execute(&state, &tenant, delivery).await });
+            tokio::spawn(async move { node.execute(&state, &tenant, delivery, permit).await });
         }
     }
 
-    /// Node B: runs one delivered request through a local tunnel and answers its origin.
+    /// Deliveries buffered here never ran: hands them back as fresh messages so another node
+    /// runs them (a broker requeue would flag them redelivered, and some acknowledge modes do
+    /// not execute redelivered requests).
+    async fn hand_back_buffered(&self, requests: &mut relay_bus::RequestConsumer) {
+        while let Some(Some(d)) = futures_util::FutureExt::now_or_never(requests.next()) {
+            self.hand_back(d).await;
+        }
+    }
+
+    /// Node B: runs one delivered request through a local tunnel and answers its origin,
+    /// settling the delivery when the envelope's acknowledge mode says so.
     async fn execute(
         &self,
         state: &Arc<AppState>,
         tenant: &TenantEntry,
         delivery: RequestDelivery,
+        _running: OwnedSemaphorePermit,
     ) {
         let RequestDelivery {
             envelope,
             ack,
             redelivered,
         } = delivery;
+        let mode = ack::from_wire(&envelope.ack_mode);
         // A redelivered message was taken by a consumer whose node or connection died: it may
-        // have run already. Requests are executed at most once (acknowledge mode
-        // connector-finished), so it is answered as interrupted instead of run again.
-        if redelivered {
+        // have run already. Modes that promise at most once (disabled, connector-finished)
+        // answer it as interrupted instead of running it again.
+        if redelivered && !ack::reruns_redelivered(mode) {
             tracing::info!(request = %envelope.request_id, "Redelivered request not executed again.");
             let answer = relay_failure(
                 &envelope,
@@ -437,7 +459,42 @@ impl CrossNode {
             .await;
             return;
         };
-        let answer = match self.call(&tunnel, &envelope).await {
+        let mut ack = Some(ack);
+        let mut ack_url = None;
+        match mode {
+            AckMode::Disabled => settle(ack.take()).await,
+            AckMode::Manual => {
+                let url = state.acks.url(
+                    state.config.public_url.as_deref(),
+                    self.bus.origin(),
+                    &envelope.request_id,
+                );
+                ack_url = Some(url);
+                let remaining =
+                    u64::try_from(envelope.expires_at_ms - relay_store::now_ms()).unwrap_or(0);
+                state.acks.hold(
+                    &envelope.request_id,
+                    ack.take(),
+                    Duration::from_millis(remaining),
+                );
+            }
+            AckMode::ConnectorReceived | AckMode::ConnectorFinished => {}
+        }
+        let result = if mode == AckMode::ConnectorReceived {
+            let (handed, mut received) = oneshot::channel();
+            let call = self.call(&tunnel, &envelope, ack_url, Some(handed));
+            tokio::pin!(call);
+            tokio::select! {
+                result = &mut call => result,
+                Ok(()) = &mut received => {
+                    settle(ack.take()).await;
+                    call.await
+                }
+            }
+        } else {
+            self.call(&tunnel, &envelope, ack_url, None).await
+        };
+        let answer = match result {
             Ok(answer) => answer,
             Err(code) => {
                 let mut answer = relay_failure(
@@ -452,7 +509,7 @@ impl CrossNode {
             }
         };
         self.finish(&envelope, answer).await;
-        let _ = ack.ack().await;
+        settle(ack).await;
     }
 
     /// Republishes a request this node took but did not run (not flagged redelivered, same
@@ -492,16 +549,24 @@ impl CrossNode {
         }
     }
 
+    /// Sends the request into `tunnel` (with `ack_url` in manual mode) and collects the
+    /// answer; `handed` fires once the request body went into the tunnel in full.
     async fn call(
         &self,
         tunnel: &Arc<crate::registry::Tunnel>,
         envelope: &RequestEnvelope,
+        ack_url: Option<HeaderValue>,
+        handed: Option<oneshot::Sender<()>>,
     ) -> Result<ResponseEnvelope, &'static str> {
         let body = self
             .bodies
             .open(&envelope.body, false)
             .await
             .map_err(|_| "body-store")?;
+        let body = match handed {
+            Some(handed) => crate::body::report_end(body, handed),
+            None => body,
+        };
         let uri: Uri = format!("http://tunnel{}", envelope.path_and_query)
             .parse()
             .map_err(|_| "path-invalid")?;
@@ -512,6 +577,9 @@ impl CrossNode {
             .body(body)
             .map_err(|_| "request-invalid")?;
         append_list(request.headers_mut(), &envelope.headers);
+        if let Some(url) = ack_url {
+            request.headers_mut().insert(headers::ACKNOWLEDGE_URL, url);
+        }
         let _inflight = tunnel.begin();
         let mut sender = tunnel.sender.clone();
         let remaining = u64::try_from(envelope.expires_at_ms - relay_store::now_ms()).unwrap_or(0);
@@ -538,6 +606,34 @@ impl CrossNode {
             connector_machine: Some(tunnel.machine.clone()),
             connector_version: Some(tunnel.version.clone()),
         })
+    }
+}
+
+/// The subscription to one of this node's own queues, or `None` after logging why not.
+fn started<T>(
+    subscribed: Result<relay_bus::Subscription<T>, BusError>,
+    queue: &str,
+) -> Option<relay_bus::Subscription<T>> {
+    subscribed
+        .inspect_err(|e| tracing::error!(error = %e, queue, "Cannot consume this node's queue."))
+        .ok()
+}
+
+/// The next item, or `None` once the subscription ends or `shutdown` fires.
+async fn next_until<T>(
+    subscription: &mut relay_bus::Subscription<T>,
+    shutdown: &CancellationToken,
+) -> Option<T> {
+    tokio::select! {
+        item = subscription.next() => item,
+        () = shutdown.cancelled() => None,
+    }
+}
+
+/// Acknowledges a delivery not settled yet; a lost channel means the broker redelivers it.
+async fn settle(ack: Option<relay_bus::AckHandle>) {
+    if let Some(ack) = ack {
+        let _ = ack.ack().await;
     }
 }
 

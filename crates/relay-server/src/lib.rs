@@ -5,6 +5,7 @@
 //! - `public`: the public listener (HTTP/1.1 and h2c) and its routes.
 //! - `relay`: the relay path — tenant lookup, limits, dispatch into a tunnel, answers.
 //! - `tunnel`: the connector endpoint — authentication, upgrade, reversed HTTP/2, drain.
+//! - `ack`: acknowledge modes and the signed acknowledge URL of mode `manual`.
 //! - `registry`: live tunnels by tenant and the choice of tunnel per request.
 //! - `tenants`: the cached tenant directory over the configuration store.
 //! - `spool`: `queue` mode on one node (body spooled to the body store).
@@ -14,6 +15,7 @@ pub mod config;
 pub mod dev;
 mod devmanagement;
 
+mod ack;
 mod body;
 mod bodystore;
 mod crossnode;
@@ -56,6 +58,8 @@ pub(crate) struct AppState {
     origin_id: String,
     /// The broker side of a multi-node set-up (`bus.kind = "rabbitmq"`).
     cross: Option<Arc<crossnode::CrossNode>>,
+    /// Requests waiting for a manual acknowledgement; the acknowledge URL key.
+    acks: Arc<ack::Acks>,
     /// TLS of the public listener (`[tls]`), reloaded on SIGHUP.
     tls: Option<Arc<relay_core::tls::ReloadableAcceptor>>,
     /// Cancelled once shutdown begins: new tunnels are refused, readiness fails.
@@ -94,6 +98,11 @@ impl Listeners {
 pub enum ServerError {
     #[error("configuration store: {0}")]
     Store(#[from] relay_store::StoreError),
+    #[error(
+        "reading the acknowledge URL key from the configuration store (after an upgrade, run \
+         `relayctl migrate`): {0}"
+    )]
+    AckSecret(#[source] relay_store::StoreError),
     #[error("body store {path}: {source}")]
     BodyStore {
         path: String,
@@ -131,6 +140,12 @@ pub async fn run(
     let tenants = Arc::new(TenantDirectory::new(store.clone(), config.relay.clone()));
     let count = tenants.reload().await?;
     tracing::info!(tenants = count, "Tenants loaded.");
+    let acks = Arc::new(ack::Acks::new(
+        &store
+            .installation_secret(ack::SECRET_NAME)
+            .await
+            .map_err(ServerError::AckSecret)?,
+    ));
     let tasks = TaskTracker::new();
     let identity_done = match listeners.identity {
         Some(listener) => {
@@ -188,6 +203,7 @@ pub async fn run(
             &config.identity.audience,
         ),
         cross,
+        acks,
         origin_id,
         config,
         store,
@@ -198,6 +214,9 @@ pub async fn run(
         tasks: tasks.clone(),
     });
     tasks.spawn(tenants.refresh_loop(shutdown.clone()));
+    if let Some(cross) = &state.cross {
+        tasks.spawn(cross.clone().run_acks(state.acks.clone(), shutdown.clone()));
+    }
     tasks.spawn(livepush::run(state.clone(), shutdown.clone()));
     if let Some(addr) = state.config.metrics.listen {
         let listener = relay_core::metrics::bind(addr)

@@ -127,6 +127,9 @@ async fn route(
         let tenant = after.split('/').next().unwrap_or_default();
         return crate::metrics::finish(state, mode, tenant, started, response);
     }
+    if first == crate::ack::PATH_SEGMENT && req.method() == Method::POST {
+        return crate::ack::acknowledge(state, after).await;
+    }
     match (req.method(), path.as_str()) {
         (&Method::GET, relay_proto::TUNNEL_PATH) => crate::tunnel::accept(state, req, remote).await,
         (&Method::GET, relay_proto::DISCOVERY_PATH) => {
@@ -169,12 +172,30 @@ async fn ready(state: &AppState) -> Response<Body> {
     if state.draining.is_cancelled() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "draining", "shutting down");
     }
-    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => text(StatusCode::OK, "ready\n"),
-        _ => error(
+    let pinged = match tokio::time::timeout(READY_PING_TIMEOUT, state.store.ping()).await {
+        Ok(result) => result,
+        Err(_) => Err(relay_store::StoreError::PoolTimeout),
+    };
+    let health = &state.tenants.health;
+    health.note(pinged.as_ref().map(drop));
+    if health.is_reachable() {
+        return text(StatusCode::OK, "ready\n");
+    }
+    // Known tenants keep working from the cache (and so do their tunnels); only new tenants,
+    // new tunnels and the request log need the database.
+    if state.tenants.keys().is_empty() {
+        error(
             StatusCode::SERVICE_UNAVAILABLE,
             "store-unavailable",
-            "configuration store unreachable",
-        ),
+            "configuration store unreachable and no tenant cached",
+        )
+    } else {
+        text(
+            StatusCode::OK,
+            "ready (degraded: database unreachable, serving from cache)\n",
+        )
     }
 }
+
+/// How long readiness waits for the configuration database.
+const READY_PING_TIMEOUT: Duration = Duration::from_secs(2);

@@ -95,7 +95,7 @@ pub async fn handle(
         Ok(Some(tenant)) => tenant,
         Ok(None) => return unknown_tenant(),
         Err(e) => {
-            tracing::warn!(error = %e, "Configuration database unavailable.");
+            state.tenants.health.note(Err(&e));
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "store-unavailable",
@@ -161,6 +161,17 @@ pub async fn handle(
             None => return no_connector(state),
         },
     };
+    let mut request = request;
+    if tenant.ack_mode == relay_store::AckMode::Manual {
+        // Nothing to settle without the broker; the URL answers 204 until the request expires.
+        let url = state.acks.url(
+            state.config.public_url.as_deref(),
+            &state.origin_id,
+            &request_id,
+        );
+        request.headers_mut().insert(headers::ACKNOWLEDGE_URL, url);
+        state.acks.hold(&request_id, None, tenant.request_expiry);
+    }
     let _inflight = tunnel.begin();
     let mut sender = tunnel.sender.clone();
     let response = match tokio::time::timeout_at(deadline, sender.send_request(request)).await {

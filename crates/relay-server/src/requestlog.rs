@@ -39,6 +39,8 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Entries waiting for the writer before new ones are dropped.
 const QUEUE: usize = 10_000;
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
+/// Shortest time between two "entries dropped" warnings.
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// `[request_log]` of the server configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +288,7 @@ async fn write(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut reported = 0;
+    let mut reported_at: Option<Instant> = None;
     loop {
         let first = tokio::select! {
             entry = rx.recv() => entry,
@@ -302,7 +305,10 @@ async fn write(
         }
         flush(&store, &mut batch, &dropped).await;
         let now_dropped = dropped.load(Ordering::Relaxed);
-        if now_dropped > reported {
+        // At most one line per DROP_REPORT_EVERY, however long the database fails.
+        if now_dropped > reported && reported_at.is_none_or(|at| at.elapsed() >= DROP_REPORT_EVERY)
+        {
+            reported_at = Some(Instant::now());
             tracing::warn!(
                 dropped = now_dropped - reported,
                 "Request log entries dropped (writer behind or database failing)."

@@ -2,13 +2,16 @@
 //!
 //! No database query happens per relayed request once a tenant is known: entries are
 //! refreshed in the background, misses are looked up once and remembered for a short while,
-//! and a failing database leaves the last known entries serving.
+//! and a failing database leaves the last known entries serving. [`StoreHealth`] tracks
+//! whether the database answers, so an outage is logged once when it starts and once when it
+//! ends, however many requests and probes notice it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use relay_store::{Store, StoreError, Tenant, TenantConfig};
+use relay_store::{AckMode, Store, StoreError, Tenant, TenantConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RelayConfig;
@@ -17,6 +20,8 @@ use crate::config::RelayConfig;
 const NEGATIVE_TTL: Duration = Duration::from_secs(2);
 /// How often the whole directory is reloaded (picks up config changes and deletions).
 const REFRESH_EVERY: Duration = Duration::from_secs(15);
+/// A reload that takes longer counts as failed (a silent network would block it for minutes).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Effective settings of one tenant: its own configuration over the server defaults.
 #[derive(Debug, Clone)]
@@ -30,6 +35,8 @@ pub struct TenantEntry {
     pub require_client_auth: bool,
     /// Requests one node takes from the tenant's queue at once (broker prefetch).
     pub concurrency_limit: u16,
+    /// When a request's broker delivery is settled (see `ack`).
+    pub ack_mode: AckMode,
 }
 
 impl TenantEntry {
@@ -52,12 +59,50 @@ impl TenantEntry {
                 .concurrency_limit
                 .and_then(|v| u16::try_from(v).ok())
                 .unwrap_or(defaults.concurrency_limit),
+            ack_mode: config.ack_mode.unwrap_or(AckMode::ConnectorFinished),
         }
+    }
+}
+
+/// Whether the configuration database answered the last time anyone asked.
+#[derive(Debug)]
+pub struct StoreHealth {
+    reachable: AtomicBool,
+}
+
+impl Default for StoreHealth {
+    fn default() -> Self {
+        StoreHealth {
+            reachable: AtomicBool::new(true),
+        }
+    }
+}
+
+impl StoreHealth {
+    /// Records the outcome of a database call; logs only when reachability changes.
+    pub fn note(&self, outcome: Result<(), &StoreError>) {
+        match outcome {
+            Ok(()) => {
+                if !self.reachable.swap(true, Ordering::AcqRel) {
+                    tracing::info!("Configuration database reachable again.");
+                }
+            }
+            Err(e) => {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "Configuration database unreachable; serving known tenants from the cache.");
+                }
+            }
+        }
+    }
+
+    pub fn is_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Acquire)
     }
 }
 
 pub struct TenantDirectory {
     store: Store,
+    pub health: StoreHealth,
     defaults: RelayConfig,
     known: RwLock<HashMap<String, Arc<TenantEntry>>>,
     missing: Mutex<HashMap<String, Instant>>,
@@ -67,6 +112,7 @@ impl TenantDirectory {
     pub fn new(store: Store, defaults: RelayConfig) -> Self {
         TenantDirectory {
             store,
+            health: StoreHealth::default(),
             defaults,
             known: RwLock::new(HashMap::new()),
             missing: Mutex::new(HashMap::new()),
@@ -125,25 +171,18 @@ impl TenantDirectory {
         Ok(count)
     }
 
-    /// Reloads every [`REFRESH_EVERY`] until shutdown; failures are logged and retried.
+    /// Reloads every [`REFRESH_EVERY`] until shutdown; failures are noted in
+    /// [`StoreHealth`] (logged once per outage) and retried.
     pub async fn refresh_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut failing = false;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(REFRESH_EVERY) => {}
                 () = shutdown.cancelled() => return,
             }
-            match self.reload().await {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("Configuration database reachable again.");
-                }
-                Ok(_) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %e, "Cannot reload tenants; serving the cached ones.");
-                }
-                Err(_) => {}
+            let reloaded = tokio::time::timeout(RELOAD_TIMEOUT, self.reload()).await;
+            match reloaded {
+                Ok(result) => self.health.note(result.as_ref().map(drop)),
+                Err(_) => self.health.note(Err(&StoreError::PoolTimeout)),
             }
         }
     }

@@ -12,6 +12,7 @@
 //! - `tenants`: tenants and their [`TenantConfig`]; [`validate_tenant_name`].
 //! - `secrets`: client secrets (argon2id hashes) and [`Store::verify_secret`].
 //! - `keys`: token signing keys.
+//! - `installation`: secrets shared by every node of the installation (created on first use).
 //! - `management`: management API clients and API keys.
 //! - `requestlog`: the request log (batch insert, filtered paging, retention purge).
 //! - `connections`: connector tunnel records.
@@ -24,6 +25,7 @@
 
 mod connections;
 mod error;
+mod installation;
 mod keys;
 mod management;
 mod models;

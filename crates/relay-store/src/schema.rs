@@ -122,6 +122,14 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    installation_secrets (name) {
+        name -> Text,
+        value -> Text,
+        created_at -> BigInt,
+    }
+}
+
 diesel::joinable!(tenant_configs -> tenants (tenant_id));
 diesel::joinable!(client_secrets -> tenants (tenant_id));
 diesel::joinable!(connections -> tenants (tenant_id));
@@ -136,4 +144,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     management_clients,
     api_keys,
     request_log,
+    installation_secrets,
 );

@@ -32,7 +32,10 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)], log_dir: &Path) -> Proc {
-        let log = log_dir.join(format!("{name}-{}.log", std::process::id()));
+        // Unique per spawn: two nodes of one test must not write into the same file.
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = log_dir.join(format!("{name}-{}-{n}.log", std::process::id()));
         let file = std::fs::File::create(&log).expect("log file");
         let err = file.try_clone().expect("log file");
         let mut command = Command::new(bin_path(name));

@@ -5,6 +5,7 @@ mod harness;
 
 mod connect;
 mod connections;
+mod installation;
 mod keys;
 mod management;
 mod origins;
