@@ -120,6 +120,11 @@ impl Targets {
             Err(e) => return relay_error(StatusCode::BAD_REQUEST, "bad-path", e),
         };
         add_forwarding_headers(&mut parts.headers);
+        let request_id = parts.headers.get(headers::REQUEST_ID).cloned();
+        let request_id = request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         let ack_url = parts.headers.remove(headers::ACKNOWLEDGE_URL);
         headers::strip_relay_headers(&mut parts.headers);
         if let Some(url) = ack_url {
@@ -148,6 +153,7 @@ impl Targets {
             };
             let response = match tokio::time::timeout_at(deadline, self.client.request(out)).await {
                 Err(_) => {
+                    tracing::info!(request_id, uri = %uri, timeout = ?target.timeout, "Target timed out.");
                     return relay_error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "target-timeout",
@@ -158,7 +164,7 @@ impl Targets {
                     );
                 }
                 Ok(Err(e)) => {
-                    tracing::debug!(error = %e, uri = %uri, "Target call failed.");
+                    tracing::info!(request_id, uri = %uri, error = %e, "Target call failed.");
                     let reason = if e.is_connect() {
                         "target unreachable"
                     } else {

@@ -35,7 +35,7 @@ pub enum LogFormat {
 ///
 /// With `JOURNAL_STREAM` set (systemd connected stdout/stderr to the journal), events go to
 /// journald natively: the message as `MESSAGE`, the level as `PRIORITY`, and every field of
-/// the event and its spans (`tenant`, `target`, `request_id`, `node`, …) as an upper-cased
+/// the event and its spans (`tenant`, `target`, `request_id`, …) as an upper-cased
 /// journal field (`TENANT=acme`), so `journalctl TENANT=acme` filters by it. When the
 /// journal socket cannot be opened, logging falls back to stdout.
 pub fn init(config: &LogConfig) {

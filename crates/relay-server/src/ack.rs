@@ -159,7 +159,7 @@ impl Acks {
                 ..
             }) = expired
             {
-                tracing::warn!(request = %request_id, "Request expired without a manual acknowledgement; dropped, not requeued.");
+                tracing::warn!(request_id = %request_id, "Request expired without a manual acknowledgement; dropped, not requeued.");
                 let _ = handle.reject().await;
             }
         });
@@ -178,7 +178,7 @@ impl Acks {
                     && let Err(e) = handle.ack().await
                 {
                     // The channel is gone; the broker redelivers the request to run again.
-                    tracing::info!(request = %request_id, error = %e, "Manual acknowledgement came too late for its delivery.");
+                    tracing::info!(request_id = %request_id, error = %e, "Manual acknowledgement came too late for its delivery.");
                 }
                 true
             }
@@ -214,7 +214,7 @@ pub async fn acknowledge(state: &AppState, after: &str) -> Response<Body> {
     }
     if origin == state.origin_id {
         return if state.acks.settle(request_id).await {
-            tracing::debug!(request = %request_id, "Request acknowledged.");
+            tracing::debug!(request_id = %request_id, "Request acknowledged.");
             let mut response = Response::new(full(bytes::Bytes::new()));
             *response.status_mut() = StatusCode::NO_CONTENT;
             response
@@ -232,7 +232,7 @@ pub async fn acknowledge(state: &AppState, after: &str) -> Response<Body> {
         Ok(()) => text(StatusCode::ACCEPTED, "acknowledgement forwarded\n"),
         Err(BusError::Unroutable { .. }) => not_found(),
         Err(e) => {
-            tracing::warn!(request = %request_id, error = %e, "Cannot forward an acknowledgement.");
+            tracing::warn!(request_id = %request_id, error = %e, "Cannot forward an acknowledgement.");
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "broker-unavailable",

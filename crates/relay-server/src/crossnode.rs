@@ -269,7 +269,7 @@ impl CrossNode {
         let body = match self.bodies.open(&answer.body, true).await {
             Ok(body) => body,
             Err(e) => {
-                tracing::warn!(request = %request_id, error = %e, "Response body missing from the body store.");
+                tracing::warn!(request_id = %request_id, error = %e, "Response body missing from the body store.");
                 return error(
                     StatusCode::BAD_GATEWAY,
                     "body-store",
@@ -333,7 +333,7 @@ impl CrossNode {
         };
         while let Some(ack) = next_until(&mut incoming, &shutdown).await {
             if !acks.settle(&ack.request_id).await {
-                tracing::debug!(request = %ack.request_id, "Acknowledgement for a request not held here (settled or expired).");
+                tracing::debug!(request_id = %ack.request_id, "Acknowledgement for a request not held here (settled or expired).");
             }
         }
     }
@@ -438,7 +438,7 @@ impl CrossNode {
         // have run already. Modes that promise at most once (disabled, connector-finished)
         // answer it as interrupted instead of running it again.
         if redelivered && !ack::reruns_redelivered(mode) {
-            tracing::info!(request = %envelope.request_id, "Redelivered request not executed again.");
+            tracing::info!(request_id = %envelope.request_id, "Redelivered request not executed again.");
             let answer = relay_failure(
                 &envelope,
                 StatusCode::BAD_GATEWAY,
@@ -525,7 +525,7 @@ impl CrossNode {
                 .publish_request(&envelope.tenant, &envelope, ttl, persistent)
                 .await
             {
-                tracing::warn!(request = %envelope.request_id, error = %e, "Cannot hand a request back to the queue; the broker will redeliver it.");
+                tracing::warn!(request_id = %envelope.request_id, error = %e, "Cannot hand a request back to the queue; the broker will redeliver it.");
                 let _ = ack.requeue().await;
                 return;
             }
@@ -544,7 +544,7 @@ impl CrossNode {
             return;
         }
         if let Err(e) = self.bus.publish_response(&envelope.origin, &answer).await {
-            tracing::info!(request = %envelope.request_id, error = %e, "Cannot return a response to its node.");
+            tracing::info!(request_id = %envelope.request_id, error = %e, "Cannot return a response to its node.");
             self.bodies.remove(&answer.body).await;
         }
     }

@@ -180,7 +180,7 @@ pub async fn handle(
             if tripped.load(Ordering::Acquire) {
                 return too_large(tenant.max_body_bytes.unwrap_or_default());
             }
-            tracing::info!(tenant = %tenant.key, request = %request_id, error = %e, "Tunnel request failed.");
+            tracing::info!(tenant = %tenant.key, target = %path.target, request_id = %request_id, error = %e, "Tunnel request failed.");
             return error(
                 StatusCode::BAD_GATEWAY,
                 "connector-lost",

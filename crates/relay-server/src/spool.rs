@@ -111,13 +111,13 @@ impl Delivery {
         let outcome = tokio::time::timeout_at(deadline, self.deliver()).await;
         match outcome {
             Err(_) => {
-                tracing::info!(tenant = %self.tenant.key, request = %self.request_id, "Queued request expired undelivered.")
+                tracing::info!(tenant = %self.tenant.key, request_id = %self.request_id, "Queued request expired undelivered.")
             }
             Ok(Err(e)) => {
-                tracing::info!(tenant = %self.tenant.key, request = %self.request_id, error = %e, "Queued request failed.")
+                tracing::info!(tenant = %self.tenant.key, request_id = %self.request_id, error = %e, "Queued request failed.")
             }
             Ok(Ok(status)) => {
-                tracing::debug!(tenant = %self.tenant.key, request = %self.request_id, %status, "Queued request delivered.")
+                tracing::debug!(tenant = %self.tenant.key, request_id = %self.request_id, %status, "Queued request delivered.")
             }
         }
         if let Err(e) = tokio::fs::remove_file(&self.path).await {
