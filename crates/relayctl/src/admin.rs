@@ -3,7 +3,7 @@
 use anyhow::Context;
 use relay_store::{NewTenant, Store, now_ms};
 
-use crate::cli::AdminCommand;
+use crate::cli::{AdminCommand, NewApiKey};
 use crate::{UsageError, find_tenant, output};
 
 const READ: &str = "management:read";
@@ -82,12 +82,12 @@ pub async fn run(store: &Store, cmd: AdminCommand) -> anyhow::Result<()> {
             }
             println!("Revoked management client '{name}'.");
         }
-        AdminCommand::ApiKey {
+        AdminCommand::ApiKey(NewApiKey {
             name,
             read_only,
             tenant,
             expires,
-        } => {
+        }) => {
             let tenant_id = scope_tenant(store, tenant.as_deref()).await?;
             let scopes = if read_only { READ } else { READ_WRITE };
             let expires_at = expires

@@ -103,22 +103,27 @@ pub enum Command {
     ApiKey(ApiKeyCommand),
 }
 
+/// An API key to create, through the database (`admin api-key`) or the API (`apikey create`).
+#[derive(Debug, Args)]
+pub struct NewApiKey {
+    /// A label for the key.
+    pub name: String,
+    /// Only scope management:read (default: read and write; through the API never more than
+    /// the caller has).
+    #[arg(long)]
+    pub read_only: bool,
+    /// Restrict the key to this tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Lifetime, e.g. 90d (default: no expiry).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub expires: Option<Duration>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ApiKeyCommand {
     /// Create an API key; printed once, as the last line of stdout.
-    Create {
-        /// A label for the key.
-        name: String,
-        /// Only scope management:read (default: the caller's scopes).
-        #[arg(long)]
-        read_only: bool,
-        /// Restrict the key to this tenant.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// Lifetime, e.g. 90d (default: no expiry).
-        #[arg(long, value_name = "DURATION")]
-        expires: Option<String>,
-    },
+    Create(NewApiKey),
     /// List API keys (never their values).
     List,
     /// Revoke an API key by id.
@@ -143,16 +148,7 @@ pub enum AdminCommand {
     /// Revoke a management client (tokens already issued stay valid until they expire).
     Revoke { name: String },
     /// Create an API key; printed once, as the last line of stdout.
-    ApiKey {
-        /// A label for the key.
-        name: String,
-        #[arg(long)]
-        read_only: bool,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-        expires: Option<Duration>,
-    },
+    ApiKey(NewApiKey),
     /// List API keys (never their values).
     ApiKeys,
     /// Revoke an API key by id.

@@ -5,8 +5,8 @@ use serde_json::{Map, Value, json};
 
 use crate::api::Api;
 use crate::cli::{
-    ApiKeyCommand, ConfigCommand, ConfigSet, ConnectionCommand, NodeCommand, RequestCommand,
-    SecretCommand, TenantCommand,
+    ApiKeyCommand, ConfigCommand, ConfigSet, ConnectionCommand, NewApiKey, NodeCommand,
+    RequestCommand, SecretCommand, TenantCommand,
 };
 use crate::output::print_table;
 
@@ -333,13 +333,14 @@ pub async fn node(api: &Api, json: bool, NodeCommand::List: NodeCommand) -> anyh
 
 pub async fn api_key(api: &Api, json: bool, cmd: ApiKeyCommand) -> anyhow::Result<()> {
     match cmd {
-        ApiKeyCommand::Create {
+        ApiKeyCommand::Create(NewApiKey {
             name,
             read_only,
             tenant,
             expires,
-        } => {
-            let mut body = json!({"name": name, "tenant": tenant, "expires_in": expires});
+        }) => {
+            let expires_in = expires.map(|d| humantime::format_duration(d).to_string());
+            let mut body = json!({"name": name, "tenant": tenant, "expires_in": expires_in});
             if read_only {
                 body["scopes"] = json!(["management:read"]);
             }

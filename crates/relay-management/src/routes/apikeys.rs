@@ -62,12 +62,18 @@ pub(crate) async fn list(
     principal.require_read()?;
     let only = caller_tenant_id(&state, &principal).await?;
     let mut items = Vec::new();
+    // Tenant names by id, each looked up once however many keys share it.
+    let mut names: std::collections::HashMap<String, Option<String>> = Default::default();
     for key in state.store.list_api_keys().await? {
         if only.is_some() && key.tenant_id != only {
             continue;
         }
         let tenant = match &key.tenant_id {
-            Some(id) => state.store.tenant_by_id(id).await?.map(|t| t.name),
+            Some(id) if !names.contains_key(id) => {
+                let name = state.store.tenant_by_id(id).await?.map(|t| t.name);
+                names.entry(id.clone()).or_insert(name).clone()
+            }
+            Some(id) => names.get(id).cloned().flatten(),
             None => None,
         };
         items.push(key_json(&key, tenant.as_deref()));
