@@ -242,6 +242,7 @@ impl Bus {
             Spec {
                 queue: self.shared.names.request_queue(tenant),
                 prefetch: prefetch.max(1),
+                auto_ack: false,
                 declare_tenant: Some(tenant.to_owned()),
                 triage: consume::triage_request,
             },
@@ -327,6 +328,7 @@ impl Bus {
             Spec {
                 queue,
                 prefetch: self.shared.config.response_prefetch.max(1),
+                auto_ack: true,
                 declare_tenant: None,
                 triage: consume::triage_envelope::<T>,
             },

@@ -38,7 +38,8 @@ pub struct BusConfig {
     /// Number of confirm-mode channels publishes are spread over. Each channel carries one
     /// publish at a time so that a `basic.return` is never attributed to the wrong message.
     pub publisher_channels: u16,
-    /// Unacknowledged responses and acks the broker may push to this node before it waits.
+    /// Responses and acks buffered in this process for their reader (the origin queues are
+    /// consumed with `no_ack`; how many can arrive is bounded by the requests in flight).
     pub response_prefetch: u16,
     /// Upper bound of the jittered exponential back-off between reconnect attempts.
     pub max_backoff: Duration,

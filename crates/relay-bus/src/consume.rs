@@ -189,6 +189,9 @@ pub(crate) enum Triage<T> {
 pub(crate) struct Spec<T> {
     pub(crate) queue: String,
     pub(crate) prefetch: u16,
+    /// Consume with `no_ack`: the broker forgets a message as it sends it, so nothing is
+    /// settled (the per-origin queues, whose messages are worthless once this origin is gone).
+    pub(crate) auto_ack: bool,
     /// Declare this tenant's request queue before each subscribe.
     pub(crate) declare_tenant: Option<String>,
     pub(crate) triage: fn(Delivery, &str) -> Triage<T>,
@@ -217,8 +220,9 @@ pub(crate) fn triage_request(delivery: Delivery, queue: &str) -> Triage<RequestD
     }
 }
 
-/// Responses and acks are settled as soon as they are handed on: this origin is their only
-/// reader, and the prefetch plus the in-process buffer bound what is held in memory.
+/// Responses and acks are settled as soon as they are handed on (or, consumed with `no_ack`,
+/// as the broker sends them): this origin is their only reader, and what it can be sent is
+/// bounded by the requests it has in flight.
 pub(crate) fn triage_envelope<T: Envelope>(delivery: Delivery, queue: &str) -> Triage<T> {
     match T::from_bytes(&delivery.data) {
         Ok(envelope) => {
@@ -273,7 +277,10 @@ async fn subscribe<T>(
             .basic_consume(
                 short(&spec.queue),
                 "".into(),
-                BasicConsumeOptions::default(),
+                BasicConsumeOptions {
+                    no_ack: spec.auto_ack,
+                    ..BasicConsumeOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -432,7 +439,17 @@ async fn forward<T>(
             }
         };
         delivered = true;
-        match (spec.triage)(delivery, &spec.queue) {
+        let triaged = (spec.triage)(delivery, &spec.queue);
+        if spec.auto_ack {
+            // The broker settled it already; only hand it on.
+            if let Triage::Deliver(item) | Triage::DeliverThenAck(item, _) = triaged
+                && tx.send(item).await.is_err()
+            {
+                return Stop::Done;
+            }
+            continue;
+        }
+        match triaged {
             Triage::Deliver(item) => {
                 if tx.send(item).await.is_err() {
                     return Stop::Done;
