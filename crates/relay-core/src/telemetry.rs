@@ -39,15 +39,39 @@ pub enum LogFormat {
 /// journal field (`TENANT=acme`), so `journalctl TENANT=acme` filters by it. When the
 /// journal socket cannot be opened, logging falls back to stdout.
 pub fn init(config: &LogConfig) {
+    install(config, None);
+}
+
+/// [`init`] for a relay node: its journal entries all carry `NODE=<node>` (the node's origin
+/// id, as in the request log and the management API's node list), so the entries of several
+/// nodes stay apart wherever their journals are gathered.
+pub fn init_node(config: &LogConfig, node: &str) {
+    install(config, Some(node));
+}
+
+fn install(config: &LogConfig, node: Option<&str>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     if stderr_is_journal() {
         match tracing_journald::layer() {
             Ok(journald) => {
+                // Fields as named (`TENANT`), not with the crate's default `F_` prefix. An event's
+                // `target` field joins the module path in `TARGET`; journald keeps both values.
+                // Syslog's meaning of the levels: info is 6, not the crate's default 5 (notice).
+                let priorities = tracing_journald::PriorityMappings {
+                    info: tracing_journald::Priority::Informational,
+                    debug: tracing_journald::Priority::Debug,
+                    ..tracing_journald::PriorityMappings::new()
+                };
+                let journald = journald
+                    .with_field_prefix(None)
+                    .with_priority_mappings(priorities)
+                    .with_syslog_identifier(syslog_identifier())
+                    .with_custom_fields(node.map(|node| ("NODE", node)));
                 let _ = tracing_subscriber::registry()
                     .with(filter(config))
-                    .with(journald.with_syslog_identifier(syslog_identifier()))
+                    .with(journald)
                     .try_init();
                 return;
             }

@@ -703,3 +703,160 @@ async fn no_proxy_bypasses_the_proxy() {
     wait_relaying(&site, &[&server, &connector]).await;
     assert!(proxy.connects().is_empty(), "{:?}", proxy.connects());
 }
+
+/// journald's native socket, bound by the test where no journald owns it. Entries are
+/// datagrams of `KEY=value\n` fields, or `KEY\n<u64 le length><value>\n` for binary-safe ones.
+struct FakeJournal {
+    socket: std::os::unix::net::UnixDatagram,
+}
+
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+impl FakeJournal {
+    fn bind() -> Option<FakeJournal> {
+        if Path::new(JOURNAL_SOCKET).exists() {
+            return None;
+        }
+        std::fs::create_dir_all("/run/systemd/journal").ok()?;
+        let socket = std::os::unix::net::UnixDatagram::bind(JOURNAL_SOCKET).ok()?;
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Some(FakeJournal { socket })
+    }
+
+    /// Every entry received so far (waits at most 200 ms for more).
+    fn drain(&self, into: &mut Vec<std::collections::HashMap<String, String>>) {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            // The layer probes the socket with an empty datagram.
+            if n > 0 {
+                into.push(parse_journal_entry(&buf[..n]));
+            }
+        }
+    }
+}
+
+impl Drop for FakeJournal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(JOURNAL_SOCKET);
+    }
+}
+
+fn parse_journal_entry(mut data: &[u8]) -> std::collections::HashMap<String, String> {
+    let mut fields = std::collections::HashMap::new();
+    while let Some(eol) = data.iter().position(|&b| b == b'\n') {
+        let line = &data[..eol];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            let key = String::from_utf8_lossy(&line[..eq]).into_owned();
+            fields.insert(key, String::from_utf8_lossy(&line[eq + 1..]).into_owned());
+            data = &data[eol + 1..];
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let rest = &data[eol + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            fields.insert(key, String::from_utf8_lossy(&rest[8..8 + len]).into_owned());
+            data = &rest[8 + len + 1..];
+        }
+    }
+    fields
+}
+
+/// Starts a binary the way systemd does with `StandardError=journal`: stderr is the journal
+/// stream named by `JOURNAL_STREAM` (here a file, whose device and inode are compared).
+fn spawn_journaled(name: &str, config: &Path, dir: &Path) -> tokio::process::Child {
+    use std::os::unix::fs::MetadataExt;
+    let stream = std::fs::File::create(dir.join(format!("{name}.journal-stream"))).unwrap();
+    let meta = stream.metadata().unwrap();
+    tokio::process::Command::new(relay_testkit::process::bin_path(name))
+        .args(["--config", config.to_str().unwrap()])
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("RUST_LOG")
+        .stdout(stream.try_clone().unwrap())
+        .stderr(stream)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn journal_entries_carry_tenant_target_request_id_and_node() {
+    let Some(journal) = FakeJournal::bind() else {
+        eprintln!(
+            "SKIPPED: {JOURNAL_SOCKET} exists (a real journald); this test needs to own it. \
+             Check journald output there with `journalctl -o verbose SYSLOG_IDENTIFIER=relay-server`."
+        );
+        return;
+    };
+    let site = Site::new("journald");
+    let server_config = site.server_config("");
+    // A target nobody listens on: the connector logs the failed call with its request id.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let connector_config = site.connector_config(&site.relay_url(), &closed, "");
+    let _server = spawn_journaled("relay-server", &server_config, site.dir());
+    let _connector = spawn_journaled("relay-connector", &connector_config, site.dir());
+
+    let mut entries = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let request_id = loop {
+        let request = Request::get(site.url("/trace/acme/web/x"))
+            .body(full(Bytes::new()))
+            .unwrap();
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(Duration::from_secs(10), client::client().request(request)).await
+            && response.status() == StatusCode::BAD_GATEWAY
+            && let Some(id) = response.headers().get("x-relay-request-id")
+        {
+            break id.to_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no 502 from the closed target");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let find = |entries: &[std::collections::HashMap<String, String>], message: &str| {
+        entries
+            .iter()
+            .find(|e| e.get("MESSAGE").is_some_and(|m| m == message))
+            .cloned()
+    };
+    let (listening, connected, failed) = loop {
+        journal.drain(&mut entries);
+        let found = (
+            find(&entries, "Relay server listening."),
+            find(&entries, "Connector connected."),
+            entries
+                .iter()
+                .find(|e| e.get("REQUEST_ID") == Some(&request_id))
+                .cloned(),
+        );
+        if let (Some(a), Some(b), Some(c)) = found {
+            break (a, b, c);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "journal entries missing; got {entries:#?}"
+        );
+    };
+    // Every server entry names the node by its origin id; connector entries name none.
+    let node = listening.get("NODE").expect("NODE on a server entry");
+    assert_eq!(listening.get("ORIGIN"), Some(node));
+    assert_eq!(
+        listening.get("SYSLOG_IDENTIFIER").map(String::as_str),
+        Some("relay-server")
+    );
+    assert_eq!(listening.get("PRIORITY").map(String::as_str), Some("6"));
+    assert_eq!(connected.get("NODE"), Some(node));
+    assert_eq!(connected.get("TENANT").map(String::as_str), Some("acme"));
+    assert_eq!(
+        failed.get("SYSLOG_IDENTIFIER").map(String::as_str),
+        Some("relay-connector")
+    );
+    assert_eq!(
+        failed.get("MESSAGE").map(String::as_str),
+        Some("Target call failed.")
+    );
+    assert!(
+        failed.get("URI").is_some_and(|u| u.starts_with(&closed)),
+        "{failed:?}"
+    );
+    assert!(!failed.contains_key("NODE"));
+}

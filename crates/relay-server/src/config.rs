@@ -177,6 +177,10 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// Missed heartbeats after which other nodes mark this node's connections gone.
     pub dead_after_missed: u32,
+    /// This process's origin id, when the binary chose it before logging started (so journal
+    /// entries carry it as `NODE`); otherwise a fresh one is drawn at start.
+    #[serde(skip)]
+    pub origin_id: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -184,6 +188,7 @@ impl Default for NodeConfig {
         NodeConfig {
             heartbeat_interval: Duration::from_secs(5),
             dead_after_missed: 3,
+            origin_id: None,
         }
     }
 }

@@ -153,7 +153,11 @@ pub async fn run(
         }
         None => None,
     };
-    let origin_id = uuid::Uuid::new_v4().to_string();
+    let origin_id = config
+        .node
+        .origin_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let bodies = bodystore::BodyStore::new(config.body_store.path.clone());
     let cross = match config.bus.kind {
         config::BusKind::Memory => None,

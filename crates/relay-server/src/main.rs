@@ -88,7 +88,10 @@ fn main() -> anyhow::Result<()> {
         println!("configuration is valid");
         return Ok(());
     }
-    relay_core::telemetry::init(&config.log);
+    // Drawn here so that every journal entry of this process carries it as `NODE`.
+    let origin_id = uuid::Uuid::new_v4().to_string();
+    relay_core::telemetry::init_node(&config.log, &origin_id);
+    config.node.origin_id = Some(origin_id);
     runtime.block_on(async move {
         // Pings until the process exits, through start-up and the drain.
         relay_core::notify::spawn_watchdog(CancellationToken::new());
