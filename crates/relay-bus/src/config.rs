@@ -43,6 +43,9 @@ pub struct BusConfig {
     pub response_prefetch: u16,
     /// Upper bound of the jittered exponential back-off between reconnect attempts.
     pub max_backoff: Duration,
+    /// Extra CA certificates (PEM) trusted for `amqps://` brokers, besides the system roots
+    /// (which honour `SSL_CERT_FILE`).
+    pub ca_pem: Option<String>,
 }
 
 impl BusConfig {
@@ -63,6 +66,7 @@ impl BusConfig {
             publisher_channels: 64,
             response_prefetch: 256,
             max_backoff: Duration::from_secs(5),
+            ca_pem: None,
         }
     }
 
@@ -111,6 +115,7 @@ impl fmt::Debug for BusConfig {
             .field("publisher_channels", &self.publisher_channels)
             .field("response_prefetch", &self.response_prefetch)
             .field("max_backoff", &self.max_backoff)
+            .field("ca_pem", &self.ca_pem.is_some())
             .finish()
     }
 }

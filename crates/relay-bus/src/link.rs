@@ -118,9 +118,16 @@ impl Shared {
         let properties = ConnectionProperties::default().with_connection_name(
             format!("relay-bus {}{}", self.config.prefix, self.origin).into(),
         );
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| SetupError::Connect(format!("no async runtime: {e}")))?;
+        // `amqps://` verifies the broker against the system roots plus `ca_pem`.
+        let tls = lapin::tcp::OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.config.ca_pem.clone(),
+        };
         let connection = timeout(
             ATTEMPT_TIMEOUT,
-            Connection::connect_uri(broker.uri.clone(), properties),
+            Connection::connect_uri_with_config(broker.uri.clone(), properties, tls, runtime),
         )
         .await
         .map_err(|_| SetupError::Connect("timed out".into()))?

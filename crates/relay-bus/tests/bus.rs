@@ -341,3 +341,76 @@ fn public_futures_are_send(bus: &Bus, envelope: &relay_bus::RequestEnvelope) {
     send(bus.consume_acks());
     send(bus.close());
 }
+
+/// A TLS-terminating front for the broker (as a load balancer or RabbitMQ's own TLS listener
+/// would be), with a certificate from a throw-away CA.
+async fn tls_front(upstream: &str, dir: &std::path::Path) -> (u16, std::path::PathBuf) {
+    let ca = relay_testkit::tls::TestCa::new(dir);
+    let (cert, key) = (dir.join("broker.pem"), dir.join("broker.key"));
+    ca.issue(&cert, &key, "broker");
+    let acceptor = relay_core::tls::ReloadableAcceptor::load(&cert, &key)
+        .expect("test certificate")
+        .acceptor()
+        .expect("acceptor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let upstream = upstream.to_owned();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(client).await else {
+                    return;
+                };
+                if let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                }
+            });
+        }
+    });
+    (port, ca.ca_file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_brokers_are_verified_against_the_configured_ca() {
+    let Some(url) = broker().await else { return };
+    // amqp://user:pass@host:port/vhost → the same broker behind TLS at localhost:{front}.
+    let (credentials, rest) = url
+        .trim_start_matches("amqp://")
+        .split_once('@')
+        .expect("a URL with credentials");
+    let (upstream, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let dir = std::env::temp_dir().join(format!("relay-bus-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let (port, ca_file) = tls_front(upstream, &dir).await;
+    let tls_url = format!("amqps://{credentials}@localhost:{port}/{vhost}");
+    isolated(url, &["acme"], &["node-a"], move |env| async move {
+        // Without the CA the broker's certificate is not trusted (logged with the reason).
+        let mut untrusted = env.config();
+        untrusted.urls = vec![tls_url.clone()];
+        untrusted.connect_timeout = Duration::from_secs(2);
+        let error = Bus::connect(untrusted, "node-a")
+            .await
+            .expect_err("an unknown CA must be refused");
+        assert!(matches!(error, BusError::Unavailable { .. }), "{error:?}");
+
+        let mut trusted = env.config();
+        trusted.urls = vec![tls_url];
+        trusted.ca_pem = Some(std::fs::read_to_string(&ca_file).expect("CA file"));
+        let a = Bus::connect(trusted, "node-a")
+            .await
+            .expect("amqps with the CA");
+        a.declare_tenant("acme").await.expect("declare over TLS");
+        let mut requests = a.consume_requests("acme", 1).await.expect("consume");
+        let sent = request("tls-1", "node-a", "acme");
+        a.publish_request("acme", &sent, Duration::from_secs(30), false)
+            .await
+            .expect("publish over TLS");
+        let delivery = next_within(&mut requests, WAIT).await.expect("delivered");
+        assert_eq!(delivery.envelope, sent);
+        delivery.ack.ack().await.expect("ack");
+        a.close().await;
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

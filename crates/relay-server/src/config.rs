@@ -203,6 +203,8 @@ pub struct BusConfig {
     pub url: Option<BrokerUrls>,
     /// File holding the broker URL (it contains a password); alternative to `url`.
     pub url_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted for `amqps://` brokers, besides the system roots.
+    pub ca_file: Option<PathBuf>,
     /// Prepended to every exchange and queue name, so installations can share a vhost.
     pub prefix: String,
     /// Use a local tunnel directly when this node has one (skips the broker).
@@ -218,6 +220,7 @@ impl Default for BusConfig {
             kind: BusKind::Memory,
             url: None,
             url_file: None,
+            ca_file: None,
             prefix: String::new(),
             local_shortcut: true,
             inline_body_limit: 64 * 1024,

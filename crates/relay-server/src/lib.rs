@@ -115,6 +115,8 @@ pub enum ServerError {
     Bus(#[from] relay_bus::BusError),
     #[error("bus.url_file: {0}")]
     BusUrl(#[source] std::io::Error),
+    #[error("bus.ca_file: {0}")]
+    BusCa(#[source] std::io::Error),
     #[error("{0}")]
     Metrics(#[source] std::io::Error),
     #[error("tls: {0}")]
@@ -163,7 +165,11 @@ pub async fn run(
         config::BusKind::Memory => None,
         config::BusKind::Rabbitmq => {
             let urls = config.bus.resolve_urls().map_err(ServerError::BusUrl)?;
-            let bus_config = relay_bus::BusConfig::new(urls, config.bus.prefix.clone());
+            let mut bus_config = relay_bus::BusConfig::new(urls, config.bus.prefix.clone());
+            if let Some(path) = &config.bus.ca_file {
+                bus_config.ca_pem =
+                    Some(std::fs::read_to_string(path).map_err(ServerError::BusCa)?);
+            }
             let bus = relay_bus::Bus::connect(bus_config, &origin_id).await?;
             let cross = Arc::new(crossnode::CrossNode::new(
                 bus,
