@@ -342,35 +342,6 @@ fn public_futures_are_send(bus: &Bus, envelope: &relay_bus::RequestEnvelope) {
     send(bus.close());
 }
 
-/// A TLS-terminating front for the broker (as a load balancer or RabbitMQ's own TLS listener
-/// would be), with a certificate from a throw-away CA.
-async fn tls_front(upstream: &str, dir: &std::path::Path) -> (u16, std::path::PathBuf) {
-    let ca = relay_testkit::tls::TestCa::new(dir);
-    let (cert, key) = (dir.join("broker.pem"), dir.join("broker.key"));
-    ca.issue(&cert, &key, "broker");
-    let acceptor = relay_core::tls::ReloadableAcceptor::load(&cert, &key)
-        .expect("test certificate")
-        .acceptor()
-        .expect("acceptor");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("address").port();
-    let upstream = upstream.to_owned();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(client).await else {
-                    return;
-                };
-                if let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
-                }
-            });
-        }
-    });
-    (port, ca.ca_file)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn amqps_brokers_are_verified_against_the_configured_ca() {
     let Some(url) = broker().await else { return };
@@ -382,7 +353,9 @@ async fn amqps_brokers_are_verified_against_the_configured_ca() {
     let (upstream, vhost) = rest.split_once('/').unwrap_or((rest, ""));
     let dir = std::env::temp_dir().join(format!("relay-bus-tls-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let (port, ca_file) = tls_front(upstream, &dir).await;
+    let ca = relay_testkit::tls::TestCa::new(&dir);
+    let port = relay_testkit::tls::tls_front(upstream, &ca, &dir).await;
+    let ca_file = ca.ca_file.clone();
     let tls_url = format!("amqps://{credentials}@localhost:{port}/{vhost}");
     isolated(url, &["acme"], &["node-a"], move |env| async move {
         // Without the CA the broker's certificate is not trusted (logged with the reason).

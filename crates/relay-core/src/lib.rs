@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod database;
+pub mod https;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;

@@ -860,3 +860,51 @@ async fn journal_entries_carry_tenant_target_request_id_and_node() {
     );
     assert!(!failed.contains_key("NODE"));
 }
+
+#[tokio::test]
+async fn tokens_validate_against_an_https_authority_behind_a_tls_proxy() {
+    let target = TestTarget::start().await;
+    let site = Site::new("https-authority");
+    let ca = relay_testkit::tls::TestCa::new(site.dir());
+    // The token service listens in process, plain; clients reach it only through TLS.
+    let front = relay_testkit::tls::tls_front(
+        &format!("127.0.0.1:{}", site.identity_port),
+        &ca,
+        site.dir(),
+    )
+    .await;
+    let authority = format!("https://localhost:{front}");
+    let server_config = site.server_config("");
+    let ca_file = ca.ca_file.display().to_string();
+    let server = spawn(
+        "relay-server",
+        &server_config,
+        &[
+            ("RELAY_SERVER__IDENTITY__AUTHORITY", authority.as_str()),
+            ("RELAY_SERVER__IDENTITY__CA_FILE", ca_file.as_str()),
+        ],
+        site.dir(),
+    );
+    // The discovery document announces the token endpoint behind TLS.
+    let connector_config = site.connector_config(
+        &site.relay_url(),
+        &target.url(),
+        &format!("ca_file = \"{ca_file}\"\n"),
+    );
+    let connector = spawn("relay-connector", &connector_config, &[], site.dir());
+    // A tunnel opens only once the relay fetched the JWKS over TLS and validated the token.
+    wait_relaying(&site, &[&server, &connector]).await;
+    let (status, body) = get_status(&site.url("/relay/acme/web/status/200"))
+        .await
+        .expect("answer");
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let (_, discovery) = get_status(&site.url("/.well-known/relayserver-configuration"))
+        .await
+        .expect("discovery");
+    let discovery: serde_json::Value = serde_json::from_slice(&discovery).unwrap();
+    assert_eq!(
+        discovery["token_endpoint"],
+        format!("{authority}/connect/token")
+    );
+    assert!(!server.log_text().contains("authority unreachable"));
+}

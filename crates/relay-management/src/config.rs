@@ -47,6 +47,9 @@ pub struct IdentityConfig {
     pub authority: String,
     /// Audience management tokens must carry.
     pub audience: String,
+    /// PEM file of CA certificates trusted for an `https://` authority, instead of the
+    /// system roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for IdentityConfig {
@@ -54,6 +57,7 @@ impl Default for IdentityConfig {
         Self {
             authority: "http://127.0.0.1:5002".to_owned(),
             audience: relay_token::AUDIENCE_MANAGEMENT.to_owned(),
+            ca_file: None,
         }
     }
 }

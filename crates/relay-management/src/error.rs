@@ -16,6 +16,8 @@ pub enum ManagementError {
     Config(#[from] relay_core::config::ConfigError),
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
+    #[error("identity.ca_file: {0}")]
+    Tls(#[from] relay_core::tls::TlsError),
 }
 
 #[derive(Debug)]

@@ -44,16 +44,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// State validating tokens of `config.identity` against its JWKS.
-    pub fn new(config: &Config, store: Store) -> Self {
-        Self {
-            validator: relay_token::Validator::new(
+    /// State validating tokens of `config.identity` against its JWKS (over TLS for an
+    /// `https://` authority).
+    pub fn new(config: &Config, store: Store) -> Result<Self, relay_core::tls::TlsError> {
+        Ok(Self {
+            validator: relay_token::Validator::with_client(
                 &config.identity.authority,
                 &config.identity.audience,
+                relay_core::https::client(config.identity.ca_file.as_deref())?,
             ),
             authority: config.identity.authority.clone(),
             store,
-        }
+        })
     }
 }
 
@@ -65,7 +67,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), ManagementError> {
     config.validate()?;
-    let state = AppState::new(&config, store);
+    let state = AppState::new(&config, store)?;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, authority = %config.identity.authority, "Management API listening.");
     }

@@ -77,6 +77,9 @@ pub struct IdentityConfig {
     pub audience: String,
     /// Token endpoint announced to connectors; default `{authority}/connect/token`.
     pub token_endpoint: Option<String>,
+    /// PEM file of CA certificates trusted for an `https://` authority, instead of the
+    /// system roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for IdentityConfig {
@@ -85,6 +88,7 @@ impl Default for IdentityConfig {
             authority: "http://127.0.0.1:5002".into(),
             audience: "relay".into(),
             token_endpoint: None,
+            ca_file: None,
         }
     }
 }

@@ -115,6 +115,8 @@ pub enum ServerError {
     Bus(#[from] relay_bus::BusError),
     #[error("bus.url_file: {0}")]
     BusUrl(#[source] std::io::Error),
+    #[error("identity.ca_file: {0}")]
+    IdentityCa(#[source] relay_core::tls::TlsError),
     #[error("bus.ca_file: {0}")]
     BusCa(#[source] std::io::Error),
     #[error("{0}")]
@@ -208,9 +210,11 @@ pub async fn run(
             _ => "http",
         },
         tls,
-        validator: relay_token::Validator::new(
+        validator: relay_token::Validator::with_client(
             &config.identity.authority,
             &config.identity.audience,
+            relay_core::https::client(config.identity.ca_file.as_deref())
+                .map_err(ServerError::IdentityCa)?,
         ),
         cross,
         acks,

@@ -38,3 +38,33 @@ impl TestCa {
         cert.der().to_vec()
     }
 }
+
+/// A TLS-terminating front for a plain TCP service (as a load balancer would be), with a
+/// certificate for `localhost` from `ca`. Returns the port it listens on (127.0.0.1).
+pub async fn tls_front(upstream: &str, ca: &TestCa, dir: &Path) -> u16 {
+    let (cert, key) = (dir.join("front.pem"), dir.join("front.key"));
+    ca.issue(&cert, &key, "front");
+    let acceptor = relay_core::tls::ReloadableAcceptor::load(&cert, &key)
+        .expect("test certificate")
+        .acceptor()
+        .expect("acceptor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let upstream = upstream.to_owned();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(client).await else {
+                    return;
+                };
+                if let Ok(mut service) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut service).await;
+                }
+            });
+        }
+    });
+    port
+}
