@@ -147,6 +147,14 @@ impl ReloadableAcceptor {
 /// (`SSL_CERT_FILE`/`SSL_CERT_DIR` honoured). ALPN offers HTTP/1.1 only: the tunnel starts
 /// with an HTTP/1.1 upgrade.
 pub fn client_connector(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError> {
+    let mut config = client_config(ca_file)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// A TLS client configuration (certificate and host name verified, no ALPN) trusting
+/// `ca_file` when given, else the system's root store.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
@@ -165,11 +173,10 @@ pub fn client_connector(ca_file: Option<&Path>) -> Result<TlsConnector, TlsError
             }
         }
     }
-    let mut config =
+    Ok(
         rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsConnector::from(Arc::new(config)))
+            .with_no_client_auth(),
+    )
 }

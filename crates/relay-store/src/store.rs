@@ -94,7 +94,7 @@ impl Store {
         let pool = if let Some(path) = sqlite_path(url) {
             connect_sqlite(url, path).await?
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+            let manager = postgres_manager(url)?;
             let pool = Pool::builder(manager)
                 .max_size(POSTGRES_POOL_SIZE)
                 .build()
@@ -243,6 +243,106 @@ async fn connect_sqlite(url: &str, path: &str) -> Result<DbPool, StoreError> {
     Ok(DbPool::Sqlite(pool))
 }
 
+/// The PostgreSQL connection manager: plain TCP, or TLS when the URL asks for it.
+///
+/// `sslmode=require`, `verify-ca` and `verify-full` all connect with TLS and verify the
+/// server's certificate and host name (stricter than libpq's `require`), against the PEM file
+/// `sslrootcert=PATH` or else the system roots. Any other `sslmode` (or none) connects
+/// without TLS.
+fn postgres_manager(
+    url: &str,
+) -> Result<AsyncDieselConnectionManager<AsyncPgConnection>, StoreError> {
+    let Some(tls) = postgres_tls(url) else {
+        return Ok(AsyncDieselConnectionManager::new(url));
+    };
+    let config =
+        relay_core::tls::client_config(tls.root_cert.as_deref().map(Path::new)).map_err(|e| {
+            StoreError::Invalid {
+                field: "database_url",
+                message: format!("sslrootcert: {e}"),
+            }
+        })?;
+    let connector = tokio_postgres_rustls::MakeRustlsConnect::new(config);
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    manager_config.custom_setup = Box::new(move |_| {
+        let (url, connector) = (tls.url.clone(), connector.clone());
+        Box::pin(async move {
+            let (client, connection) = tokio_postgres::connect(&url, connector)
+                .await
+                .map_err(|e| diesel::ConnectionError::BadConnection(chain(&e)))?;
+            AsyncPgConnection::try_from_client_and_connection(client, connection).await
+        })
+    });
+    Ok(AsyncDieselConnectionManager::new_with_config(
+        url,
+        manager_config,
+    ))
+}
+
+/// `error: cause: cause`, so that the reason of a failed TLS handshake is not lost.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// A PostgreSQL URL that asks for TLS, rewritten for `tokio-postgres`.
+#[derive(Debug, PartialEq)]
+struct PostgresTls {
+    /// The URL with `sslmode=require` and without `sslrootcert`.
+    url: String,
+    root_cert: Option<String>,
+}
+
+fn postgres_tls(url: &str) -> Option<PostgresTls> {
+    let (base, query) = url.split_once('?')?;
+    let mut tls = false;
+    let mut root_cert = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", "require" | "verify-ca" | "verify-full")) => {
+                tls = true;
+                kept.push("sslmode=require".to_owned());
+            }
+            Some(("sslrootcert", path)) => root_cert = Some(percent_decode(path)),
+            _ => kept.push(pair.to_owned()),
+        }
+    }
+    tls.then(|| PostgresTls {
+        url: format!("{base}?{}", kept.join("&")),
+        root_cert,
+    })
+}
+
+/// `%2F` → `/` (paths in URL query values are often percent-encoded).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn connect_error(url: &str, e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Connect {
         url: redact_url(url),
@@ -252,7 +352,26 @@ fn connect_error(url: &str, e: impl std::error::Error + Send + Sync + 'static) -
 
 #[cfg(test)]
 mod tests {
-    use super::sqlite_path;
+    use super::{PostgresTls, postgres_tls, sqlite_path};
+
+    #[test]
+    fn postgres_urls_asking_for_tls() {
+        assert_eq!(postgres_tls("postgres://u@h/db"), None);
+        assert_eq!(postgres_tls("postgres://u@h/db?sslmode=prefer"), None);
+        assert_eq!(
+            postgres_tls(
+                "postgres://u@h/db?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+            ),
+            Some(PostgresTls {
+                url: "postgres://u@h/db?application_name=x&sslmode=require".into(),
+                root_cert: Some("/etc/ca.pem".into()),
+            })
+        );
+        assert_eq!(
+            postgres_tls("postgresql://u@h/db?sslmode=require").map(|t| t.root_cert),
+            Some(None)
+        );
+    }
 
     #[test]
     fn sqlite_urls() {

@@ -9,5 +9,6 @@ mod installation;
 mod keys;
 mod management;
 mod origins;
+mod postgres_tls;
 mod secrets;
 mod tenants;
