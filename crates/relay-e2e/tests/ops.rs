@@ -706,8 +706,10 @@ async fn no_proxy_bypasses_the_proxy() {
 
 /// journald's native socket, bound by the test where no journald owns it. Entries are
 /// datagrams of `KEY=value\n` fields, or `KEY\n<u64 le length><value>\n` for binary-safe ones.
+/// A thread reads them as they come, as journald does: a datagram socket whose queue is full
+/// blocks the sender, and the services log from their request paths.
 struct FakeJournal {
-    socket: std::os::unix::net::UnixDatagram,
+    entries: std::sync::Arc<std::sync::Mutex<Vec<std::collections::HashMap<String, String>>>>,
 }
 
 const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -719,21 +721,28 @@ impl FakeJournal {
         }
         std::fs::create_dir_all("/run/systemd/journal").ok()?;
         let socket = std::os::unix::net::UnixDatagram::bind(JOURNAL_SOCKET).ok()?;
+        let entries = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::downgrade(&entries);
         socket
             .set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        Some(FakeJournal { socket })
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let received = socket.recv(&mut buf);
+                let Some(sink) = sink.upgrade() else { return };
+                // The layer probes the socket with an empty datagram.
+                if let Ok(n @ 1..) = received {
+                    sink.lock().unwrap().push(parse_journal_entry(&buf[..n]));
+                }
+            }
+        });
+        Some(FakeJournal { entries })
     }
 
-    /// Every entry received so far (waits at most 200 ms for more).
-    fn drain(&self, into: &mut Vec<std::collections::HashMap<String, String>>) {
-        let mut buf = vec![0u8; 1 << 16];
-        while let Ok(n) = self.socket.recv(&mut buf) {
-            // The layer probes the socket with an empty datagram.
-            if n > 0 {
-                into.push(parse_journal_entry(&buf[..n]));
-            }
-        }
+    /// Every entry received so far.
+    fn entries(&self) -> Vec<std::collections::HashMap<String, String>> {
+        self.entries.lock().unwrap().clone()
     }
 }
 
@@ -790,26 +799,34 @@ async fn journal_entries_carry_tenant_target_request_id_and_node() {
     };
     let site = Site::new("journald");
     let server_config = site.server_config("");
-    // A target nobody listens on: the connector logs the failed call with its request id.
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    // A target nobody listens on (port 1, which no test binds, unlike a port that was free a
+    // moment ago): the connector logs the failed call with its request id.
+    let closed = "http://127.0.0.1:1".to_owned();
     let connector_config = site.connector_config(&site.relay_url(), &closed, "");
     let _server = spawn_journaled("relay-server", &server_config, site.dir());
     let _connector = spawn_journaled("relay-connector", &connector_config, site.dir());
 
-    let mut entries = Vec::new();
+    let mut entries;
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
     let request_id = loop {
         let request = Request::get(site.url("/trace/acme/web/x"))
             .body(full(Bytes::new()))
             .unwrap();
         if let Ok(Ok(response)) =
             tokio::time::timeout(Duration::from_secs(10), client::client().request(request)).await
-            && response.status() == StatusCode::BAD_GATEWAY
-            && let Some(id) = response.headers().get("x-relay-request-id")
         {
-            break id.to_str().unwrap().to_owned();
+            if response.status() == StatusCode::BAD_GATEWAY
+                && let Some(id) = response.headers().get("x-relay-request-id")
+            {
+                break id.to_str().unwrap().to_owned();
+            }
+            last = Some(response.status());
         }
-        assert!(Instant::now() < deadline, "no 502 from the closed target");
+        assert!(
+            Instant::now() < deadline,
+            "no 502 from the closed target; last answer {last:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let find = |entries: &[std::collections::HashMap<String, String>], message: &str| {
@@ -819,7 +836,7 @@ async fn journal_entries_carry_tenant_target_request_id_and_node() {
             .cloned()
     };
     let (listening, connected, failed) = loop {
-        journal.drain(&mut entries);
+        entries = journal.entries();
         let found = (
             find(&entries, "Relay server listening."),
             find(&entries, "Connector connected."),
@@ -835,6 +852,7 @@ async fn journal_entries_carry_tenant_target_request_id_and_node() {
             Instant::now() < deadline,
             "journal entries missing; got {entries:#?}"
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     // Every server entry names the node by its origin id; connector entries name none.
     let node = listening.get("NODE").expect("NODE on a server entry");
@@ -907,4 +925,72 @@ async fn tokens_validate_against_an_https_authority_behind_a_tls_proxy() {
         format!("{authority}/connect/token")
     );
     assert!(!server.log_text().contains("authority unreachable"));
+}
+
+#[tokio::test]
+async fn relay_identity_serves_tokens_over_tls() {
+    let target = TestTarget::start().await;
+    let site = Site::new("identity-tls");
+    let ca = relay_testkit::tls::TestCa::new(site.dir());
+    let (cert, key) = (site.path("identity.pem"), site.path("identity.key"));
+    ca.issue(&cert, &key, "identity");
+    let identity_config = site.path("identity.toml");
+    std::fs::write(
+        &identity_config,
+        format!(
+            "[listen]\npublic = \"127.0.0.1:{}\"\n[database]\nurl = \"{}\"\n\
+             [tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            site.identity_port,
+            site.db,
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let identity = spawn("relay-identity", &identity_config, &[], site.dir());
+    // Without public_url the issuer follows the listener: https://127.0.0.1:{port}.
+    let authority = format!("https://127.0.0.1:{}", site.identity_port);
+    let server_config = site.path("server-separate.toml");
+    std::fs::write(
+        &server_config,
+        format!(
+            "[listen]\npublic = \"127.0.0.1:{}\"\n[database]\nurl = \"{}\"\n\
+             [identity]\nauthority = \"{authority}\"\nca_file = \"{}\"\n\
+             [body_store]\npath = \"{}\"\n",
+            site.relay_port,
+            site.db,
+            ca.ca_file.display(),
+            site.path("bodies").display()
+        ),
+    )
+    .unwrap();
+    let server = spawn("relay-server", &server_config, &[], site.dir());
+    let connector_config = site.connector_config(
+        &site.relay_url(),
+        &target.url(),
+        &format!("ca_file = \"{}\"\n", ca.ca_file.display()),
+    );
+    let connector = spawn("relay-connector", &connector_config, &[], site.dir());
+    wait_relaying(&site, &[&identity, &server, &connector]).await;
+
+    // The token endpoint answers only over TLS, with the CA's certificate.
+    let (status, body, _) = https_get(
+        &ca.ca_file,
+        site.identity_port,
+        "/.well-known/openid-configuration",
+    )
+    .await
+    .expect("discovery over TLS");
+    assert_eq!(status, StatusCode::OK);
+    let discovery: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(discovery["issuer"], authority);
+    assert!(
+        get_status(&format!(
+            "http://127.0.0.1:{}/.well-known/openid-configuration",
+            site.identity_port
+        ))
+        .await
+        .is_none_or(|(status, _)| status != StatusCode::OK),
+        "plain HTTP must not be served"
+    );
 }

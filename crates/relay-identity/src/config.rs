@@ -19,7 +19,7 @@ pub struct Config {
     pub listen: ListenConfig,
     pub database: DatabaseConfig,
     /// Base URL clients reach this service under, used as the token issuer (set it when
-    /// behind a proxy). Default `http://{listen.public}`.
+    /// behind a proxy). Default `http://{listen.public}` (`https://` with `[tls]`).
     #[serde(default)]
     pub public_url: Option<String>,
     /// Lifetime of issued access tokens.
@@ -34,6 +34,9 @@ pub struct Config {
     /// `[metrics]`: the Prometheus listener (off unless `listen` is set).
     #[serde(default)]
     pub metrics: relay_core::metrics::MetricsConfig,
+    /// `[tls]`: serve the token endpoint over TLS (certificate reloaded on SIGHUP).
+    #[serde(default)]
+    pub tls: relay_core::tls::TlsConfig,
 }
 
 /// `[rate_limit]`: token requests per `client_id` (a token bucket), to slow secret guessing.
@@ -109,12 +112,14 @@ impl Config {
             rate_limit: RateLimitConfig::default(),
             log: LogConfig::default(),
             metrics: relay_core::metrics::MetricsConfig::default(),
+            tls: relay_core::tls::TlsConfig::default(),
         }
     }
 
     /// Checks values serde cannot; each error names its key. Reads no files.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
+        self.tls.files()?;
         if let Some(url) = &self.public_url {
             let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
             if !scheme_ok || url.contains(['?', '#']) || url.parse::<axum::http::Uri>().is_err() {
@@ -157,6 +162,7 @@ impl Config {
     pub fn issuer(&self) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
+            None if self.tls.cert_file.is_some() => format!("https://{}", self.listen.public),
             None => format!("http://{}", self.listen.public),
         }
     }

@@ -16,6 +16,8 @@ pub enum IdentityError {
     Token(#[from] relay_token::TokenError),
     #[error("serving HTTP failed")]
     Serve(#[source] std::io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] relay_core::tls::TlsError),
 }
 
 /// A token endpoint error as specified by RFC 6749 §5.2: JSON `{error, error_description}`.

@@ -55,6 +55,15 @@ pub async fn serve(
         config.listen.public = addr;
     }
     let metrics_listen = config.metrics.listen;
+    let tls = match config.tls.files()? {
+        Some((cert, key)) => {
+            let acceptor =
+                std::sync::Arc::new(relay_core::tls::ReloadableAcceptor::load(cert, key)?);
+            acceptor.clone().reload_on_sighup(shutdown.clone());
+            Some(acceptor)
+        }
+        None => None,
+    };
     let state = AppState::new(config, store).await?;
     if let Some(addr) = metrics_listen {
         let listener = relay_core::metrics::bind(addr)
@@ -76,9 +85,18 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, issuer = %state.issuer(), "Identity service listening.");
     }
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await;
+    let served = match tls {
+        Some(acceptor) => {
+            let service = hyper_util::service::TowerToHyperService::new(router(state));
+            relay_core::tls::serve(listener, acceptor, service, shutdown).await;
+            Ok(())
+        }
+        None => {
+            axum::serve(listener, router(state))
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    };
     rotation_stop.cancel();
     if let Err(e) = rotation.await {
         tracing::warn!(error = %e, "Key rotation task ended abnormally.");
