@@ -13,6 +13,8 @@ use crate::{Store, StoreError};
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
 #[diesel(table_name = request_log)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
+// `None` is written as NULL, so every row has the same shape and SQLite takes rows in batches.
+#[diesel(treat_none_as_default_value = false)]
 pub struct RequestLogEntry {
     /// UUID v7, so ids sort by time.
     pub id: String,
@@ -48,7 +50,8 @@ pub struct RequestLogFilter {
     pub take: i64,
 }
 
-/// Rows per PostgreSQL INSERT statement (13 bind parameters each, far below its limit).
+/// Rows per INSERT statement (13 bind parameters each, far below the limits of PostgreSQL and
+/// SQLite).
 const INSERT_CHUNK: usize = 250;
 
 impl Store {
@@ -69,9 +72,9 @@ impl Store {
                 let entries = entries.to_vec();
                 conn.spawn_blocking(move |conn| {
                     diesel::Connection::transaction(conn, |conn| {
-                        for entry in &entries {
+                        for chunk in entries.chunks(INSERT_CHUNK) {
                             diesel::RunQueryDsl::execute(
-                                diesel::insert_into(request_log::table).values(entry),
+                                diesel::insert_into(request_log::table).values(chunk),
                                 conn,
                             )?;
                         }

@@ -10,6 +10,7 @@ store_tests!(
     management_clients,
     api_keys,
     request_log_filters_pages_and_purges,
+    request_log_batches_larger_than_one_statement_keep_every_row,
     tenant_pages_filter_literally,
     config_versions_and_disconnect_requests,
 );
@@ -167,6 +168,27 @@ fn entry(tenant: &str, outcome: &str, started_at: i64) -> RequestLogEntry {
         node: "n".into(),
         started_at,
     }
+}
+
+async fn request_log_batches_larger_than_one_statement_keep_every_row(store: Store) {
+    // Three INSERT statements' worth, with NULL and non-NULL byte counts mixed.
+    let entries: Vec<RequestLogEntry> = (0..600)
+        .map(|i| RequestLogEntry {
+            request_bytes: (i % 2 == 0).then_some(i),
+            ..entry("a", "succeeded", 5000 + i)
+        })
+        .collect();
+    store.insert_request_log(&entries).await.expect("insert");
+    let (mut rows, total) = store
+        .list_request_log(&RequestLogFilter {
+            take: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(total, 600);
+    rows.sort_by_key(|r| r.started_at);
+    assert_eq!(rows, entries);
 }
 
 async fn request_log_filters_pages_and_purges(store: Store) {
