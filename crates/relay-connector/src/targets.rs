@@ -14,8 +14,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use relay_core::https::HttpsConnector;
 use relay_proto::headers;
 
 use crate::config::TargetConfig;
@@ -30,14 +30,18 @@ const MAX_REDIRECTS: usize = 10;
 pub struct Targets {
     by_name: HashMap<String, Target>,
     builtins: bool,
-    client: Client<HttpConnector, ResponseBody>,
 }
+
+/// Plain HTTP, or HTTPS verified against the system roots or the target's `ca_file`.
+type TargetClient = Client<HttpsConnector, ResponseBody>;
 
 struct Target {
     base: Uri,
     host: HeaderValue,
     timeout: Duration,
     follow_redirects: bool,
+    /// Shared by all targets without a `ca_file`; a target with one has its own.
+    client: TargetClient,
 }
 
 impl Targets {
@@ -46,6 +50,15 @@ impl Targets {
         config: &std::collections::BTreeMap<String, TargetConfig>,
         builtins: bool,
     ) -> Result<Self, String> {
+        let client = |ca_file: Option<&std::path::Path>| {
+            HttpsConnector::new(ca_file).map(|connector| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .build(connector)
+            })
+        };
+        let shared = client(None).map_err(|e| format!("TLS client: {e}"))?;
         let mut by_name = HashMap::new();
         for (name, target) in config {
             let base: Uri = target
@@ -57,6 +70,12 @@ impl Targets {
                 .ok_or_else(|| format!("targets.{name}.url: no host"))?;
             let host = HeaderValue::from_str(authority.as_str())
                 .map_err(|e| format!("targets.{name}.url: {e}"))?;
+            let client = match &target.ca_file {
+                Some(path) => {
+                    client(Some(path)).map_err(|e| format!("targets.{name}.ca_file: {e}"))?
+                }
+                None => shared.clone(),
+            };
             by_name.insert(
                 name.to_ascii_lowercase(),
                 Target {
@@ -64,21 +83,11 @@ impl Targets {
                     host,
                     timeout: target.timeout,
                     follow_redirects: target.follow_redirects,
+                    client,
                 },
             );
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .build(connector);
-        Ok(Targets {
-            by_name,
-            builtins,
-            client,
-        })
+        Ok(Targets { by_name, builtins })
     }
 
     /// Answers one relayed request. `name` is the target segment, `rest` the remaining path
@@ -151,7 +160,8 @@ impl Targets {
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            let response = match tokio::time::timeout_at(deadline, self.client.request(out)).await {
+            let response = match tokio::time::timeout_at(deadline, target.client.request(out)).await
+            {
                 Err(_) => {
                     tracing::info!(request_id, uri = %uri, timeout = ?target.timeout, "Target timed out.");
                     return relay_error(
@@ -164,7 +174,7 @@ impl Targets {
                     );
                 }
                 Ok(Err(e)) => {
-                    tracing::info!(request_id, uri = %uri, error = %e, "Target call failed.");
+                    tracing::info!(request_id, uri = %uri, error = %relay_core::error_chain(&e), "Target call failed.");
                     let reason = if e.is_connect() {
                         "target unreachable"
                     } else {
@@ -237,7 +247,7 @@ fn redirect_location(follow: bool, current: &Uri, response: &Response<Incoming>)
     let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
     let location: Uri = location.parse().ok()?;
     if location.scheme().is_some() {
-        return (location.scheme_str() == Some("http")).then_some(location);
+        return matches!(location.scheme_str(), Some("http" | "https")).then_some(location);
     }
     let mut parts = current.clone().into_parts();
     parts.path_and_query = location.path_and_query().cloned();

@@ -37,6 +37,7 @@ impl HttpsConnector {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
+        http.set_keepalive(Some(std::time::Duration::from_secs(60)));
         let tls = match crate::tls::client_connector(ca_file) {
             Ok(tls) => Ok(tls),
             Err(e) if ca_file.is_some() => return Err(e),

@@ -20,3 +20,16 @@ pub mod notify;
 pub mod secret;
 pub mod telemetry;
 pub mod tls;
+
+/// `error: cause: cause …`, for log lines and messages that must keep the reason (a TLS
+/// handshake failure, say, is several causes deep).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -209,6 +209,7 @@ impl Stack {
                         url: url.clone(),
                         timeout: Duration::from_secs(100),
                         follow_redirects: false,
+                        ca_file: None,
                     },
                 )
             })

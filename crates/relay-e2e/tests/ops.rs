@@ -994,3 +994,38 @@ async fn relay_identity_serves_tokens_over_tls() {
         "plain HTTP must not be served"
     );
 }
+
+#[tokio::test]
+async fn connector_reaches_https_targets_with_their_ca() {
+    let target = TestTarget::start().await;
+    let site = Site::new("https-targets");
+    let ca = relay_testkit::tls::TestCa::new(site.dir());
+    let front = relay_testkit::tls::tls_front(&target.addr.to_string(), &ca, site.dir()).await;
+    let server = spawn("relay-server", &site.server_config(""), &[], site.dir());
+    let connector_config = site.connector_config(
+        &site.relay_url(),
+        &target.url(),
+        &format!(
+            "[targets.secure]\nurl = \"https://localhost:{front}/status\"\nca_file = \"{}\"\n\
+             [targets.untrusted]\nurl = \"https://localhost:{front}/status\"\n",
+            ca.ca_file.display()
+        ),
+    );
+    let connector = spawn("relay-connector", &connector_config, &[], site.dir());
+    wait_relaying(&site, &[&server, &connector]).await;
+
+    let (status, _) = get_status(&site.url("/relay/acme/secure/201"))
+        .await
+        .expect("answer");
+    assert_eq!(status, StatusCode::CREATED, "{}", connector.log_text());
+    // The same target without its CA: the certificate is not trusted, so 502.
+    let (status, body) = get_status(&site.url("/relay/acme/untrusted/201"))
+        .await
+        .expect("answer");
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body:?}");
+    assert!(
+        connector.log_text().contains("certificate"),
+        "{}",
+        connector.log_text()
+    );
+}

@@ -73,6 +73,7 @@ async fn target_errors_map_to_404_502_504() {
                 url: closed_url,
                 timeout: Duration::from_secs(5),
                 follow_redirects: false,
+                ca_file: None,
             },
         ),
         (
@@ -81,6 +82,7 @@ async fn target_errors_map_to_404_502_504() {
                 url: target.url(),
                 timeout: Duration::from_millis(300),
                 follow_redirects: false,
+                ca_file: None,
             },
         ),
     ]);

@@ -11,6 +11,7 @@ use crate::keys::{KeyManager, KeyRing};
 use crate::ratelimit::RateLimiter;
 use crate::rotation::RotationPolicy;
 use crate::{Config, IdentityError};
+pub(crate) use relay_core::error_chain;
 
 /// How often every node reloads keys and runs the rotation.
 pub const ROTATION_TICK: Duration = Duration::from_secs(60);
@@ -96,16 +97,4 @@ impl AppState {
             }
         }
     }
-}
-
-/// `error: cause: cause` for one-line logs.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

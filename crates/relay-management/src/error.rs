@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+pub(crate) use relay_core::error_chain;
 use relay_store::StoreError;
 use serde::Serialize;
 
@@ -135,16 +136,4 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// `error: cause: cause` for one-line logs.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -132,6 +132,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
                 url: format!("http://{web_addr}"),
                 timeout: Duration::from_secs(100),
                 follow_redirects: false,
+                ca_file: None,
             },
         )]),
         builtin_targets: true,

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use relay_core::error_chain;
 use relay_store::{Store, StoreError};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -173,18 +174,6 @@ impl Node {
             "Cannot mark this node stopped; other nodes will after its missed heartbeats."
         );
     }
-}
-
-/// `e` and all its sources, joined by ": " (a `StoreError` alone says only "database error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut chain = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        source = s.source();
-    }
-    chain
 }
 
 #[cfg(test)]

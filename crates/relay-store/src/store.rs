@@ -269,7 +269,7 @@ fn postgres_manager(
         Box::pin(async move {
             let (client, connection) = tokio_postgres::connect(&url, connector)
                 .await
-                .map_err(|e| diesel::ConnectionError::BadConnection(chain(&e)))?;
+                .map_err(|e| diesel::ConnectionError::BadConnection(relay_core::error_chain(&e)))?;
             AsyncPgConnection::try_from_client_and_connection(client, connection).await
         })
     });
@@ -277,17 +277,6 @@ fn postgres_manager(
         url,
         manager_config,
     ))
-}
-
-/// `error: cause: cause`, so that the reason of a failed TLS handshake is not lost.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
 }
 
 /// A PostgreSQL URL that asks for TLS, rewritten for `tokio-postgres`.
