@@ -184,6 +184,26 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Tls
 /// Time a client gets to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The server side of a TLS handshake, bounded in time; failures are logged at debug (they
+/// are the client's problem) and give `None`.
+pub async fn handshake(
+    tls: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    remote: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "TLS handshake failed.");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "TLS handshake timed out.");
+            None
+        }
+    }
+}
+
 /// Serves `service` over TLS on `listener` (HTTP/1.1 and HTTP/2) until `shutdown`, then waits
 /// for open connections to finish. The certificate is the acceptor's current one at each
 /// handshake, so a SIGHUP reload applies to new connections.
@@ -209,32 +229,16 @@ pub async fn serve<S, B>(
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
+        let Some((stream, remote)) = crate::lifecycle::accept(&listener, &shutdown).await else {
+            break;
         };
         let Some(tls) = acceptor.acceptor() else {
             continue;
         };
         let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed.");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out.");
-                    return;
-                }
+            let Some(stream) = handshake(&tls, stream, remote).await else {
+                return;
             };
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {

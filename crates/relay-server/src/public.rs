@@ -19,9 +19,6 @@ use crate::AppState;
 use crate::relay::Mode;
 use crate::responses::{Body, error, json, text};
 
-/// Time a client gets to complete the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Accepts connections until `shutdown`, then drains tunnels and open connections within
 /// the shutdown grace.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: CancellationToken) {
@@ -40,17 +37,9 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Usually EMFILE; back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
+        let Some((stream, remote)) = relay_core::lifecycle::accept(&listener, &shutdown).await
+        else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         // The acceptor (certificate) current now; a SIGHUP reload affects later connections.
@@ -78,18 +67,9 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
         };
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed.");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%remote, "TLS handshake timed out.");
-                        return;
-                    }
-                };
+            let Some(stream) = relay_core::tls::handshake(&acceptor, stream, remote).await else {
+                return;
+            };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%remote, error = %e, "Client connection ended with an error.");
