@@ -1,5 +1,6 @@
 //! An HTTP client connector that speaks TLS to `https://` URLs, for the services' outbound
-//! HTTP calls (the relay's and the management API's JWKS fetches from the token authority).
+//! HTTP calls: JWKS fetches by the relay and the management API, and the connector's calls to
+//! its targets.
 
 use std::future::Future;
 use std::io;
