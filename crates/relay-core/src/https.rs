@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use http::Uri;
@@ -26,25 +27,34 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Clone)]
 pub struct HttpsConnector {
     http: HttpConnector,
-    /// The TLS client, or why there is none (no system roots): then only `https://` calls
-    /// fail, with that reason.
-    tls: Result<TlsConnector, String>,
+    /// The TLS client: built at once from a `ca_file`, from the system roots on the first
+    /// `https://` call (plain-HTTP users never read the system store). A failure (no system
+    /// roots) is kept and fails only the `https://` calls, with its reason.
+    tls: Arc<OnceLock<Result<TlsConnector, String>>>,
 }
 
 impl HttpsConnector {
-    /// Trusts `ca_file` when given (an unreadable file is an error here), else the system
-    /// roots (`SSL_CERT_FILE` honoured).
+    /// Trusts `ca_file` when given (read now: an unreadable file is an error here), else the
+    /// system roots (`SSL_CERT_FILE` honoured), read on the first `https://` call.
     pub fn new(ca_file: Option<&Path>) -> Result<HttpsConnector, TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_keepalive(Some(std::time::Duration::from_secs(60)));
-        let tls = match crate::tls::client_connector(ca_file) {
-            Ok(tls) => Ok(tls),
-            Err(e) if ca_file.is_some() => return Err(e),
-            Err(e) => Err(e.to_string()),
-        };
-        Ok(HttpsConnector { http, tls })
+        let tls = OnceLock::new();
+        if let Some(path) = ca_file {
+            let _ = tls.set(Ok(crate::tls::client_connector(Some(path))?));
+        }
+        Ok(HttpsConnector {
+            http,
+            tls: Arc::new(tls),
+        })
+    }
+
+    fn tls(&self) -> Result<TlsConnector, String> {
+        self.tls
+            .get_or_init(|| crate::tls::client_connector(None).map_err(|e| e.to_string()))
+            .clone()
     }
 }
 
@@ -66,12 +76,12 @@ impl tower_service::Service<Uri> for HttpsConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let https = uri.scheme_str() == Some("https");
         let host = uri.host().unwrap_or_default().to_owned();
+        let tls = https.then(|| self.tls());
         let connecting = self.http.call(uri);
-        let tls = self.tls.clone();
         Box::pin(async move {
-            if !https {
+            let Some(tls) = tls else {
                 return Ok(MaybeHttps::Plain(connecting.await?));
-            }
+            };
             let tls = tls?;
             let tcp = connecting.await?;
             // `[::1]` in a URI is `::1` as a server name.

@@ -117,6 +117,17 @@ impl ReloadableAcceptor {
         Ok(())
     }
 
+    /// Loads the certificate and key and rereads them on every SIGHUP until `shutdown`.
+    pub fn start(
+        cert_file: &Path,
+        key_file: &Path,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Result<Arc<ReloadableAcceptor>, TlsError> {
+        let acceptor = Arc::new(ReloadableAcceptor::load(cert_file, key_file)?);
+        acceptor.clone().reload_on_sighup(shutdown.clone());
+        Ok(acceptor)
+    }
+
     /// Reloads on every SIGHUP until `shutdown`.
     pub fn reload_on_sighup(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         use tokio::signal::unix::{SignalKind, signal};

@@ -55,15 +55,11 @@ pub async fn serve(
         config.listen.public = addr;
     }
     let metrics_listen = config.metrics.listen;
-    let tls = match config.tls.files()? {
-        Some((cert, key)) => {
-            let acceptor =
-                std::sync::Arc::new(relay_core::tls::ReloadableAcceptor::load(cert, key)?);
-            acceptor.clone().reload_on_sighup(shutdown.clone());
-            Some(acceptor)
-        }
-        None => None,
-    };
+    let tls = config
+        .tls
+        .files()?
+        .map(|(cert, key)| relay_core::tls::ReloadableAcceptor::start(cert, key, &shutdown))
+        .transpose()?;
     let state = AppState::new(config, store).await?;
     if let Some(addr) = metrics_listen {
         let listener = relay_core::metrics::bind(addr)

@@ -194,14 +194,11 @@ pub async fn run(
         config.relay.request_expiry,
         shutdown.clone(),
     ));
-    let tls = match config.tls.files()? {
-        Some((cert, key)) => {
-            let acceptor = Arc::new(relay_core::tls::ReloadableAcceptor::load(cert, key)?);
-            acceptor.clone().reload_on_sighup(shutdown.clone());
-            Some(acceptor)
-        }
-        None => None,
-    };
+    let tls = config
+        .tls
+        .files()?
+        .map(|(cert, key)| relay_core::tls::ReloadableAcceptor::start(cert, key, &shutdown))
+        .transpose()?;
     let request_log = requestlog::RequestLog::start(&config.request_log, &store, &tasks, &shutdown);
     let state = Arc::new(AppState {
         client_proto: match (&config.public_url, &tls) {
