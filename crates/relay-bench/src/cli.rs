@@ -33,6 +33,9 @@ pub enum Command {
     /// Serve /small and /large until stdin closes (started by the benchmark itself).
     #[command(hide = true)]
     Target(TargetArgs),
+    /// Answer the broker-ceiling row's requests until stdin closes (started by the benchmark).
+    #[command(hide = true)]
+    BusEcho(crate::broker::EchoArgs),
 }
 
 #[derive(Debug, Args)]

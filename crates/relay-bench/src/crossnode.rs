@@ -198,6 +198,11 @@ impl Cluster {
         })
     }
 
+    /// Broker URL and queue prefix of the cluster's bus.
+    pub fn bus(&self) -> (&str, &str) {
+        (&self._services.amqp_url, &self._services.prefix)
+    }
+
     /// CPU probes of node A, node B and the connector.
     pub fn probes(&self) -> anyhow::Result<Vec<Probe>> {
         Ok(vec![

@@ -115,15 +115,26 @@ impl Errors {
     }
 }
 
+/// Warm-up, then the measured window.
 #[derive(Clone, Copy)]
-struct Window {
+pub struct Window {
     measure_from: Instant,
-    end: Instant,
+    pub end: Instant,
+}
+
+impl Window {
+    pub fn starting_now(warmup: Duration, duration: Duration) -> Window {
+        let start = Instant::now();
+        Window {
+            measure_from: start + warmup,
+            end: start + warmup + duration,
+        }
+    }
 }
 
 /// One worker's counts.
 #[derive(Default)]
-struct Tally {
+pub struct Tally {
     requests: u64,
     bytes: u64,
     latencies: Vec<u64>,
@@ -132,7 +143,7 @@ struct Tally {
     connects: u64,
 }
 
-enum Failure {
+pub enum Failure {
     Connect(String),
     Transport(String),
     WrongLength(u64),
@@ -140,7 +151,19 @@ enum Failure {
 }
 
 impl Tally {
-    fn fail(&mut self, window: &Window, failure: Failure) {
+    /// Counts a request that started at `started` and just completed with `bytes` of body,
+    /// if it completed inside the measured window.
+    pub fn count(&mut self, window: &Window, started: Instant, bytes: u64) {
+        let done = Instant::now();
+        if done >= window.measure_from {
+            self.requests += 1;
+            self.bytes += bytes;
+            let nanos = u64::try_from((done - started).as_nanos()).unwrap_or(u64::MAX);
+            self.latencies.push(nanos);
+        }
+    }
+
+    pub fn fail(&mut self, window: &Window, failure: Failure) {
         if Instant::now() < window.measure_from {
             self.warmup_errors += 1;
             return;
@@ -203,15 +226,21 @@ pub async fn run(
 ) -> anyhow::Result<Outcome> {
     let addr = resolve(&scenario.url).await?;
     let template = Arc::new(Template::new(&scenario.url)?);
-    let start = Instant::now();
-    let window = Window {
-        measure_from: start + warmup,
-        end: start + warmup + duration,
-    };
-    let workers: Vec<_> = (0..scenario.connections)
+    let window = Window::starting_now(warmup, duration);
+    let workers = (0..scenario.connections)
         .map(|_| tokio::spawn(worker(addr, template.clone(), scenario.body_size, window)))
         .collect();
+    collect(scenario, window, workers, probes).await
+}
 
+/// Waits for the workers of one measurement and sums up their tallies; CPU is probed from
+/// the start of the measured window to the end of the last worker.
+pub async fn collect(
+    scenario: &Scenario,
+    window: Window,
+    workers: Vec<tokio::task::JoinHandle<Tally>>,
+    probes: &[Probe],
+) -> anyhow::Result<Outcome> {
     tokio::time::sleep_until(window.measure_from).await;
     let cpu_before: Vec<Option<f64>> = probes.iter().map(Probe::cpu_seconds).collect();
     let mut total = Tally::default();
@@ -283,15 +312,12 @@ async fn worker(addr: SocketAddr, template: Arc<Template>, expected: u64, window
         .await;
         match answer {
             Ok(Ok((status, length))) => {
-                let done = Instant::now();
                 if !status.is_success() {
                     tally.fail(&window, Failure::Status(status));
                 } else if length != expected {
                     tally.fail(&window, Failure::WrongLength(length));
-                } else if done >= window.measure_from {
-                    tally.requests += 1;
-                    let nanos = u64::try_from((done - started).as_nanos()).unwrap_or(u64::MAX);
-                    tally.latencies.push(nanos);
+                } else {
+                    tally.count(&window, started, 0);
                 }
                 connection = Some(sender);
             }

@@ -26,6 +26,7 @@
 //! generator, [`target`] the target process, [`stack`] relay server + connector, [`procs`]
 //! child processes and `/proc` probes, [`report`] table, targets and JSON.
 
+mod broker;
 mod cli;
 mod crossnode;
 mod load;
@@ -63,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     match cli.command {
         Some(Command::Target(args)) => runtime.block_on(target::serve(args)),
+        Some(Command::BusEcho(args)) => runtime.block_on(broker::echo(args)),
         None => runtime.block_on(async {
             tokio::select! {
                 result = bench(cli.bench) => result,
@@ -102,6 +104,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Err(reason) => (None, Some(format!("rathole: skipped ({reason})"))),
     };
     let (mut cluster, cross_node_note) = start_cluster(&args, &binaries, &scratch, &target).await?;
+    // The broker ceiling beside the cross-node rows, with the relay nodes' default prefetch.
+    let mut echo = match &cluster {
+        Some(cluster) if wants_small(&args) => {
+            let (amqp_url, prefix) = cluster.bus();
+            Some(broker::spawn_echo(scratch.path(), amqp_url, prefix, 64).await?)
+        }
+        _ => None,
+    };
 
     let server_idle = relay.server.memory()?;
     let connector_idle = relay.connector.memory()?;
@@ -112,9 +122,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         Probe::child("server", &relay.server)?,
         Probe::child("connector", &relay.connector)?,
     ];
+    let rabbitmq = Probe::rabbitmq("rabbitmq");
     let mut cross_probes = vec![probes[0].clone(), probes[1].clone()];
     if let Some(cluster) = &cluster {
         cross_probes.extend(cluster.probes()?);
+        cross_probes.extend(rabbitmq.clone());
+    }
+    let mut broker_probes = vec![probes[0].clone()];
+    if let Some(echo) = &echo {
+        broker_probes.push(Probe::child("bus-echo", echo)?);
+        broker_probes.extend(rabbitmq);
     }
     let rathole_probes = match &rathole {
         Some(r) => vec![
@@ -129,6 +146,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         relay: relay.public,
         rathole: rathole.as_ref().map(|r| r.public),
         cross_node: cluster.as_ref().map(|c| c.node_a),
+        broker: cluster
+            .as_ref()
+            .filter(|_| echo.is_some())
+            .map(|c| c.bus().0.to_owned()),
     };
     let scenarios = scenario::standard(&args, target.addr, &entrances)?;
     let mut results = Vec::with_capacity(scenarios.len());
@@ -141,12 +162,20 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             humantime::format_duration(args.warmup),
             humantime::format_duration(args.duration),
         );
-        let probed = match scenario.path.as_str() {
-            scenario::CROSS_NODE => &cross_probes,
-            scenario::RATHOLE => &rathole_probes,
-            _ => &probes,
+        let outcome = match (scenario.path.as_str(), &cluster) {
+            (scenario::BROKER, Some(cluster)) => {
+                let (amqp_url, prefix) = cluster.bus();
+                let (warmup, duration) = (args.warmup, args.duration);
+                broker::run(scenario, amqp_url, prefix, warmup, duration, &broker_probes).await?
+            }
+            (scenario::CROSS_NODE, _) => {
+                load::run(scenario, args.warmup, args.duration, &cross_probes).await?
+            }
+            (scenario::RATHOLE, _) => {
+                load::run(scenario, args.warmup, args.duration, &rathole_probes).await?
+            }
+            _ => load::run(scenario, args.warmup, args.duration, &probes).await?,
         };
-        let outcome = load::run(scenario, args.warmup, args.duration, probed).await?;
         let alive = target
             .service
             .ensure_running()
@@ -156,7 +185,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     .as_mut()
                     .map_or(Ok(()), rathole::Rathole::ensure_running)
             })
-            .and_then(|()| cluster.as_mut().map_or(Ok(()), Cluster::ensure_running));
+            .and_then(|()| cluster.as_mut().map_or(Ok(()), Cluster::ensure_running))
+            .and_then(|()| echo.as_mut().map_or(Ok(()), procs::Service::ensure_running));
         alive.with_context(|| {
             format!(
                 "during {}/{} ({} requests completed, {} failed{})",
@@ -181,6 +211,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         connector_idle,
         connector_after: relay.connector.memory()?,
     };
+    if let Some(mut echo) = echo {
+        echo.stop().await;
+    }
     if let Some(cluster) = cluster {
         cluster.stop().await;
     }
@@ -241,4 +274,9 @@ async fn start_cluster(
         cluster.node_a
     );
     Ok((Some(cluster), None))
+}
+
+/// Whether the run includes the small scenario (the one with a broker-ceiling row).
+fn wants_small(args: &BenchArgs) -> bool {
+    args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == scenario::SMALL)
 }

@@ -4,9 +4,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// The relay binaries this benchmark starts.
@@ -120,6 +121,34 @@ impl Service {
         Ok(Service { name, child, log })
     }
 
+    /// Re-executes this binary with `args` (a hidden helper subcommand such as `target`) and
+    /// waits up to `wait` for the first line it prints, which is returned trimmed. The helper
+    /// exits when its stdin closes (see [`parent_gone`]).
+    pub async fn spawn_helper(
+        name: &'static str,
+        args: &[&str],
+        log_dir: &Path,
+        wait: Duration,
+    ) -> anyhow::Result<(Service, String)> {
+        let exe = std::env::current_exe().context("locating the relay-bench executable")?;
+        let mut command = Command::new(exe);
+        command.args(args);
+        let mut service = Service::spawn(name, command, log_dir, true)?;
+        let stdout = service
+            .child
+            .stdout
+            .take()
+            .with_context(|| format!("{name} stdout is not captured"))?;
+        let mut first = String::new();
+        let mut stdout = BufReader::new(stdout);
+        let read = stdout.read_line(&mut first);
+        match tokio::time::timeout(wait, read).await {
+            Ok(Ok(n)) if n > 0 => Ok((service, first.trim().to_owned())),
+            Ok(_) => bail!("{name} exited before it was ready:\n{}", service.log_tail()),
+            Err(_) => bail!("{name} was not ready within {wait:?}"),
+        }
+    }
+
     pub fn pid(&self) -> anyhow::Result<u32> {
         self.child
             .id()
@@ -205,6 +234,23 @@ impl Probe {
         })
     }
 
+    /// The local RabbitMQ server (an Erlang VM whose command line names `rabbit`), when it
+    /// runs on this machine and is visible in `/proc`.
+    pub fn rabbitmq(label: &'static str) -> Option<Probe> {
+        let entries = std::fs::read_dir("/proc").ok()?;
+        entries.flatten().find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let rabbit = comm.trim() == "beam.smp"
+                && cmdline.windows(b"rabbit".len()).any(|w| w == b"rabbit");
+            rabbit.then(|| Probe {
+                label,
+                stat: format!("/proc/{pid}/stat"),
+            })
+        })
+    }
+
     /// User + system CPU seconds so far; None when the process is gone.
     pub fn cpu_seconds(&self) -> Option<f64> {
         let stat = std::fs::read_to_string(&self.stat).ok()?;
@@ -231,4 +277,18 @@ pub fn load_average() -> String {
         .take(3)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Completes when stdin reaches end-of-file: the benchmark that started this helper process
+/// (`target`, `bus-echo`) is gone, even if it was killed and could not kill the helper.
+pub async fn parent_gone() {
+    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = gone_tx.send(());
+    });
+    let _ = gone_rx.await;
 }

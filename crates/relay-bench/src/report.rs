@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::cli::{BenchArgs, format_size};
 use crate::load::Outcome;
 use crate::procs::Memory;
-use crate::scenario::{CROSS_NODE, DIRECT, LARGE, RATHOLE, RELAY, SMALL};
+use crate::scenario::{BROKER, CROSS_NODE, DIRECT, LARGE, RATHOLE, RELAY, SMALL};
 
 /// Server and connector memory before and after the load.
 pub struct MemoryFigures {
@@ -147,6 +147,28 @@ impl Report {
                 note: with_errors(&[small_cross, small_relay]),
             });
         }
+        if let Some(broker) = self.find(SMALL, BROKER) {
+            // Not a goal of the issue: how much of what the broker alone sustains on this
+            // machine the cross-node relay reaches, and the single-node relay against it.
+            let of_broker = |o: Option<&Outcome>| {
+                o.filter(|_| broker.requests > 0)
+                    .map(|o| o.requests_per_second() / broker.requests_per_second())
+            };
+            let (cross, single) = (of_broker(small_cross), of_broker(small_relay));
+            goals.push(Goal {
+                goal: "broker ceiling: cross-node / single-node as % of bus round trips".into(),
+                measured: cross
+                    .zip(single)
+                    .map(|(c, s)| format!("{:.0}% / {:.0}%", 100.0 * c, 100.0 * s)),
+                pass: None,
+                note: with_errors(&[Some(broker)]).or_else(|| {
+                    Some(format!(
+                        "{:.0} round trips/s over RabbitMQ alone",
+                        broker.requests_per_second()
+                    ))
+                }),
+            });
+        }
         goals
     }
 
@@ -241,6 +263,7 @@ impl Report {
                 match g.pass {
                     Some(true) => "PASS".into(),
                     Some(false) => "MISS".into(),
+                    None if g.measured.is_some() => "info".into(),
                     None => "n/a".into(),
                 },
                 g.note.clone().unwrap_or_default(),

@@ -18,6 +18,8 @@ pub const RELAY: &str = "relay";
 pub const RATHOLE: &str = "rathole";
 /// Path label of the cross-node relay (client on node A, connector on node B).
 pub const CROSS_NODE: &str = "cross-node";
+/// Path label of the broker ceiling: the cross-node message pattern without HTTP or nodes.
+pub const BROKER: &str = "broker";
 
 /// Scenario names, as used by `--scenarios` and the targets in the report.
 pub const SMALL: &str = "small";
@@ -61,6 +63,30 @@ impl Scenario {
     }
 }
 
+impl Scenario {
+    /// The broker-ceiling row: round trips over `amqp_url` (shown without credentials).
+    pub fn broker(
+        name: &str,
+        amqp_url: &str,
+        connections: u16,
+        body_size: u64,
+    ) -> anyhow::Result<Scenario> {
+        let (scheme, rest) = amqp_url.split_once("://").unwrap_or(("amqp", amqp_url));
+        let host = rest.split('/').next().unwrap_or(rest);
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let url: Uri = format!("{scheme}://{host}/")
+            .parse()
+            .with_context(|| format!("scenario {name}/{BROKER}: `{amqp_url}` is not a URL"))?;
+        Ok(Scenario {
+            name: name.to_owned(),
+            path: BROKER.to_owned(),
+            url,
+            connections,
+            body_size,
+        })
+    }
+}
+
 /// Public addresses of the set-ups under test besides the direct target.
 pub struct Entrances {
     pub relay: SocketAddr,
@@ -68,6 +94,8 @@ pub struct Entrances {
     pub rathole: Option<SocketAddr>,
     /// Node A of the cross-node cluster, when it runs.
     pub cross_node: Option<SocketAddr>,
+    /// The cluster's broker URL, for the broker-ceiling row beside the small cross-node row.
+    pub broker: Option<String>,
 }
 
 /// Each kind once direct, once through the single-node relay, through rathole and, given node
@@ -110,6 +138,9 @@ pub fn standard(
         if let Some(node_a) = entrances.cross_node {
             let url = relayed(node_a);
             scenarios.push(Scenario::new(name, CROSS_NODE, &url, connections, size)?);
+        }
+        if let Some(amqp_url) = entrances.broker.as_deref().filter(|_| name == SMALL) {
+            scenarios.push(Scenario::broker(name, amqp_url, connections, size)?);
         }
     }
     Ok(scenarios)

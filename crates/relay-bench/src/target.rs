@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use http_body_util::Full;
@@ -15,11 +15,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::io::Read;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::Command;
 
 use crate::procs::Service;
 
@@ -85,19 +82,9 @@ pub async fn serve(args: TargetArgs) -> anyhow::Result<()> {
             });
         }
     };
-    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let mut sink = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        let _ = gone_tx.send(());
-    });
-    let parent_gone = async {
-        let _ = gone_rx.await;
-    };
     tokio::select! {
         () = accept => {}
-        () = parent_gone => {}
+        () = crate::procs::parent_gone() => {}
     }
     Ok(())
 }
@@ -110,37 +97,12 @@ pub struct TargetProcess {
 
 /// Re-executes this binary as `relay-bench target` and reads the address it bound.
 pub async fn spawn(log_dir: &Path, large_size: u64) -> anyhow::Result<TargetProcess> {
-    let exe = std::env::current_exe().context("locating the relay-bench executable")?;
-    let mut command = Command::new(exe);
-    command.args([
-        "target",
-        "--addr",
-        "127.0.0.1:0",
-        "--large-size",
-        &large_size.to_string(),
-    ]);
-    let mut service = Service::spawn("target", command, log_dir, true)?;
-    let stdout = service
-        .child
-        .stdout
-        .take()
-        .context("target stdout is not captured")?;
-    let mut first = String::new();
-    let mut stdout = BufReader::new(stdout);
-    let read = stdout.read_line(&mut first);
-    match tokio::time::timeout(Duration::from_secs(10), read).await {
-        Ok(Ok(n)) if n > 0 => {}
-        Ok(Ok(_)) | Ok(Err(_)) => {
-            bail!(
-                "target exited before printing its address:\n{}",
-                service.log_tail()
-            )
-        }
-        Err(_) => bail!("target did not print its address within 10s"),
-    }
+    let size = large_size.to_string();
+    let args = ["target", "--addr", "127.0.0.1:0", "--large-size", &size];
+    let (service, first) =
+        Service::spawn_helper("target", &args, log_dir, Duration::from_secs(10)).await?;
     let addr = first
-        .trim()
         .parse()
-        .with_context(|| format!("target printed `{}` instead of an address", first.trim()))?;
+        .with_context(|| format!("target printed `{first}` instead of an address"))?;
     Ok(TargetProcess { addr, service })
 }
