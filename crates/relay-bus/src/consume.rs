@@ -17,7 +17,9 @@ use futures_util::{Stream, StreamExt};
 use lapin::{
     Acker, Channel, Consumer,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions},
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    },
     types::FieldTable,
 };
 use tokio::{
@@ -93,11 +95,16 @@ pub struct RequestDelivery {
 /// the message is gone; the broker then redelivers it anyway.
 pub struct AckHandle {
     acker: Option<Acker>,
+    /// Keeps the carrying channel open until this delivery is settled.
+    _channel: Arc<ChannelKeeper>,
 }
 
 impl AckHandle {
-    fn new(acker: Acker) -> Self {
-        Self { acker: Some(acker) }
+    fn new(acker: Acker, channel: Arc<ChannelKeeper>) -> Self {
+        Self {
+            acker: Some(acker),
+            _channel: channel,
+        }
     }
 
     /// Done: the broker forgets the message.
@@ -194,10 +201,14 @@ pub(crate) struct Spec<T> {
     pub(crate) auto_ack: bool,
     /// Declare this tenant's request queue before each subscribe.
     pub(crate) declare_tenant: Option<String>,
-    pub(crate) triage: fn(Delivery, &str) -> Triage<T>,
+    pub(crate) triage: fn(Delivery, &str, &Arc<ChannelKeeper>) -> Triage<T>,
 }
 
-pub(crate) fn triage_request(delivery: Delivery, queue: &str) -> Triage<RequestDelivery> {
+pub(crate) fn triage_request(
+    delivery: Delivery,
+    queue: &str,
+    channel: &Arc<ChannelKeeper>,
+) -> Triage<RequestDelivery> {
     match RequestEnvelope::from_bytes(&delivery.data) {
         Err(e) => {
             crate::stats::count(&crate::stats::STATS.consume_failed);
@@ -214,7 +225,7 @@ pub(crate) fn triage_request(delivery: Delivery, queue: &str) -> Triage<RequestD
             Triage::Deliver(RequestDelivery {
                 envelope,
                 redelivered: delivery.redelivered,
-                ack: AckHandle::new(delivery.acker),
+                ack: AckHandle::new(delivery.acker, channel.clone()),
             })
         }
     }
@@ -223,7 +234,11 @@ pub(crate) fn triage_request(delivery: Delivery, queue: &str) -> Triage<RequestD
 /// Responses and acks are settled as soon as they are handed on (or, consumed with `no_ack`,
 /// as the broker sends them): this origin is their only reader, and what it can be sent is
 /// bounded by the requests it has in flight.
-pub(crate) fn triage_envelope<T: Envelope>(delivery: Delivery, queue: &str) -> Triage<T> {
+pub(crate) fn triage_envelope<T: Envelope>(
+    delivery: Delivery,
+    queue: &str,
+    _channel: &Arc<ChannelKeeper>,
+) -> Triage<T> {
     match T::from_bytes(&delivery.data) {
         Ok(envelope) => {
             crate::stats::count(&crate::stats::STATS.consumed);
@@ -237,20 +252,49 @@ pub(crate) fn triage_envelope<T: Envelope>(delivery: Delivery, queue: &str) -> T
     }
 }
 
+/// A consumer's channel, closed when the last holder lets go: the subscription, and every
+/// [`AckHandle`] not settled yet. Ending a subscription (its reader stopped, say because the
+/// tenant's last tunnel on this node went away) therefore does not make the broker requeue
+/// the deliveries that are still running or held for a manual acknowledgement.
+pub(crate) struct ChannelKeeper(Channel);
+
+impl Drop for ChannelKeeper {
+    fn drop(&mut self) {
+        if self.0.status().connected()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let channel = self.0.clone();
+            runtime.spawn(async move {
+                let _ = channel.close(200, "consumer closed".into()).await;
+            });
+        }
+    }
+}
+
 /// A subscription live on one session.
 struct Active {
     session: Arc<Session>,
-    channel: Channel,
+    channel: Arc<ChannelKeeper>,
     consumer: Consumer,
 }
 
 impl Active {
+    /// Stops the deliveries; the channel closes once those handed out are settled.
     fn close(self) {
-        if self.channel.status().connected() {
-            tokio::spawn(async move {
-                let _ = self.channel.close(200, "consumer closed".into()).await;
-            });
+        let Active {
+            channel, consumer, ..
+        } = self;
+        if !channel.0.status().connected() {
+            return;
         }
+        let tag = consumer.tag();
+        tokio::spawn(async move {
+            let _ = channel
+                .0
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            drop(channel);
+        });
     }
 }
 
@@ -289,7 +333,7 @@ async fn subscribe<T>(
     match subscribed {
         Ok(consumer) => Ok(Active {
             session,
-            channel,
+            channel: Arc::new(ChannelKeeper(channel)),
             consumer,
         }),
         Err(e) => {
@@ -439,7 +483,7 @@ async fn forward<T>(
             }
         };
         delivered = true;
-        let triaged = (spec.triage)(delivery, &spec.queue);
+        let triaged = (spec.triage)(delivery, &spec.queue, &active.channel);
         if spec.auto_ack {
             // The broker settled it already; only hand it on.
             if let Triage::Deliver(item) | Triage::DeliverThenAck(item, _) = triaged

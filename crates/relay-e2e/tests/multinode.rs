@@ -682,6 +682,111 @@ async fn manual_acknowledgements_settle_through_any_node() {
     );
 }
 
+#[tokio::test]
+async fn manual_deliveries_are_released_when_the_tunnel_fails() {
+    let Some((cluster, target)) = ack_cluster(relay_store::AckMode::Manual, 60_000).await else {
+        return;
+    };
+    let mut c1 = cluster.connector("c1", &[1], &target);
+    cluster.tunnels_recorded(1).await;
+    // Through node A; node B takes the only prefetch slot and holds it until acknowledged.
+    let hung = tokio::spawn(get_owned(cluster.url(0, "/relay/acme/web/hang")));
+    wait::until(Duration::from_secs(10), "target started", || async {
+        (target.counters.hang_started.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    c1.kill().await;
+    let hung = tokio::time::timeout(Duration::from_secs(10), hung)
+        .await
+        .expect("the client got an answer soon after the connector died")
+        .unwrap();
+    assert_eq!(hung.status, StatusCode::BAD_GATEWAY, "{}", hung.text());
+
+    let _c2 = cluster.connector("c2", &[1], &target);
+    cluster.tunnels_recorded(1).await;
+    // Had the failed delivery kept the slot, this would wait for its 60 s expiry.
+    the_only_slot_is_free(&cluster).await;
+    // Its client got 502: the failed request is not run again.
+    assert_eq!(
+        target.counters.hang_started.load(Ordering::SeqCst),
+        1,
+        "{}",
+        cluster.logs()
+    );
+}
+
+#[tokio::test]
+async fn held_deliveries_survive_a_connector_reconnect() {
+    let Some((cluster, target)) = ack_cluster(relay_store::AckMode::Manual, 60_000).await else {
+        return;
+    };
+    let mut c1 = cluster.connector("c1", &[1], &target);
+    cluster.tunnels_recorded(1).await;
+    let held = get(&cluster.url(0, "/relay/acme/web/inspect")).await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.text());
+    let ack_path = inspected_header(&held, "x-relay-acknowledge-url")
+        .unwrap_or_else(|| panic!("no acknowledge URL in {}", held.text()));
+
+    // The tenant's only tunnel on node B goes away and comes back while the delivery waits.
+    c1.kill().await;
+    let _c2 = cluster.connector("c2", &[1], &target);
+    cluster.tunnels_recorded(1).await;
+    let acked = post(&cluster.url(0, &ack_path), "").await;
+    assert_eq!(acked.status, StatusCode::ACCEPTED, "{}", acked.text());
+    the_only_slot_is_free(&cluster).await;
+    // Acknowledged, not redelivered and run a second time.
+    assert_eq!(
+        target.counters.requests.load(Ordering::SeqCst),
+        2,
+        "{}",
+        cluster.logs()
+    );
+}
+
+#[tokio::test]
+async fn acknowledgements_for_a_stopped_node_are_refused() {
+    let Some((mut cluster, target)) = ack_cluster(relay_store::AckMode::Manual, 60_000).await
+    else {
+        return;
+    };
+    let _c1 = cluster.connector("c1", &[1], &target);
+    cluster.tunnels_recorded(1).await;
+    let held = get(&cluster.url(0, "/relay/acme/web/inspect")).await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.text());
+    let ack_path = inspected_header(&held, "x-relay-acknowledge-url")
+        .unwrap_or_else(|| panic!("no acknowledge URL in {}", held.text()));
+
+    // Node B, which holds the delivery, stops: its queues go with it.
+    let node_b = &mut cluster.nodes[1].1;
+    node_b.terminate();
+    tokio::time::timeout(Duration::from_secs(40), node_b.child.wait())
+        .await
+        .expect("node B stopped")
+        .unwrap();
+    assert!(
+        node_b
+            .log_text()
+            .contains("Deleted this node's response and acknowledge queues"),
+        "{}",
+        node_b.log_text()
+    );
+    // Forwarding through node A finds no queue of node B: refused, not accepted into the void.
+    let refused = post(&cluster.url(0, &ack_path), "").await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.text());
+}
+
+/// A request through node A runs at once (well within 15 s): no delivery holds the tenant's
+/// only prefetch slot on node B.
+async fn the_only_slot_is_free(cluster: &Cluster) {
+    let next = tokio::time::timeout(
+        Duration::from_secs(15),
+        get(&cluster.url(0, "/relay/acme/web/status/201")),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the slot stayed held:\n{}", cluster.logs()));
+    assert_eq!(next.status, StatusCode::CREATED, "{}", next.text());
+}
+
 /// A request id the test's acknowledge URL was not signed for.
 const OTHER_REQUEST: &str = "0190c6e4-7a1b-4c3d-9e8f-0123456789ab";
 

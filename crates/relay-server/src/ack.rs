@@ -29,6 +29,7 @@ use hmac::{Hmac, Mac};
 use http::header::HeaderValue;
 use http::{Response, StatusCode};
 use relay_bus::{AckEnvelope, AckHandle, BusError};
+use relay_core::metrics::Counter;
 use relay_store::AckMode;
 use sha2::Sha256;
 
@@ -40,6 +41,47 @@ pub const SECRET_NAME: &str = "acknowledge-url";
 
 /// First path segment of the acknowledge endpoint.
 pub const PATH_SEGMENT: &str = "acknowledge";
+
+/// What became of acknowledge URL calls and held deliveries, for `relay_acknowledgements_total`.
+#[derive(Clone, Copy)]
+pub enum Outcome {
+    /// `204`: the delivery held here was settled.
+    Settled,
+    /// `202`: passed on to the node holding the delivery.
+    Forwarded,
+    /// `403`: the URL's signature is not valid.
+    BadSignature,
+    /// `404`: nothing waits for this acknowledgement (settled, expired, or never held).
+    Unknown,
+    /// A held delivery expired without an acknowledgement and was dropped.
+    Expired,
+    /// A held delivery was given up because the tunnel failed before the target answered.
+    Released,
+}
+
+/// Label values of [`Outcome`], in its order.
+pub const OUTCOMES: [&str; 6] = [
+    "settled",
+    "forwarded",
+    "bad-signature",
+    "unknown",
+    "expired",
+    "released",
+];
+
+static OUTCOME_COUNTS: [Counter; OUTCOMES.len()] = [const { Counter::new() }; OUTCOMES.len()];
+
+fn count(outcome: Outcome) {
+    OUTCOME_COUNTS[outcome as usize].inc();
+}
+
+/// `(label, count)` of every [`Outcome`], for the metrics endpoint.
+pub fn outcome_counts() -> impl Iterator<Item = (&'static str, u64)> {
+    OUTCOMES
+        .iter()
+        .zip(&OUTCOME_COUNTS)
+        .map(|(label, counter)| (*label, counter.get()))
+}
 
 /// How a request envelope spells each mode (kebab case, as in v3's documentation).
 pub fn wire(mode: AckMode) -> &'static str {
@@ -159,10 +201,25 @@ impl Acks {
                 ..
             }) = expired
             {
+                count(Outcome::Expired);
                 tracing::warn!(request_id = %request_id, "Request expired without a manual acknowledgement; dropped, not requeued.");
                 let _ = handle.reject().await;
             }
         });
+    }
+
+    /// Requests held here, waiting for their acknowledgement.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().map_or(0, |p| p.len())
+    }
+
+    /// Gives up a held request whose tunnel failed before the target answered: its
+    /// acknowledge URL stops working and its delivery, if any, is returned to the caller to
+    /// settle (a client already got an error; nobody will acknowledge it).
+    pub fn release(&self, request_id: &str) -> Option<AckHandle> {
+        let entry = self.pending.lock().ok()?.remove(request_id)?;
+        count(Outcome::Released);
+        entry.handle
     }
 
     /// Settles a held request; `false` when it is unknown here or already settled.
@@ -206,6 +263,7 @@ pub async fn acknowledge(state: &AppState, after: &str) -> Response<Body> {
         return not_found();
     }
     if !state.acks.verify(origin, request_id, signature) {
+        count(Outcome::BadSignature);
         return error(
             StatusCode::FORBIDDEN,
             "ack-signature-invalid",
@@ -214,6 +272,7 @@ pub async fn acknowledge(state: &AppState, after: &str) -> Response<Body> {
     }
     if origin == state.origin_id {
         return if state.acks.settle(request_id).await {
+            count(Outcome::Settled);
             tracing::debug!(request_id = %request_id, "Request acknowledged.");
             let mut response = Response::new(full(bytes::Bytes::new()));
             *response.status_mut() = StatusCode::NO_CONTENT;
@@ -229,7 +288,10 @@ pub async fn acknowledge(state: &AppState, after: &str) -> Response<Body> {
         request_id: request_id.to_owned(),
     };
     match cross.bus.publish_ack(origin, &ack).await {
-        Ok(()) => text(StatusCode::ACCEPTED, "acknowledgement forwarded\n"),
+        Ok(()) => {
+            count(Outcome::Forwarded);
+            text(StatusCode::ACCEPTED, "acknowledgement forwarded\n")
+        }
         Err(BusError::Unroutable { .. }) => not_found(),
         Err(e) => {
             tracing::warn!(request_id = %request_id, error = %e, "Cannot forward an acknowledgement.");
@@ -243,6 +305,7 @@ pub async fn acknowledge(state: &AppState, after: &str) -> Response<Body> {
 }
 
 fn not_found() -> Response<Body> {
+    count(Outcome::Unknown);
     error(
         StatusCode::NOT_FOUND,
         "ack-unknown",
@@ -298,6 +361,19 @@ mod tests {
         assert!(acks.settle("r1").await);
         assert!(!acks.settle("r1").await);
         assert!(!acks.settle("unknown").await);
+    }
+
+    #[tokio::test]
+    async fn released_requests_are_no_longer_held() {
+        let acks = Arc::new(Acks::new("k"));
+        acks.hold("r1", None, Duration::from_secs(60));
+        assert_eq!(acks.pending(), 1);
+        assert!(
+            acks.release("r1").is_none(),
+            "no delivery behind a local hold"
+        );
+        assert_eq!(acks.pending(), 0);
+        assert!(!acks.settle("r1").await);
     }
 
     #[tokio::test]

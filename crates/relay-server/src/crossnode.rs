@@ -497,6 +497,11 @@ impl CrossNode {
         let answer = match result {
             Ok(answer) => answer,
             Err(code) => {
+                if mode == AckMode::Manual {
+                    // The client gets an error and nobody will acknowledge: settle now rather
+                    // than hold the delivery (and a prefetch slot) until it expires.
+                    ack = state.acks.release(&envelope.request_id);
+                }
                 let mut answer = relay_failure(
                     &envelope,
                     StatusCode::BAD_GATEWAY,

@@ -279,6 +279,17 @@ pub async fn run(
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("Background tasks still running at the end of the shutdown grace.");
     }
+    if let Some(cross) = &state.cross {
+        // Origin ids are new on every start: nobody reads these queues again. Deleted, a late
+        // response or acknowledgement for this node is unroutable (an error for its sender)
+        // instead of waiting unread until the queues expire.
+        match cross.bus.delete_origin_queues().await {
+            Ok(()) => tracing::info!("Deleted this node's response and acknowledge queues."),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot delete this node's queues; they expire unused.");
+            }
+        }
+    }
     tracing::info!("Relay server stopped.");
     Ok(())
 }

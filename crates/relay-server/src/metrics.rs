@@ -326,5 +326,20 @@ pub(crate) fn render(state: &AppState) -> String {
         &[("result", "failed")],
         load(&bus.consume_failed),
     );
+    e.describe(
+        "relay_acknowledgements_total",
+        "counter",
+        "Manual acknowledgements and held deliveries by outcome (settled, forwarded, \
+         bad-signature, unknown, expired, released).",
+    );
+    for (outcome, n) in crate::ack::outcome_counts() {
+        e.sample("relay_acknowledgements_total", &[("outcome", outcome)], n);
+    }
+    e.single(
+        "relay_acknowledgements_pending",
+        "gauge",
+        "Requests held on this node until their target acknowledges them (mode manual).",
+        state.acks.pending(),
+    );
     e.finish()
 }

@@ -177,6 +177,10 @@ pub async fn handle(
     let response = match tokio::time::timeout_at(deadline, sender.send_request(request)).await {
         Err(_) => return expired(&tenant),
         Ok(Err(e)) => {
+            if tenant.ack_mode == relay_store::AckMode::Manual {
+                // No delivery to settle here; the acknowledge URL just stops answering 204.
+                state.acks.release(&request_id);
+            }
             if tripped.load(Ordering::Acquire) {
                 return too_large(tenant.max_body_bytes.unwrap_or_default());
             }
