@@ -105,6 +105,7 @@ impl Stack {
             listen: ListenConfig {
                 public: relay_addr,
                 identity: Some(identity_addr),
+                identity_tls: false,
             },
             public_url: None,
             database: DatabaseConfig::with_url(database_url.clone()),

@@ -113,11 +113,35 @@ async fn wait_relaying(site: &Site, procs: &[&Proc]) {
         assert!(
             Instant::now() < deadline,
             "relay did not start relaying:\n{}",
-            procs
-                .iter()
-                .map(|p| p.log_text())
-                .collect::<Vec<_>>()
-                .join("\n")
+            logs(procs)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn logs(procs: &[&Proc]) -> String {
+    procs
+        .iter()
+        .map(|p| p.log_text())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Like [`wait_relaying`] over TLS on `port`, trusting `ca`; returns the server
+/// certificate (DER) that answered.
+async fn wait_relaying_tls(ca: &Path, port: u16, procs: &[&Proc]) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((StatusCode::OK, body, peer)) =
+            https_get(ca, port, "/relay/acme/web/status/200").await
+        {
+            assert_eq!(&body[..], b"status 200");
+            return peer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TLS relaying:\n{}",
+            logs(procs)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -579,23 +603,8 @@ async fn tls_public_listener_and_tunnel_with_certificate_reload() {
     let server = spawn("relay-server", &server_config, &[], site.dir());
     let connector = spawn("relay-connector", &connector_config, &[], site.dir());
     let port = site.relay_port;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some((StatusCode::OK, body, peer)) =
-            https_get(&ca.ca_file, port, "/relay/acme/web/status/200").await
-        {
-            assert_eq!(&body[..], b"status 200");
-            assert_eq!(peer, first);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no TLS relaying:\n{}\n{}",
-            server.log_text(),
-            connector.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let peer = wait_relaying_tls(&ca.ca_file, port, &[&server, &connector]).await;
+    assert_eq!(peer, first);
     // Plain HTTP on the TLS port gets nothing useful.
     assert!(!matches!(
         get_status(&site.url("/health/live")).await,
@@ -974,23 +983,65 @@ async fn relay_identity_serves_tokens_over_tls() {
     wait_relaying(&site, &[&identity, &server, &connector]).await;
 
     // The token endpoint answers only over TLS, with the CA's certificate.
-    let (status, body, _) = https_get(
-        &ca.ca_file,
-        site.identity_port,
-        "/.well-known/openid-configuration",
-    )
-    .await
-    .expect("discovery over TLS");
+    token_service_is_tls_only(&ca.ca_file, site.identity_port, &authority).await;
+}
+
+#[tokio::test]
+async fn in_process_token_service_serves_tls_with_the_relays_certificate() {
+    let target = TestTarget::start().await;
+    let site = Site::new("inproc-identity-tls");
+    let ca = relay_testkit::tls::TestCa::new(site.dir());
+    let (cert, key) = (site.path("cert.pem"), site.path("key.pem"));
+    ca.issue(&cert, &key, "relay");
+    let authority = format!("https://localhost:{}", site.identity_port);
+    let server_config = site.server_config(&format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let text = std::fs::read_to_string(&server_config)
+        .unwrap()
+        .replace("[listen]\n", "[listen]\nidentity_tls = true\n")
+        .replace(
+            &format!("authority = \"http://127.0.0.1:{}\"", site.identity_port),
+            &format!(
+                "authority = \"{authority}\"\nca_file = \"{}\"",
+                ca.ca_file.display()
+            ),
+        );
+    assert!(text.contains(&authority), "{text}");
+    std::fs::write(&server_config, text).unwrap();
+    let connector_config = site.connector_config(
+        &format!("https://localhost:{}", site.relay_port),
+        &target.url(),
+        &format!("ca_file = \"{}\"\n", ca.ca_file.display()),
+    );
+    let server = spawn("relay-server", &server_config, &[], site.dir());
+    let connector = spawn("relay-connector", &connector_config, &[], site.dir());
+    wait_relaying_tls(&ca.ca_file, site.relay_port, &[&server, &connector]).await;
+
+    // The connector got its token from the https endpoint; plain HTTP is not served there.
+    token_service_is_tls_only(&ca.ca_file, site.identity_port, &authority).await;
+}
+
+/// The token service on `port` serves its discovery document over TLS (trusting `ca`), with
+/// issuer `authority` and the token endpoint under it, and nothing over plain HTTP.
+async fn token_service_is_tls_only(ca: &Path, port: u16, authority: &str) {
+    let (status, body, _) = https_get(ca, port, "/.well-known/openid-configuration")
+        .await
+        .expect("discovery over TLS");
     assert_eq!(status, StatusCode::OK);
     let discovery: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(discovery["issuer"], authority);
+    assert_eq!(
+        discovery["token_endpoint"],
+        format!("{authority}/connect/token")
+    );
+    let plain = format!("http://127.0.0.1:{port}/.well-known/openid-configuration");
     assert!(
-        get_status(&format!(
-            "http://127.0.0.1:{}/.well-known/openid-configuration",
-            site.identity_port
-        ))
-        .await
-        .is_none_or(|(status, _)| status != StatusCode::OK),
+        get_status(&plain)
+            .await
+            .is_none_or(|(status, _)| status != StatusCode::OK),
         "plain HTTP must not be served"
     );
 }

@@ -57,6 +57,9 @@ pub struct ListenConfig {
     pub public: SocketAddr,
     /// When set, the token service runs in this process on this address (monolithic mode).
     pub identity: Option<SocketAddr>,
+    /// Serve that in-process token service over TLS with the `[tls]` certificate (then
+    /// `identity.authority` is its `https://` URL).
+    pub identity_tls: bool,
 }
 
 impl Default for ListenConfig {
@@ -64,6 +67,7 @@ impl Default for ListenConfig {
         ListenConfig {
             public: SocketAddr::from(([127, 0, 0, 1], 5000)),
             identity: None,
+            identity_tls: false,
         }
     }
 }
@@ -325,6 +329,15 @@ impl Config {
             return Err(ConfigError::key(
                 "identity.authority",
                 "must be an http:// or https:// URL",
+            ));
+        }
+        if self.listen.identity_tls
+            && (self.listen.identity.is_none() || self.tls.cert_file.is_none())
+        {
+            return Err(ConfigError::key(
+                "listen.identity_tls",
+                "needs listen.identity (the in-process token service) and [tls] cert_file and \
+                 key_file (the certificate it is served with)",
             ));
         }
         if let Some(public) = &self.public_url

@@ -98,6 +98,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         listen: ListenConfig {
             public: options.relay_addr,
             identity: Some(options.identity_addr),
+            identity_tls: false,
         },
         public_url: None,
         database: DatabaseConfig::with_url(database_url),

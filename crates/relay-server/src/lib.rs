@@ -349,7 +349,11 @@ async fn start_identity(
     identity.listen.public = addr;
     identity.public_url = Some(config.identity.authority.clone());
     identity.log = config.log.clone();
-    tracing::info!(%addr, "Token service listening (in process).");
+    if config.listen.identity_tls {
+        identity.tls = config.tls.clone();
+    }
+    let tls = config.listen.identity_tls;
+    tracing::info!(%addr, tls, "Token service listening (in process).");
     let handle = tokio::spawn(async move {
         if let Err(e) = relay_identity::serve(identity, store, listener, shutdown).await {
             tracing::error!(error = %e, "Token service failed.");

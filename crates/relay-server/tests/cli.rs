@@ -33,3 +33,18 @@ fn check_config_accepts_the_example_and_rejects_unknown_keys() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no_such_key"));
 }
+
+#[test]
+fn check_config_wants_a_certificate_for_the_in_process_token_service_over_tls() {
+    let output = Command::new(BIN)
+        .args(["check-config"])
+        .env("RELAY_SERVER__DATABASE__URL", "sqlite:///tmp/x.db")
+        .env("RELAY_SERVER__LISTEN__IDENTITY", "127.0.0.1:5002")
+        .env("RELAY_SERVER__LISTEN__IDENTITY_TLS", "true")
+        .output()
+        .expect("runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("listen.identity_tls"), "{stderr}");
+    assert!(stderr.contains("[tls]"), "{stderr}");
+}
