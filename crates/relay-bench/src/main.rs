@@ -19,12 +19,20 @@
 //! `VmHWM` (peak) after all scenarios. Finally the targets are shown with PASS/MISS;
 //! they are informational and do not change the exit code.
 //!
+//! With PostgreSQL and RabbitMQ reachable (`--cross-node auto`, the default), two more rows:
+//! **cross-node** (load on node A of a two-node cluster whose only connector is on node B)
+//! and, beside the small one, **broker**: the same message pattern over `relay-bus` alone
+//! (see [`broker`]), the ceiling the cross-node row is read against. Their CPU columns include
+//! RabbitMQ when it runs on this machine. With rathole (on `PATH` or `--rathole`), rathole
+//! rows as the competitor.
+//!
 //! Everything shares one machine, so the figures say as much about the host's cores as about
 //! the relay; the CPU columns show who was busy.
 //!
 //! Modules: [`cli`] flags, [`scenario`] what is measured (data-driven), [`load`] the load
 //! generator, [`target`] the target process, [`stack`] relay server + connector, [`procs`]
-//! child processes and `/proc` probes, [`report`] table, targets and JSON.
+//! child processes and `/proc` probes, [`report`] table, targets and JSON, [`crossnode`] the
+//! cluster, [`broker`] the broker ceiling, [`rathole`] the competitor.
 
 mod broker;
 mod cli;
