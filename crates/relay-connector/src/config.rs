@@ -37,9 +37,10 @@ pub struct Config {
     /// same name always wins).
     #[serde(default = "yes")]
     pub builtin_targets: bool,
-    /// Tunnels kept open to each relay URL. One HTTP/2 connection is driven by one task on
-    /// each side, so a second tunnel lets a busy connector use more than one core.
-    #[serde(default = "one")]
+    /// Tunnels kept open to each relay URL (default 2). One HTTP/2 connection is driven by one
+    /// task on each side, so a second tunnel lets a busy connector use more than one core, and
+    /// losing one connection leaves the other carrying requests.
+    #[serde(default = "default_tunnels")]
     pub tunnels_per_relay: u16,
     /// How long in-flight requests may take to finish on shutdown.
     #[serde(default = "default_grace", with = "humantime_serde")]
@@ -99,8 +100,8 @@ fn yes() -> bool {
     true
 }
 
-fn one() -> u16 {
-    1
+fn default_tunnels() -> u16 {
+    2
 }
 
 fn default_grace() -> Duration {
@@ -239,6 +240,7 @@ mod tests {
         assert_eq!(config.relay_url.as_slice(), ["http://127.0.0.1:5000"]);
         assert_eq!(config.targets["web"].timeout, Duration::from_secs(30));
         assert!(config.builtin_targets);
+        assert_eq!(config.tunnels_per_relay, 2);
     }
 
     #[test]

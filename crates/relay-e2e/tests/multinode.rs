@@ -260,7 +260,7 @@ impl Cluster {
         std::fs::write(
             &path,
             format!(
-                "relay_url = [{}]\ntenant = \"acme\"\nsecret = \"{}\"\nmachine_name = \"{name}\"\n[targets.web]\nurl = \"{}\"\ntimeout = \"600s\"\n",
+                "relay_url = [{}]\ntenant = \"acme\"\nsecret = \"{}\"\nmachine_name = \"{name}\"\ntunnels_per_relay = 1\n[targets.web]\nurl = \"{}\"\ntimeout = \"600s\"\n",
                 urls.join(", "),
                 self.secret,
                 target.url()

@@ -67,7 +67,7 @@ impl Site {
     /// Writes `connector.toml` with target `web` and `extra` TOML (top-level keys first).
     fn connector_config(&self, relay_url: &str, target: &str, extra: &str) -> PathBuf {
         let text = format!(
-            "relay_url = \"{relay_url}\"\ntenant = \"acme\"\nsecret_file = \"{}\"\nshutdown_grace = \"10s\"\n{extra}\n\
+            "relay_url = \"{relay_url}\"\ntenant = \"acme\"\nsecret_file = \"{}\"\nshutdown_grace = \"10s\"\ntunnels_per_relay = 1\n{extra}\n\
              [targets.web]\nurl = \"{target}\"\n",
             self.path("secret").display(),
         );
