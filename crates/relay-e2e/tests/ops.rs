@@ -65,9 +65,16 @@ impl Site {
     }
 
     /// Writes `connector.toml` with target `web` and `extra` TOML (top-level keys first).
+    /// One tunnel, so tunnel counts are those of connectors, unless `extra` sets
+    /// `tunnels_per_relay`.
     fn connector_config(&self, relay_url: &str, target: &str, extra: &str) -> PathBuf {
+        let tunnels = if extra.contains("tunnels_per_relay") {
+            ""
+        } else {
+            "tunnels_per_relay = 1\n"
+        };
         let text = format!(
-            "relay_url = \"{relay_url}\"\ntenant = \"acme\"\nsecret_file = \"{}\"\nshutdown_grace = \"10s\"\ntunnels_per_relay = 1\n{extra}\n\
+            "relay_url = \"{relay_url}\"\ntenant = \"acme\"\nsecret_file = \"{}\"\nshutdown_grace = \"10s\"\n{tunnels}{extra}\n\
              [targets.web]\nurl = \"{target}\"\n",
             self.path("secret").display(),
         );
@@ -169,7 +176,9 @@ async fn server_and_connector_notify_systemd_in_order() {
     let server_notify = NotifySocket::bind(site.dir(), "server");
     let connector_notify = NotifySocket::bind(site.dir(), "connector");
     let server_config = site.server_config("");
-    let connector_config = site.connector_config(&site.relay_url(), &target.url(), "");
+    // Two tunnels: the server's status still counts one connector.
+    let connector_config =
+        site.connector_config(&site.relay_url(), &target.url(), "tunnels_per_relay = 2\n");
 
     // The connector starts first: it retries and says so, and is not ready.
     let mut connector = spawn(

@@ -297,16 +297,17 @@ pub async fn run(
 /// How often the systemd `STATUS=` line is refreshed.
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// `serving, 12 connectors, 3 tenants`: tunnels on this node and the tenants they belong to.
+/// `serving, 12 connectors, 3 tenants`: connectors (tenant and machine, however many
+/// tunnels each keeps) attached to this node and the tenants they belong to.
 fn status_line(state: &AppState) -> String {
     let tunnels = state.registry.all();
-    let mut tenants: Vec<&str> = tunnels.iter().map(|t| t.tenant_key.as_str()).collect();
-    tenants.sort_unstable();
+    let connectors = registry::connectors(&tunnels);
+    let mut tenants: Vec<&str> = connectors.iter().map(|(tenant, _)| *tenant).collect();
     tenants.dedup();
     format!(
         "serving, {} connector{}, {} tenant{}",
-        tunnels.len(),
-        if tunnels.len() == 1 { "" } else { "s" },
+        connectors.len(),
+        if connectors.len() == 1 { "" } else { "s" },
         tenants.len(),
         if tenants.len() == 1 { "" } else { "s" },
     )

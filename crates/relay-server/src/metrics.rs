@@ -228,12 +228,7 @@ pub(crate) fn render(state: &AppState) -> String {
         }
     }
     let tunnels = state.registry.all();
-    let mut connectors: Vec<(&str, &str)> = tunnels
-        .iter()
-        .map(|t| (t.tenant_key.as_str(), t.machine.as_str()))
-        .collect();
-    connectors.sort_unstable();
-    connectors.dedup();
+    let connectors = crate::registry::connectors(&tunnels);
     e.single(
         "relay_connectors_connected",
         "gauge",

@@ -62,6 +62,18 @@ impl Tunnel {
 
 pub struct InFlight(Arc<Tunnel>);
 
+/// The distinct connectors (tenant key, machine) behind `tunnels`, sorted: a connector keeps
+/// several tunnels (`tunnels_per_relay`) and counts once.
+pub fn connectors(tunnels: &[Arc<Tunnel>]) -> Vec<(&str, &str)> {
+    let mut connectors: Vec<(&str, &str)> = tunnels
+        .iter()
+        .map(|t| (t.tenant_key.as_str(), t.machine.as_str()))
+        .collect();
+    connectors.sort_unstable();
+    connectors.dedup();
+    connectors
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
