@@ -59,17 +59,30 @@ pub enum Outcome {
     Released,
 }
 
-/// Label values of [`Outcome`], in its order.
-pub const OUTCOMES: [&str; 6] = [
-    "settled",
-    "forwarded",
-    "bad-signature",
-    "unknown",
-    "expired",
-    "released",
-];
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Settled,
+        Outcome::Forwarded,
+        Outcome::BadSignature,
+        Outcome::Unknown,
+        Outcome::Expired,
+        Outcome::Released,
+    ];
 
-static OUTCOME_COUNTS: [Counter; OUTCOMES.len()] = [const { Counter::new() }; OUTCOMES.len()];
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Settled => "settled",
+            Outcome::Forwarded => "forwarded",
+            Outcome::BadSignature => "bad-signature",
+            Outcome::Unknown => "unknown",
+            Outcome::Expired => "expired",
+            Outcome::Released => "released",
+        }
+    }
+}
+
+static OUTCOME_COUNTS: [Counter; Outcome::ALL.len()] =
+    [const { Counter::new() }; Outcome::ALL.len()];
 
 fn count(outcome: Outcome) {
     OUTCOME_COUNTS[outcome as usize].inc();
@@ -77,10 +90,9 @@ fn count(outcome: Outcome) {
 
 /// `(label, count)` of every [`Outcome`], for the metrics endpoint.
 pub fn outcome_counts() -> impl Iterator<Item = (&'static str, u64)> {
-    OUTCOMES
-        .iter()
-        .zip(&OUTCOME_COUNTS)
-        .map(|(label, counter)| (*label, counter.get()))
+    Outcome::ALL
+        .into_iter()
+        .map(|outcome| (outcome.label(), OUTCOME_COUNTS[outcome as usize].get()))
 }
 
 /// How a request envelope spells each mode (kebab case, as in v3's documentation).
@@ -363,8 +375,15 @@ mod tests {
         assert!(!acks.settle("unknown").await);
     }
 
+    fn released_count() -> u64 {
+        outcome_counts()
+            .find(|(label, _)| *label == "released")
+            .map_or(0, |(_, n)| n)
+    }
+
     #[tokio::test]
     async fn released_requests_are_no_longer_held() {
+        let before = released_count();
         let acks = Arc::new(Acks::new("k"));
         acks.hold("r1", None, Duration::from_secs(60));
         assert_eq!(acks.pending(), 1);
@@ -374,6 +393,9 @@ mod tests {
         );
         assert_eq!(acks.pending(), 0);
         assert!(!acks.settle("r1").await);
+        assert!(released_count() > before, "counted as released");
+        let labels: std::collections::BTreeSet<_> = outcome_counts().map(|(l, _)| l).collect();
+        assert_eq!(labels.len(), Outcome::ALL.len());
     }
 
     #[tokio::test]

@@ -62,6 +62,12 @@ impl Tunnel {
 
 pub struct InFlight(Arc<Tunnel>);
 
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The distinct connectors (tenant key, machine) behind `tunnels`, sorted: a connector keeps
 /// several tunnels (`tunnels_per_relay`) and counts once.
 pub fn connectors(tunnels: &[Arc<Tunnel>]) -> Vec<(&str, &str)> {
@@ -72,12 +78,6 @@ pub fn connectors(tunnels: &[Arc<Tunnel>]) -> Vec<(&str, &str)> {
     connectors.sort_unstable();
     connectors.dedup();
     connectors
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 #[derive(Default)]
