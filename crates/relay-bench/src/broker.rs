@@ -26,7 +26,7 @@ use crate::scenario::Scenario;
 use crate::target::SMALL_SIZE;
 
 /// The tenant whose request queue carries the round trips.
-const TENANT: &str = "bus-bench";
+pub const TENANT: &str = "bus-bench";
 /// How long a round trip may take before it counts as failed.
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -163,8 +163,31 @@ pub async fn run(
         .collect();
     let outcome = crate::load::collect(scenario, window, workers, probes).await;
     dispatch.abort();
+    // Nobody reads this origin's queues again.
+    let _ = bus.delete_origin_queues().await;
     bus.close().await;
     outcome
+}
+
+/// Deletes the run's durable tenant queues once nothing consumes them any more (the relay
+/// nodes and `bus-echo` are stopped): they would otherwise stay on the broker for good.
+/// Origin queues of stopped processes expire by themselves.
+pub async fn delete_tenant_queues(amqp_url: &str, prefix: &str, tenants: &[&str]) {
+    let origin = format!("bench-cleanup-{}", std::process::id());
+    let bus = match connect(amqp_url, prefix, &origin).await {
+        Ok(bus) => bus,
+        Err(e) => {
+            eprintln!("warning: cannot delete the run's broker queues: {e:#}");
+            return;
+        }
+    };
+    for tenant in tenants {
+        if let Err(e) = bus.delete_tenant(tenant).await {
+            eprintln!("warning: deleting the queue of tenant {tenant}: {e}");
+        }
+    }
+    let _ = bus.delete_origin_queues().await;
+    bus.close().await;
 }
 
 /// One request out and its response back.

@@ -223,7 +223,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         echo.stop().await;
     }
     if let Some(cluster) = cluster {
+        let (amqp_url, prefix) = cluster.bus();
+        let (amqp_url, prefix) = (amqp_url.to_owned(), prefix.to_owned());
         cluster.stop().await;
+        let tenants = [stack::TENANT, broker::TENANT];
+        broker::delete_tenant_queues(&amqp_url, &prefix, &tenants).await;
     }
     if let Some(rathole) = rathole {
         rathole.stop().await;
