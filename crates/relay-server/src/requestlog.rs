@@ -280,6 +280,10 @@ impl Drop for LoggedBody {
 }
 
 /// Writes entries in batches until shutdown, then flushes what is queued.
+///
+/// The writer wakes for the first entry of a batch, then sleeps [`FLUSH_EVERY`] while the
+/// queue fills: entries sent meanwhile wake nobody, so logging costs no task wake-up per
+/// request.
 async fn write(
     store: Store,
     mut rx: mpsc::Receiver<RequestLogEntry>,
@@ -290,20 +294,27 @@ async fn write(
     let mut reported = 0;
     let mut reported_at: Option<Instant> = None;
     loop {
-        let first = tokio::select! {
-            entry = rx.recv() => entry,
-            () = shutdown.cancelled() => None,
+        let received = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => n,
+            () = shutdown.cancelled() => 0,
         };
-        let Some(first) = first else { break };
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + FLUSH_EVERY;
-        while batch.len() < BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(entry)) => batch.push(entry),
-                _ => break,
-            }
+        if received == 0 {
+            break;
         }
-        flush(&store, &mut batch, &dropped).await;
+        tokio::select! {
+            () = tokio::time::sleep(FLUSH_EVERY) => {}
+            () = shutdown.cancelled() => {}
+        }
+        loop {
+            while batch.len() < BATCH {
+                let Ok(entry) = rx.try_recv() else { break };
+                batch.push(entry);
+            }
+            if batch.is_empty() {
+                break;
+            }
+            flush(&store, &mut batch, &dropped).await;
+        }
         let now_dropped = dropped.load(Ordering::Relaxed);
         // At most one line per DROP_REPORT_EVERY, however long the database fails.
         if now_dropped > reported && reported_at.is_none_or(|at| at.elapsed() >= DROP_REPORT_EVERY)
@@ -330,11 +341,12 @@ async fn flush(store: &Store, batch: &mut Vec<RequestLogEntry>, dropped: &Atomic
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = store.insert_request_log(batch).await {
-        dropped.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let entries = std::mem::replace(batch, Vec::with_capacity(BATCH));
+    let count = entries.len() as u64;
+    if let Err(e) = store.insert_request_log(entries).await {
+        dropped.fetch_add(count, Ordering::Relaxed);
         tracing::debug!(error = %e, "Writing request log entries failed.");
     }
-    batch.clear();
 }
 
 /// Deletes entries past the retention, at start and every hour.

@@ -50,7 +50,7 @@ pub struct RequestLogFilter {
     pub take: i64,
 }
 
-/// Rows per INSERT statement (13 bind parameters each, far below the limits of PostgreSQL and
+/// Rows per INSERT statement (12 bind parameters each, far below the limits of PostgreSQL and
 /// SQLite).
 const INSERT_CHUNK: usize = 250;
 
@@ -59,8 +59,11 @@ impl Store {
     ///
     /// The writer calls this with batches of hundreds of rows, so a batch costs one round
     /// trip: one blocking-pool call running every insert on SQLite (instead of one per row),
-    /// multi-row `INSERT` statements on PostgreSQL.
-    pub async fn insert_request_log(&self, entries: &[RequestLogEntry]) -> Result<(), StoreError> {
+    /// multi-row `INSERT` statements on both backends.
+    pub async fn insert_request_log(
+        &self,
+        entries: Vec<RequestLogEntry>,
+    ) -> Result<(), StoreError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -69,7 +72,6 @@ impl Store {
                 let mut conn = tokio::time::timeout(POOL_TIMEOUT, pool.get())
                     .await
                     .map_err(|_| StoreError::PoolTimeout)??;
-                let entries = entries.to_vec();
                 conn.spawn_blocking(move |conn| {
                     diesel::Connection::transaction(conn, |conn| {
                         for chunk in entries.chunks(INSERT_CHUNK) {

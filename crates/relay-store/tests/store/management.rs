@@ -178,7 +178,10 @@ async fn request_log_batches_larger_than_one_statement_keep_every_row(store: Sto
             ..entry("a", "succeeded", 5000 + i)
         })
         .collect();
-    store.insert_request_log(&entries).await.expect("insert");
+    store
+        .insert_request_log(entries.clone())
+        .await
+        .expect("insert");
     let (mut rows, total) = store
         .list_request_log(&RequestLogFilter {
             take: 1000,
@@ -201,8 +204,14 @@ async fn request_log_filters_pages_and_purges(store: Store) {
             )
         })
         .collect();
-    store.insert_request_log(&entries).await.expect("insert");
-    store.insert_request_log(&[]).await.expect("empty batch");
+    store
+        .insert_request_log(entries.clone())
+        .await
+        .expect("insert");
+    store
+        .insert_request_log(Vec::new())
+        .await
+        .expect("empty batch");
     let page = |filter: RequestLogFilter| {
         let store = store.clone();
         async move { store.list_request_log(&filter).await.expect("list") }
