@@ -131,6 +131,10 @@ pub struct TokenSource {
     tenant: String,
     secret: Secret,
     cached: Mutex<Option<(Secret, Instant)>>,
+    /// Held while a token is being fetched: tunnels that open together (several per relay,
+    /// several relays) share one token request, so the token service checks the secret
+    /// (argon2id: 19 MiB and tens of milliseconds of CPU) once, not once per tunnel.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl TokenSource {
@@ -140,17 +144,20 @@ impl TokenSource {
             tenant,
             secret,
             cached: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
         }
     }
 
     /// A token valid for a while yet: the cached one until 80 % of its lifetime has passed,
     /// then a fresh one from `token_endpoint`.
     pub async fn token(&self, token_endpoint: &str) -> Result<Secret, ConnectorError> {
-        if let Ok(cached) = self.cached.lock()
-            && let Some((token, refresh_at)) = cached.as_ref()
-            && Instant::now() < *refresh_at
-        {
-            return Ok(token.clone());
+        if let Some(token) = self.fresh() {
+            return Ok(token);
+        }
+        let _fetching = self.fetching.lock().await;
+        // Fetched by another tunnel while this one waited.
+        if let Some(token) = self.fresh() {
+            return Ok(token);
         }
         let form = serde_urlencoded::to_string([
             ("grant_type", "client_credentials"),
@@ -191,10 +198,81 @@ impl TokenSource {
         Ok(token)
     }
 
+    /// The cached token, unless 80 % of its lifetime has passed.
+    fn fresh(&self) -> Option<Secret> {
+        let cached = self.cached.lock().ok()?;
+        let (token, refresh_at) = cached.as_ref()?;
+        (Instant::now() < *refresh_at).then(|| token.clone())
+    }
+
     /// Forgets the cached token, after the relay rejected it.
     pub fn invalidate(&self) {
         if let Ok(mut cached) = self.cached.lock() {
             *cached = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A token endpoint that counts its calls and answers each after a pause, so that callers
+    /// arriving together overlap with the first call.
+    async fn slow_token_endpoint(calls: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let calls = calls.clone();
+                let service = hyper::service::service_fn(move |_request| {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let body = format!(r#"{{"access_token":"token-{n}","expires_in":3600}}"#);
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(body),
+                        )))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        format!("http://{addr}/connect/token")
+    }
+
+    #[tokio::test]
+    async fn tunnels_opening_together_share_one_token_request() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let endpoint = slow_token_endpoint(calls.clone()).await;
+        let dialer = Arc::new(crate::dial::Dialer::new(None, None).expect("dialer"));
+        let source = Arc::new(TokenSource::new(
+            ControlClient::new(dialer),
+            "acme".into(),
+            Secret::new("secret"),
+        ));
+        let tunnels: Vec<_> = (0..4)
+            .map(|_| {
+                let (source, endpoint) = (source.clone(), endpoint.clone());
+                tokio::spawn(
+                    async move { source.token(&endpoint).await.map(|t| t.expose().to_owned()) },
+                )
+            })
+            .collect();
+        for tunnel in tunnels {
+            assert_eq!(tunnel.await.expect("task").expect("token"), "token-1");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one token request");
+        source.invalidate();
+        let renewed = source.token(&endpoint).await.expect("token");
+        assert_eq!(renewed.expose(), "token-2");
     }
 }
