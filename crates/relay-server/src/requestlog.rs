@@ -291,8 +291,7 @@ async fn write(
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut reported = 0;
-    let mut reported_at: Option<Instant> = None;
+    let mut drops = DropReport::default();
     loop {
         let received = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => n,
@@ -314,17 +313,7 @@ async fn write(
                 break;
             }
             flush(&store, &mut batch, &dropped).await;
-        }
-        let now_dropped = dropped.load(Ordering::Relaxed);
-        // At most one line per DROP_REPORT_EVERY, however long the database fails.
-        if now_dropped > reported && reported_at.is_none_or(|at| at.elapsed() >= DROP_REPORT_EVERY)
-        {
-            reported_at = Some(Instant::now());
-            tracing::warn!(
-                dropped = now_dropped - reported,
-                "Request log entries dropped (writer behind or database failing)."
-            );
-            reported = now_dropped;
+            drops.check(&dropped);
         }
     }
     rx.close();
@@ -335,6 +324,32 @@ async fn write(
         }
     }
     flush(&store, &mut batch, &dropped).await;
+}
+
+/// Warns about dropped entries, at most once per [`DROP_REPORT_EVERY`] however long the
+/// database fails.
+#[derive(Default)]
+struct DropReport {
+    reported: u64,
+    reported_at: Option<Instant>,
+}
+
+impl DropReport {
+    fn check(&mut self, dropped: &AtomicU64) {
+        let now_dropped = dropped.load(Ordering::Relaxed);
+        if now_dropped > self.reported
+            && self
+                .reported_at
+                .is_none_or(|at| at.elapsed() >= DROP_REPORT_EVERY)
+        {
+            self.reported_at = Some(Instant::now());
+            tracing::warn!(
+                dropped = now_dropped - self.reported,
+                "Request log entries dropped (writer behind or database failing)."
+            );
+            self.reported = now_dropped;
+        }
+    }
 }
 
 async fn flush(store: &Store, batch: &mut Vec<RequestLogEntry>, dropped: &AtomicU64) {

@@ -600,7 +600,7 @@ async fn requests(s: &Stack, admin: &str, scoped: &str) {
             started_at: base + i * 1000,
         })
         .collect();
-    s.store.insert_request_log(entries.clone()).await.unwrap();
+    s.store.insert_request_log(entries).await.unwrap();
     let (status, body) = s
         .call(Method::GET, "/management/requests", admin, None)
         .await;
