@@ -125,12 +125,23 @@ struct TokenError {
     error_description: Option<String>,
 }
 
+/// An access token and when to replace it.
+#[derive(Clone)]
+pub struct Token {
+    pub secret: Secret,
+    /// 80 % of its lifetime: a tunnel opened with it renews itself then (make-before-break),
+    /// well before the relay cuts it at the expiry.
+    pub refresh_at: Instant,
+    /// When it expires (by this machine's clock, from `expires_in`).
+    pub expires_at: Instant,
+}
+
 /// Obtains and caches the connector's access token (OAuth2 client credentials).
 pub struct TokenSource {
     client: ControlClient,
     tenant: String,
     secret: Secret,
-    cached: Mutex<Option<(Secret, Instant)>>,
+    cached: Mutex<Option<Token>>,
     /// Held while a token is being fetched: tunnels that open together (several per relay,
     /// several relays) share one token request, so the token service checks the secret
     /// (argon2id: 19 MiB and tens of milliseconds of CPU) once, not once per tunnel.
@@ -150,7 +161,7 @@ impl TokenSource {
 
     /// A token valid for a while yet: the cached one until 80 % of its lifetime has passed,
     /// then a fresh one from `token_endpoint`.
-    pub async fn token(&self, token_endpoint: &str) -> Result<Secret, ConnectorError> {
+    pub async fn token(&self, token_endpoint: &str) -> Result<Token, ConnectorError> {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
@@ -189,20 +200,24 @@ impl TokenSource {
             )));
         }
         let answer: TokenResponse = parse(token_endpoint, &body)?;
-        let token = Secret::new(answer.access_token);
-        let refresh_at =
-            Instant::now() + Duration::from_secs(answer.expires_in.saturating_mul(4) / 5);
+        let now = Instant::now();
+        let lifetime_ms = answer.expires_in.saturating_mul(1000);
+        let token = Token {
+            secret: Secret::new(answer.access_token),
+            refresh_at: now + Duration::from_millis(lifetime_ms.saturating_mul(4) / 5),
+            expires_at: now + Duration::from_millis(lifetime_ms),
+        };
         if let Ok(mut cached) = self.cached.lock() {
-            *cached = Some((token.clone(), refresh_at));
+            *cached = Some(token.clone());
         }
         Ok(token)
     }
 
     /// The cached token, unless 80 % of its lifetime has passed.
-    fn fresh(&self) -> Option<Secret> {
+    fn fresh(&self) -> Option<Token> {
         let cached = self.cached.lock().ok()?;
-        let (token, refresh_at) = cached.as_ref()?;
-        (Instant::now() < *refresh_at).then(|| token.clone())
+        let token = cached.as_ref()?;
+        (Instant::now() < token.refresh_at).then(|| token.clone())
     }
 
     /// Forgets the cached token, after the relay rejected it.
@@ -262,9 +277,12 @@ mod tests {
         let tunnels: Vec<_> = (0..4)
             .map(|_| {
                 let (source, endpoint) = (source.clone(), endpoint.clone());
-                tokio::spawn(
-                    async move { source.token(&endpoint).await.map(|t| t.expose().to_owned()) },
-                )
+                tokio::spawn(async move {
+                    source
+                        .token(&endpoint)
+                        .await
+                        .map(|t| t.secret.expose().to_owned())
+                })
             })
             .collect();
         for tunnel in tunnels {
@@ -273,6 +291,6 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "one token request");
         source.invalidate();
         let renewed = source.token(&endpoint).await.expect("token");
-        assert_eq!(renewed.expose(), "token-2");
+        assert_eq!(renewed.secret.expose(), "token-2");
     }
 }

@@ -53,6 +53,9 @@ pub(crate) struct Shared {
     /// The tenant's tunnel settings as last pushed by a relay node. They outrank the
     /// discovery document (server defaults) on every later connection.
     pushed: std::sync::Mutex<Option<TunnelSettings>>,
+    /// Tunnels that were replaced (token renewal) and finish their requests in the
+    /// background; waited for on shutdown.
+    background: TaskTracker,
 }
 
 impl Shared {
@@ -133,6 +136,7 @@ impl Connector {
                 * usize::from(config.tunnels_per_relay),
             ready: std::sync::atomic::AtomicBool::new(false),
             pushed: std::sync::Mutex::new(None),
+            background: TaskTracker::new(),
         };
         Ok(Connector {
             metrics_listen: config.metrics.listen,
@@ -177,6 +181,8 @@ impl Connector {
         }
         tracker.close();
         tracker.wait().await;
+        self.shared.background.close();
+        self.shared.background.wait().await;
     }
 }
 
@@ -187,11 +193,32 @@ async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: Cancellat
     let mut backoff =
         backoff::Backoff::new(settings.reconnect_min_delay, settings.reconnect_max_delay);
     let mut failures = 0u32;
+    // A tunnel due for renewal, still serving until its replacement is up.
+    let mut replaces: Option<String> = None;
     while !shutdown.is_cancelled() {
-        let result = tunnel::connect_and_serve(&shared, &relay_url, &mut settings, &shutdown).await;
+        let result = tunnel::connect_and_serve(
+            &shared,
+            &relay_url,
+            &mut settings,
+            &shutdown,
+            replaces.as_deref(),
+        )
+        .await;
         backoff.set_bounds(settings.reconnect_min_delay, settings.reconnect_max_delay);
+        if result.is_ok() {
+            // A new tunnel came up (and has ended): the one it replaced is being drained.
+            replaces = None;
+        }
         match result {
             Ok(Ended::Shutdown) => break,
+            Ok(Ended::Renewing(old)) => {
+                // Make-before-break: the replacement opens at once, the old one serves on.
+                metrics::RENEWED.inc();
+                replaces = old;
+                backoff.reset();
+                failures = 0;
+                continue;
+            }
             Ok(Ended::Drained) => {
                 metrics::DRAINED.inc();
                 backoff.reset();
@@ -203,6 +230,14 @@ async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: Cancellat
                 metrics::LOST.inc();
                 tracing::warn!(relay = %relay_url, %reason, "Tunnel lost; reconnecting.");
                 shared.retrying(&relay_url, &reason);
+            }
+            Err(ConnectorError::Rejected(reason)) => {
+                // Refused credentials need an operator: say so on every attempt (the back-off
+                // keeps that to one line per delay).
+                metrics::CONNECTS[1].inc();
+                failures += 1;
+                shared.retrying(&relay_url, &reason);
+                tracing::warn!(relay = %relay_url, %reason, failures, "Credentials refused; retrying.");
             }
             Err(e) => {
                 metrics::CONNECTS[1].inc();

@@ -18,6 +18,8 @@ pub(crate) static CONNECTS: [Counter; 2] = [const { Counter::new() }; 2];
 pub(crate) static LOST: Counter = Counter::new();
 /// Drain requests from relay servers.
 pub(crate) static DRAINED: Counter = Counter::new();
+/// Tunnels replaced by a new one before their token expired.
+pub(crate) static RENEWED: Counter = Counter::new();
 
 /// Records one relayed request when its response head is ready.
 #[inline]
@@ -79,6 +81,12 @@ pub(crate) fn render() -> String {
         "counter",
         "Drain requests received from relay servers.",
         DRAINED.get(),
+    );
+    e.single(
+        "relay_connector_tunnel_renewals_total",
+        "counter",
+        "Tunnels replaced by a new one (with a new token) before their token expired.",
+        RENEWED.get(),
     );
     e.finish()
 }

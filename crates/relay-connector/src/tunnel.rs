@@ -24,6 +24,10 @@ pub enum Ended {
     Shutdown,
     /// The server asked us to move; the old tunnel finishes in the background.
     Drained,
+    /// Its token is due for renewal: the tunnel keeps serving in the background until the
+    /// new tunnel, opened as a replacement of this one (its id, if the server gave one), is
+    /// up and the server drains this one (make-before-break).
+    Renewing(Option<String>),
     /// The connection closed or failed.
     Lost(String),
 }
@@ -38,11 +42,15 @@ const MAX_STREAMS: u32 = 2048;
 /// discovery document, overridden by the tenant settings a server pushed (now or earlier):
 /// reconnect delays apply to the next back-off, the keep-alive interval to the next tunnel
 /// (HTTP/2 cannot change it on a live connection).
+///
+/// With `replaces`, the new tunnel asks the server to drain that (older) tunnel of ours once
+/// it is up.
 pub async fn connect_and_serve(
     shared: &Arc<Shared>,
     relay_url: &str,
     settings: &mut TunnelSettings,
     shutdown: &CancellationToken,
+    replaces: Option<&str>,
 ) -> Result<Ended, ConnectorError> {
     let doc = shared.control.discover(relay_url).await?;
     *settings = shared.pushed_settings().unwrap_or(doc.settings);
@@ -70,9 +78,12 @@ pub async fn connect_and_serve(
     let path = endpoint
         .path_and_query()
         .map_or(relay_proto::TUNNEL_PATH, |p| p.as_str());
-    let request = Request::get(path)
+    let mut request = Request::get(path)
         .header(header::HOST, authority.as_str())
-        .header(header::AUTHORIZATION, format!("Bearer {}", token.expose()))
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", token.secret.expose()),
+        )
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, relay_proto::UPGRADE_PROTOCOL)
         .header(
@@ -85,6 +96,11 @@ pub async fn connect_and_serve(
         )
         .body(Empty::<Bytes>::new())
         .map_err(|e| ConnectorError::Protocol(e.to_string()))?;
+    if let Some(old) = replaces.and_then(|id| http::HeaderValue::from_str(id).ok()) {
+        request
+            .headers_mut()
+            .insert(relay_proto::headers::TUNNEL_REPLACES, old);
+    }
     let response = sender
         .send_request(request)
         .await
@@ -93,9 +109,15 @@ pub async fn connect_and_serve(
         StatusCode::SWITCHING_PROTOCOLS => {}
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             shared.tokens.invalidate();
+            let code = response
+                .headers()
+                .get(relay_proto::headers::RELAY_ERROR)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("refused")
+                .to_owned();
             let reason = body_text(response).await;
             return Err(ConnectorError::Rejected(format!(
-                "relay refused the tunnel: {reason}"
+                "relay refused the tunnel ({code}): {reason}"
             )));
         }
         status => {
@@ -105,10 +127,37 @@ pub async fn connect_and_serve(
             )));
         }
     }
+    let tunnel_id = response
+        .headers()
+        .get(relay_proto::headers::TUNNEL_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let upgraded = hyper::upgrade::on(response)
         .await
         .map_err(ConnectorError::Tunnel)?;
-    serve(shared, relay_url, upgraded, settings, shutdown).await
+    serve(
+        shared,
+        relay_url,
+        upgraded,
+        settings,
+        shutdown,
+        Renewal {
+            tunnel_id,
+            at: token.refresh_at.into(),
+            expires: token.expires_at.into(),
+        },
+    )
+    .await
+}
+
+/// When and as what a served tunnel renews itself.
+struct Renewal {
+    /// The id the server gave this tunnel.
+    tunnel_id: Option<String>,
+    /// When to open the replacement (80 % of the token's lifetime).
+    at: tokio::time::Instant,
+    /// The token's expiry: the server cuts the tunnel then.
+    expires: tokio::time::Instant,
 }
 
 async fn serve(
@@ -117,6 +166,7 @@ async fn serve(
     io: hyper::upgrade::Upgraded,
     settings: &mut TunnelSettings,
     shutdown: &CancellationToken,
+    renewal: Renewal,
 ) -> Result<Ended, ConnectorError> {
     let drain = Arc::new(Notify::new());
     let service = {
@@ -141,7 +191,7 @@ async fn serve(
         .serve_connection(io, service);
     let mut conn = Box::pin(conn);
     shared.tunnel_up(relay_url);
-    let _down = scopeguard(shared.clone());
+    let down = scopeguard(shared.clone());
     tracing::info!(tenant = %shared.tenant, "Tunnel established.");
     let ended = tokio::select! {
         result = conn.as_mut() => Ended::Lost(match result {
@@ -150,11 +200,31 @@ async fn serve(
         }),
         () = drain.notified() => Ended::Drained,
         () = shutdown.cancelled() => Ended::Shutdown,
+        () = tokio::time::sleep_until(renewal.at) => Ended::Renewing(renewal.tunnel_id.clone()),
     };
     if let Some(new) = shared.pushed_settings() {
         *settings = new;
     }
     if matches!(ended, Ended::Lost(_)) {
+        return Ok(ended);
+    }
+    if matches!(ended, Ended::Renewing(_)) {
+        // Keeps serving until the server drains it (once the replacement is up), the token
+        // expires (the server cuts it then), or the process stops.
+        tracing::debug!(tenant = %shared.tenant, "Token due for renewal; opening a replacement tunnel.");
+        let grace = shared.shutdown_grace;
+        let shutdown = shutdown.clone();
+        shared.background.spawn(async move {
+            let _down = down;
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = drain.notified() => {}
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep_until(renewal.expires) => return,
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(grace, conn).await;
+        });
         return Ok(ended);
     }
     conn.as_mut().graceful_shutdown();
@@ -181,7 +251,20 @@ async fn handle(shared: &Shared, req: Request<Incoming>, drain: &Notify) -> Resp
     if let Some(control) = path.strip_prefix(relay_proto::CONTROL_PREFIX) {
         return match control {
             "drain" => {
-                tracing::info!("Relay server is draining; moving to a new tunnel.");
+                let body = req.into_body().collect().await.map(|b| b.to_bytes());
+                let request: relay_proto::Drain = body
+                    .ok()
+                    .filter(|b| !b.is_empty())
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                if request.renew_token {
+                    tracing::info!(
+                        "Tunnel disconnected by the relay; reconnecting with a new token."
+                    );
+                    shared.tokens.invalidate();
+                } else {
+                    tracing::info!("Relay server is draining this tunnel; moving to a new one.");
+                }
                 drain.notify_one();
                 empty(StatusCode::NO_CONTENT)
             }

@@ -71,7 +71,11 @@ async fn expired_secret_is_rejected() {
     let expires = relay_store::now_ms() + 3000;
     let (_, secret) = stack
         .store
-        .create_secret(&tenant.id, Some(expires))
+        .create_secret(
+            &tenant.id,
+            Some(expires),
+            relay_store::CredentialScope::Connector,
+        )
         .await
         .unwrap();
     assert_eq!(

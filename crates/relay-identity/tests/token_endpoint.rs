@@ -115,7 +115,7 @@ async fn every_bad_credential_gets_the_same_answer() {
 
     let (revoked, revoked_secret) = id
         .store
-        .create_secret(&id.tenant.id, None)
+        .create_secret(&id.tenant.id, None, relay_store::CredentialScope::Connector)
         .await
         .expect("secret");
     assert!(
@@ -130,7 +130,11 @@ async fn every_bad_credential_gets_the_same_answer() {
     let expires_at = now_ms() + 1_000;
     let (_, expiring_secret) = id
         .store
-        .create_secret(&id.tenant.id, Some(expires_at))
+        .create_secret(
+            &id.tenant.id,
+            Some(expires_at),
+            relay_store::CredentialScope::Connector,
+        )
         .await
         .expect("secret");
     // Wait for the secret's expiry time itself, the condition under test.

@@ -18,6 +18,9 @@ pub struct Principal {
     pub write: bool,
     /// Lower-cased name of the only tenant this caller may see, if scoped.
     pub tenant: Option<String>,
+    /// Id of that tenant: a re-created tenant of the same name is another tenant, which the
+    /// caller may not see.
+    pub tenant_id: Option<String>,
 }
 
 impl Principal {
@@ -37,11 +40,17 @@ impl Principal {
         }
     }
 
-    /// Whether the caller may see the tenant with this name.
+    /// Whether the caller may see the tenant with this name (a quick check before lookup;
+    /// [`Principal::may_see_tenant`] decides).
     pub fn may_see(&self, tenant_name: &str) -> bool {
         self.tenant
             .as_deref()
             .is_none_or(|t| t.eq_ignore_ascii_case(tenant_name))
+    }
+
+    /// Whether the caller may see this tenant: its own by id, or any when not scoped.
+    pub fn may_see_tenant(&self, tenant: &relay_store::Tenant) -> bool {
+        self.tenant_id.as_deref().is_none_or(|id| id == tenant.id)
     }
 
     /// Refuses tenant-scoped callers (operations that span tenants).
@@ -113,11 +122,19 @@ impl FromRequestParts<AppState> for Principal {
                     }
                 };
                 let (read, write) = scopes_of(&claims.scope);
+                if claims.tenant.is_some() && claims.tenant_id.is_none() {
+                    // Issued before tenant ids were in tokens: it cannot tell which of
+                    // several tenants of that name (over time) it was meant for.
+                    return Err(ApiError::unauthorized(
+                        "the token names no tenant id; request a new one",
+                    ));
+                }
                 Ok(Principal {
                     name: claims.client_id,
                     read,
                     write,
                     tenant: claims.tenant.map(|t| t.to_ascii_lowercase()),
+                    tenant_id: claims.tenant_id,
                 })
             }
             Credential::ApiKey(key) => {
@@ -141,6 +158,7 @@ impl FromRequestParts<AppState> for Principal {
                     read,
                     write,
                     tenant,
+                    tenant_id: info.tenant_id,
                 })
             }
         }

@@ -168,9 +168,12 @@ pub fn document_value(authority: &str) -> Value {
                     "tracing": {"type": "boolean", "nullable": true},
                     "require_client_token": {"type": "boolean", "nullable": true}}},
                 "NewSecret": {"type": "object", "additionalProperties": false, "properties": {
-                    "expires_in": {"type": "string", "example": "90d"}}},
+                    "expires_in": {"type": "string", "example": "90d"},
+                    "scope": {"type": "string", "enum": ["connector", "client"], "default": "connector",
+                              "description": "connector: opens tunnels; client: calls tenants that require client tokens. One never implies the other."}}},
                 "CreatedSecret": {"type": "object", "properties": {
                     "id": {"type": "string"}, "secret": {"type": "string", "description": "Shown once"},
+                    "scope": {"type": "string", "enum": ["connector", "client"]},
                     "created_at": {"type": "string"}, "expires_at": {"type": "string", "nullable": true}}},
                 "NewApiKey": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
                     "name": {"type": "string", "minLength": 1, "maxLength": 100},

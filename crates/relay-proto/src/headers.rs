@@ -6,6 +6,14 @@ use http::header::{self, HeaderName};
 // Connector → server, on the tunnel upgrade request.
 pub const CONNECTOR_VERSION: HeaderName = HeaderName::from_static("x-relay-connector-version");
 pub const CONNECTOR_MACHINE: HeaderName = HeaderName::from_static("x-relay-connector-machine");
+/// Id of a tunnel this new one replaces (make-before-break renewal before the old token
+/// expires): once the new tunnel is up, the server stops giving the old one requests and
+/// drains it. Only a tunnel of the same tenant can be replaced.
+pub const TUNNEL_REPLACES: HeaderName = HeaderName::from_static("x-relay-replaces");
+
+// Server → connector, on the `101` answer.
+/// The id the server gave the tunnel (the connection id of the management API).
+pub const TUNNEL_ID: HeaderName = HeaderName::from_static("x-relay-tunnel-id");
 
 // Server → connector, on every relayed request.
 /// Unique id of the relayed request (also returned to clients in `trace` mode).

@@ -23,8 +23,18 @@ pub const DISCOVERY_PATH: &str = "/.well-known/relayserver-configuration";
 pub const CONTROL_PREFIX: &str = "/.relay/";
 /// `POST` JSON [`discovery::TunnelSettings`]: new settings for this connector.
 pub const CONTROL_SETTINGS: &str = "/.relay/settings";
-/// `POST`: the server is going away; open a new tunnel, then let this one finish.
+/// `POST`, optionally with a JSON [`Drain`] body: this tunnel is no longer given requests;
+/// open a new tunnel, then let this one finish.
 pub const CONTROL_DRAIN: &str = "/.relay/drain";
+
+/// Body of a [`CONTROL_DRAIN`] request. An empty body means all defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Drain {
+    /// The connector must fetch a new token before it reconnects (an operator disconnected
+    /// the tunnel): a cached token is not enough.
+    #[serde(default)]
+    pub renew_token: bool,
+}
 
 /// Whether `name` is a valid target name: 1–64 of `[A-Za-z0-9_.-]`, not starting with `.`.
 pub fn is_valid_name(name: &str) -> bool {

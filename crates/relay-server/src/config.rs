@@ -84,6 +84,11 @@ pub struct IdentityConfig {
     /// PEM file of CA certificates trusted for an `https://` authority, instead of the
     /// system roots.
     pub ca_file: Option<PathBuf>,
+    /// Accept tunnel and client tokens that carry no `tenant_id` claim (an older
+    /// relay-identity, or another OIDC provider), binding them to whichever tenant has the
+    /// token's `tenant` name when the token is checked. Off by default: with it, a deleted
+    /// and re-created tenant of the same name accepts the old tenant's unexpired tokens.
+    pub allow_name_binding: bool,
 }
 
 impl Default for IdentityConfig {
@@ -93,6 +98,7 @@ impl Default for IdentityConfig {
             audience: "relay".into(),
             token_endpoint: None,
             ca_file: None,
+            allow_name_binding: false,
         }
     }
 }

@@ -77,36 +77,59 @@ impl CrossNode {
 
     /// Declares the tenant's request queue once per process (idempotent at the broker), so a
     /// request published before any connector arrived is kept, not lost.
-    pub async fn ensure_declared(&self, tenant_key: &str) -> Result<(), BusError> {
-        if self.declared.lock().is_ok_and(|d| d.contains(tenant_key)) {
+    pub async fn ensure_declared(&self, tenant_id: &str) -> Result<(), BusError> {
+        if self.declared.lock().is_ok_and(|d| d.contains(tenant_id)) {
             return Ok(());
         }
-        self.bus.declare_tenant(tenant_key).await?;
+        self.bus.declare_tenant(tenant_id).await?;
         if let Ok(mut d) = self.declared.lock() {
-            d.insert(tenant_key.to_owned());
+            d.insert(tenant_id.to_owned());
         }
         Ok(())
     }
 
+    /// A deleted tenant: stop consuming, forget it, and delete its request queue with what is
+    /// still queued (its id is never reused, so nobody would ever consume it again).
+    pub async fn forget_tenant(&self, tenant_id: &str) {
+        self.tunnels_gone(tenant_id);
+        if let Ok(mut d) = self.declared.lock() {
+            d.remove(tenant_id);
+        }
+        if let Ok(mut seen) = self.consumer_seen.lock() {
+            seen.remove(tenant_id);
+        }
+        match self.bus.delete_tenant(tenant_id).await {
+            Ok(()) => {
+                tracing::info!(
+                    tenant_id,
+                    "Deleted tenant's request queue removed from the broker."
+                );
+            }
+            Err(e) => {
+                tracing::warn!(tenant_id, error = %e, "Cannot delete a deleted tenant's request queue; its messages expire by their TTL.");
+            }
+        }
+    }
+
     /// Whether some node consumes the tenant's queue (holds a tunnel), waiting up to `wait`
     /// for one to appear. A broker error counts as yes: the publish then tells the truth.
-    pub async fn wait_for_consumer(&self, tenant_key: &str, wait: Duration) -> bool {
+    pub async fn wait_for_consumer(&self, tenant_id: &str, wait: Duration) -> bool {
         if self
             .consumer_seen
             .lock()
             .ok()
-            .and_then(|m| m.get(tenant_key).copied())
+            .and_then(|m| m.get(tenant_id).copied())
             .is_some_and(|at| at.elapsed() < CONSUMER_CACHE)
         {
             return true;
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            match self.bus.consumer_count(tenant_key).await {
+            match self.bus.consumer_count(tenant_id).await {
                 Ok(0) => {}
                 Ok(_) => {
                     if let Ok(mut seen) = self.consumer_seen.lock() {
-                        seen.insert(tenant_key.to_owned(), std::time::Instant::now());
+                        seen.insert(tenant_id.to_owned(), std::time::Instant::now());
                     }
                     return true;
                 }
@@ -158,7 +181,7 @@ impl CrossNode {
         request_id: &str,
         deadline: tokio::time::Instant,
     ) -> Response<Body> {
-        if let Err(e) = self.ensure_declared(&tenant.key).await {
+        if let Err(e) = self.ensure_declared(&tenant.id).await {
             return publish_failed(&e);
         }
         if let Err(response) = self
@@ -187,7 +210,7 @@ impl CrossNode {
         let persistent = mode == Mode::Queue;
         if let Err(e) = self
             .bus
-            .publish_request(&tenant.key, &envelope, remaining, persistent)
+            .publish_request(&tenant.id, &envelope, remaining, persistent)
             .await
         {
             self.bodies.remove(&envelope.body).await;
@@ -239,7 +262,7 @@ impl CrossNode {
         Ok(RequestEnvelope {
             request_id: request_id.to_owned(),
             origin: self.bus.origin().to_owned(),
-            tenant: tenant.key.clone(),
+            tenant: tenant.id.clone(),
             target: String::new(),
             method: parts.method.as_str().to_owned(),
             path_and_query: parts
@@ -344,11 +367,11 @@ impl CrossNode {
             let Ok(mut consumers) = self.consumers.lock() else {
                 return;
             };
-            if consumers.contains_key(&tenant.key) {
+            if consumers.contains_key(&tenant.id) {
                 return;
             }
             let token = state.draining.child_token();
-            consumers.insert(tenant.key.clone(), token.clone());
+            consumers.insert(tenant.id.clone(), token.clone());
             token
         };
         let node = self.clone();
@@ -361,9 +384,9 @@ impl CrossNode {
     }
 
     /// Node B: the last tunnel of `tenant` here is gone; stop taking its requests.
-    pub fn tunnels_gone(&self, tenant_key: &str) {
+    pub fn tunnels_gone(&self, tenant_id: &str) {
         if let Ok(mut consumers) = self.consumers.lock()
-            && let Some(token) = consumers.remove(tenant_key)
+            && let Some(token) = consumers.remove(tenant_id)
         {
             token.cancel();
         }
@@ -376,11 +399,11 @@ impl CrossNode {
         stop: CancellationToken,
     ) {
         let prefetch = tenant.concurrency_limit;
-        let mut requests = match self.bus.consume_requests(&tenant.key, prefetch).await {
+        let mut requests = match self.bus.consume_requests(&tenant.id, prefetch).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(tenant = %tenant.key, error = %e, "Cannot consume the tenant's request queue.");
-                self.tunnels_gone(&tenant.key);
+                self.tunnels_gone(&tenant.id);
                 return;
             }
         };
@@ -449,7 +472,7 @@ impl CrossNode {
             let _ = ack.ack().await;
             return;
         }
-        let Some(tunnel) = state.registry.acquire(&tenant.key, Duration::ZERO).await else {
+        let Some(tunnel) = state.registry.acquire(&tenant.id, Duration::ZERO).await else {
             // This node's tunnels are gone; another node may have one.
             self.hand_back(RequestDelivery {
                 envelope,

@@ -193,14 +193,19 @@ async fn demo_secret(store: &Store, data_dir: &Path) -> anyhow::Result<Secret> {
     let path = data_dir.join("demo-secret");
     if let Ok(existing) = Secret::from_file(&path)
         && store
-            .verify_secret(DEMO_TENANT, existing.expose(), relay_store::now_ms())
+            .verify_secret(
+                DEMO_TENANT,
+                existing.expose(),
+                relay_store::now_ms(),
+                Some(relay_store::CredentialScope::Connector),
+            )
             .await?
             .is_some()
     {
         return Ok(existing);
     }
     let (_, plaintext) = store
-        .create_secret(&tenant.id, None)
+        .create_secret(&tenant.id, None, relay_store::CredentialScope::Connector)
         .await
         .context("creating the demo secret")?;
     write_private(&path, &plaintext).with_context(|| format!("writing {}", path.display()))?;

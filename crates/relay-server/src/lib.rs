@@ -6,7 +6,8 @@
 //! - `relay`: the relay path — tenant lookup, limits, dispatch into a tunnel, answers.
 //! - `tunnel`: the connector endpoint — authentication, upgrade, reversed HTTP/2, drain.
 //! - `ack`: acknowledge modes and the signed acknowledge URL of mode `manual`.
-//! - `registry`: live tunnels by tenant and the choice of tunnel per request.
+//! - `registry`: live tunnels by tenant id and the choice of tunnel per request.
+//! - `credentials`: whether a token's tenant id and credential are still valid.
 //! - `tenants`: the cached tenant directory over the configuration store.
 //! - `spool`: `queue` mode on one node (body spooled to the body store).
 //! - [`dev`]: `relay-server --dev`, the embedded default with a demo connector.
@@ -18,6 +19,7 @@ mod devmanagement;
 mod ack;
 mod body;
 mod bodystore;
+mod credentials;
 mod crossnode;
 mod livepush;
 mod metrics;
@@ -52,6 +54,8 @@ pub(crate) struct AppState {
     tenants: Arc<TenantDirectory>,
     registry: Registry,
     validator: relay_token::Validator,
+    /// Whether the credentials behind client tokens are still valid (short cache).
+    secrets: credentials::SecretStates,
     /// Scheme clients use to reach the relay, for `X-Forwarded-Proto`.
     client_proto: &'static str,
     /// This node's id (an origin in multi-node set-ups).
@@ -178,8 +182,8 @@ pub async fn run(
                 bodies.clone(),
                 config.bus.inline_body_limit,
             ));
-            for key in tenants.keys() {
-                cross.ensure_declared(&key).await?;
+            for id in tenants.ids() {
+                cross.ensure_declared(&id).await?;
             }
             tasks.spawn(cross.clone().run_responses(shutdown.clone()));
             tracing::info!(
@@ -213,6 +217,7 @@ pub async fn run(
             relay_core::https::client(config.identity.ca_file.as_deref())
                 .map_err(ServerError::IdentityCa)?,
         ),
+        secrets: credentials::SecretStates::default(),
         cross,
         acks,
         origin_id,

@@ -63,7 +63,9 @@ static BYTES_OUT: Counter = Counter::new();
 
 /// Per-tenant request counts (mode × status class), only with `tenant_label`.
 type TenantSeries = [[Counter; 5]; 3];
-static TENANTS: LazyLock<RwLock<HashMap<String, Arc<TenantSeries>>>> =
+/// Keyed by tenant id, with the tenant's name for the label: a re-created tenant of the same
+/// name gets series of its own.
+static TENANTS: LazyLock<RwLock<HashMap<String, (String, Arc<TenantSeries>)>>> =
     LazyLock::new(Default::default);
 
 fn mode_index(mode: Mode) -> usize {
@@ -104,16 +106,24 @@ pub(crate) fn finish(
 }
 
 fn record_tenant(state: &AppState, tenant: &str, mode: usize, class: usize) {
-    let key = tenant.to_ascii_lowercase();
-    let series = TENANTS.read().ok().and_then(|m| m.get(&key).cloned());
+    // Only tenants this node knows get a series, so the label set stays bounded.
+    let Some(entry) = state.tenants.cached(tenant) else {
+        return;
+    };
+    let series = TENANTS
+        .read()
+        .ok()
+        .and_then(|m| m.get(&entry.id).map(|(_, s)| s.clone()));
     let series = match series {
         Some(series) => series,
-        // Only tenants this node knows get a series, so the label set stays bounded.
-        None if state.tenants.keys().contains(&key) => match TENANTS.write() {
-            Ok(mut map) => map.entry(key).or_default().clone(),
+        None => match TENANTS.write() {
+            Ok(mut map) => map
+                .entry(entry.id.clone())
+                .or_insert_with(|| (entry.key.clone(), Arc::default()))
+                .1
+                .clone(),
             Err(_) => return,
         },
-        None => return,
     };
     series[mode][class].inc();
 }
@@ -210,15 +220,20 @@ pub(crate) fn render(state: &AppState) -> String {
         );
         if let Ok(map) = TENANTS.read() {
             let mut tenants: Vec<_> = map.iter().collect();
-            tenants.sort_by(|a, b| a.0.cmp(b.0));
-            for (tenant, series) in tenants {
+            tenants.sort_by(|a, b| (&a.1.0, a.0).cmp(&(&b.1.0, b.0)));
+            for (id, (tenant, series)) in tenants {
                 for (m, mode) in MODES.iter().enumerate() {
                     for (c, class) in STATUS_CLASSES.iter().enumerate() {
                         let v = series[m][c].get();
                         if v > 0 {
                             e.sample(
                                 "relay_tenant_requests_total",
-                                &[("tenant", tenant), ("mode", mode), ("status", class)],
+                                &[
+                                    ("tenant", tenant),
+                                    ("tenant_id", id),
+                                    ("mode", mode),
+                                    ("status", class),
+                                ],
                                 v,
                             );
                         }
@@ -258,10 +273,18 @@ pub(crate) fn render(state: &AppState) -> String {
             "gauge",
             "Open tunnels on this node by tenant.",
         );
-        let mut by_tenant: Vec<&str> = tunnels.iter().map(|t| t.tenant_key.as_str()).collect();
+        let mut by_tenant: Vec<(&str, &str)> = tunnels
+            .iter()
+            .map(|t| (t.auth.tenant_name.as_str(), t.tenant_id()))
+            .collect();
         by_tenant.sort_unstable();
         for chunk in by_tenant.chunk_by(|a, b| a == b) {
-            e.sample("relay_tenant_tunnels", &[("tenant", chunk[0])], chunk.len());
+            let (tenant, id) = chunk[0];
+            e.sample(
+                "relay_tenant_tunnels",
+                &[("tenant", tenant), ("tenant_id", id)],
+                chunk.len(),
+            );
         }
     }
     let (max, size, in_use, waiting) = state.store.pool_usage();

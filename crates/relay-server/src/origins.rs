@@ -208,6 +208,9 @@ mod tests {
             connector_version: None,
             machine_name: None,
             connected_at: at,
+            tenant_name: "acme".into(),
+            secret_id: None,
+            expires_at: None,
         }
     }
 

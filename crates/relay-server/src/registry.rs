@@ -1,7 +1,11 @@
-//! Live tunnels by tenant, and the choice of tunnel for each request.
+//! Live tunnels by tenant id, and the choice of tunnel for each request.
+//!
+//! Tunnels are keyed by the tenant's immutable id, never by its name: a tenant deleted and
+//! re-created under the same name is a new tenant, and the old one's tunnels (closing) can
+//! never be picked for it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,23 +19,43 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of requests sent into a tunnel.
 pub type TunnelBody = BoxBody<Bytes, BoxError>;
 
+/// Who a tunnel serves and on whose authority: fixed when it opens.
+#[derive(Debug, Clone)]
+pub struct TunnelAuth {
+    /// The tenant's immutable id: the registry key.
+    pub tenant_id: String,
+    /// Lower-cased tenant name at connect time, for logs and metric labels.
+    pub tenant_name: String,
+    /// The credential the token was issued for; `None` for name-bound tokens of another
+    /// identity provider (then only the tenant's existence is re-checked).
+    pub secret_id: Option<String>,
+    /// The token's `exp` (unix seconds): the tunnel is closed then at the latest.
+    pub expires_at: i64,
+}
+
 /// One connector's tunnel as the server sees it.
 pub struct Tunnel {
     pub id: String,
-    pub tenant_key: String,
+    pub auth: TunnelAuth,
     pub machine: String,
     pub version: String,
     pub remote: String,
     pub sender: SendRequest<TunnelBody>,
     inflight: AtomicUsize,
+    /// Set once the connector refused a new stream (it sent GOAWAY to move to a new tunnel):
+    /// the tunnel finishes what it runs but is not picked again.
+    retiring: AtomicBool,
     /// Cancelled when the tunnel's connection has ended.
     pub closed: CancellationToken,
+    /// Cancel to cut the tunnel now (tenant deleted, credential revoked, token expired):
+    /// its connection is dropped and requests in flight fail at once.
+    pub kill: CancellationToken,
 }
 
 impl Tunnel {
     pub fn new(
         id: String,
-        tenant_key: String,
+        auth: TunnelAuth,
         machine: String,
         version: String,
         remote: String,
@@ -39,14 +63,32 @@ impl Tunnel {
     ) -> Self {
         Tunnel {
             id,
-            tenant_key,
+            auth,
             machine,
             version,
             remote,
             sender,
             inflight: AtomicUsize::new(0),
+            retiring: AtomicBool::new(false),
             closed: CancellationToken::new(),
+            kill: CancellationToken::new(),
         }
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.auth.tenant_id
+    }
+
+    /// Stops picking this tunnel for new requests.
+    pub fn retire(&self) {
+        self.retiring.store(true, Ordering::Release);
+    }
+
+    /// Whether new requests may go through this tunnel.
+    pub fn usable(&self) -> bool {
+        !self.retiring.load(Ordering::Acquire)
+            && !self.kill.is_cancelled()
+            && !self.sender.is_closed()
     }
 
     /// Counts a request as in flight on this tunnel until the guard is dropped.
@@ -68,12 +110,12 @@ impl Drop for InFlight {
     }
 }
 
-/// The distinct connectors (tenant key, machine) behind `tunnels`, sorted: a connector keeps
+/// The distinct connectors (tenant id, machine) behind `tunnels`, sorted: a connector keeps
 /// several tunnels (`tunnels_per_relay`) and counts once.
 pub fn connectors(tunnels: &[Arc<Tunnel>]) -> Vec<(&str, &str)> {
     let mut connectors: Vec<(&str, &str)> = tunnels
         .iter()
-        .map(|t| (t.tenant_key.as_str(), t.machine.as_str()))
+        .map(|t| (t.tenant_id(), t.machine.as_str()))
         .collect();
     connectors.sort_unstable();
     connectors.dedup();
@@ -99,7 +141,7 @@ impl TenantTunnels {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &list[(start + i) % n])
-            .filter(|t| !t.sender.is_closed())
+            .filter(|t| t.usable())
             .min_by_key(|t| t.inflight())
             .cloned()
     }
@@ -122,7 +164,7 @@ impl Registry {
     }
 
     pub fn add(&self, tunnel: Arc<Tunnel>) {
-        let tenant = self.tenant(&tunnel.tenant_key);
+        let tenant = self.tenant(tunnel.tenant_id());
         if let Ok(mut list) = tenant.list.write() {
             list.push(tunnel);
         }
@@ -130,26 +172,33 @@ impl Registry {
     }
 
     pub fn remove(&self, tunnel: &Tunnel) {
-        let tenant = self.tenant(&tunnel.tenant_key);
+        let tenant = self.tenant(tunnel.tenant_id());
         if let Ok(mut list) = tenant.list.write() {
             list.retain(|t| t.id != tunnel.id);
         }
     }
 
+    /// Drops the entry of a deleted tenant (ids are never reused, so it would stay for good).
+    pub fn forget(&self, tenant_id: &str) {
+        if let Ok(mut tenants) = self.tenants.write() {
+            tenants.remove(tenant_id);
+        }
+    }
+
     /// Whether this node holds any tunnel of the tenant.
-    pub fn has_tunnels(&self, tenant_key: &str) -> bool {
+    pub fn has_tunnels(&self, tenant_id: &str) -> bool {
         self.tenants
             .read()
             .ok()
-            .and_then(|m| m.get(tenant_key).cloned())
+            .and_then(|m| m.get(tenant_id).cloned())
             .is_some_and(|t| t.list.read().is_ok_and(|l| !l.is_empty()))
     }
 
     /// A tunnel of the tenant, waiting up to `wait` for one to connect.
     ///
     /// Cancel-safe: dropping the future leaves no registration behind.
-    pub async fn acquire(&self, tenant_key: &str, wait: Duration) -> Option<Arc<Tunnel>> {
-        let tenant = self.tenant(tenant_key);
+    pub async fn acquire(&self, tenant_id: &str, wait: Duration) -> Option<Arc<Tunnel>> {
+        let tenant = self.tenant(tenant_id);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = tenant.arrived.notified();

@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use relay_proto::headers;
 
@@ -59,10 +58,6 @@ pub fn split_path(after_mode: &str) -> Option<RelayPath<'_>> {
         target,
         rest,
     })
-}
-
-pub fn empty_tunnel_body() -> TunnelBody {
-    Empty::<Bytes>::new().map_err(|e| match e {}).boxed()
 }
 
 /// Handles one relayed request end to end.
@@ -143,11 +138,11 @@ pub async fn handle(
         // Multi-node: a local tunnel is used directly (the shortcut), otherwise the broker
         // carries the request to a node that has one.
         Some(cross) => {
-            let local = state.registry.acquire(&tenant.key, Duration::ZERO).await;
+            let local = state.registry.acquire(&tenant.id, Duration::ZERO).await;
             match local.filter(|_| state.config.bus.local_shortcut) {
                 Some(tunnel) => tunnel,
                 None => {
-                    if !cross.wait_for_consumer(&tenant.key, wait).await {
+                    if !cross.wait_for_consumer(&tenant.id, wait).await {
                         return no_connector(state);
                     }
                     return cross
@@ -156,7 +151,7 @@ pub async fn handle(
                 }
             }
         }
-        None => match state.registry.acquire(&tenant.key, wait).await {
+        None => match state.registry.acquire(&tenant.id, wait).await {
             Some(tunnel) => tunnel,
             None => return no_connector(state),
         },
@@ -287,15 +282,25 @@ async fn check_client_token(
     let Some(token) = crate::tunnel::bearer_token(req) else {
         return Some(denied());
     };
+    let unavailable = || {
+        Some(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            "configuration store unavailable; retry later",
+        ))
+    };
     match state.validator.validate(token).await {
-        Ok(claims)
-            if claims.has_scope(relay_token::SCOPE_CLIENT)
-                && claims
-                    .tenant
-                    .as_deref()
-                    .is_some_and(|t| t.eq_ignore_ascii_case(&tenant.name)) =>
-        {
-            None
+        // A connector credential's token has scope `connector` only: it is never a client
+        // token. The token must name this tenant's id, and its credential be still valid.
+        Ok(claims) if claims.has_scope(relay_token::SCOPE_CLIENT) => {
+            match crate::credentials::client_token_bound(state, tenant, &claims).await {
+                Ok(true) => None,
+                Ok(false) => Some(denied()),
+                Err(e) => {
+                    state.tenants.health.note(Err(&e));
+                    unavailable()
+                }
+            }
         }
         Err(e) if e.is_unavailable() => Some(error(
             StatusCode::SERVICE_UNAVAILABLE,

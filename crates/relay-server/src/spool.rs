@@ -131,7 +131,7 @@ impl Delivery {
                 if let Some(t) = self
                     .state
                     .registry
-                    .acquire(&self.tenant.key, std::time::Duration::from_secs(3600))
+                    .acquire(&self.tenant.id, std::time::Duration::from_secs(3600))
                     .await
                 {
                     break t;

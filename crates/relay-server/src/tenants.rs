@@ -106,6 +106,8 @@ pub struct TenantDirectory {
     defaults: RelayConfig,
     known: RwLock<HashMap<String, Arc<TenantEntry>>>,
     missing: Mutex<HashMap<String, Instant>>,
+    /// Ids that vanished in a reload (deleted tenants), until [`TenantDirectory::take_gone`].
+    gone: Mutex<Vec<String>>,
 }
 
 impl TenantDirectory {
@@ -116,7 +118,47 @@ impl TenantDirectory {
             defaults,
             known: RwLock::new(HashMap::new()),
             missing: Mutex::new(HashMap::new()),
+            gone: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The tenant with this id, read from the store (and refreshed in the cache): for
+    /// decisions that must not rest on a stale entry, such as opening a tunnel.
+    pub async fn by_id(&self, id: &str) -> Result<Option<Arc<TenantEntry>>, StoreError> {
+        let Some(tenant) = self.store.tenant_by_id(id).await? else {
+            return Ok(None);
+        };
+        let config = self.store.tenant_config(&tenant.id).await?;
+        let entry = Arc::new(TenantEntry::new(tenant, &config, &self.defaults));
+        if let Ok(mut known) = self.known.write() {
+            known.insert(entry.key.clone(), entry.clone());
+        }
+        if let Ok(mut missing) = self.missing.lock() {
+            missing.remove(&entry.key);
+        }
+        Ok(Some(entry))
+    }
+
+    /// The cached entry of the tenant named `name`, without asking the store.
+    pub fn cached(&self, name: &str) -> Option<Arc<TenantEntry>> {
+        let key = name.to_ascii_lowercase();
+        self.known.read().ok().and_then(|m| m.get(&key).cloned())
+    }
+
+    /// Ids of every known tenant.
+    pub fn ids(&self) -> Vec<String> {
+        self.known
+            .read()
+            .map(|m| m.values().map(|e| e.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Ids of tenants deleted since the last call (seen by reloads).
+    pub fn take_gone(&self) -> Vec<String> {
+        self.gone
+            .lock()
+            .map(|mut gone| std::mem::take(&mut *gone))
+            .unwrap_or_default()
     }
 
     /// The tenant named `name` (case-insensitive), or `None` when it does not exist.
@@ -147,7 +189,7 @@ impl TenantDirectory {
         Ok(Some(entry))
     }
 
-    /// Keys of every known tenant.
+    /// Keys (lower-cased names) of every known tenant.
     pub fn keys(&self) -> Vec<String> {
         self.known
             .read()
@@ -166,6 +208,16 @@ impl TenantDirectory {
         }
         let count = fresh.len();
         if let Ok(mut known) = self.known.write() {
+            let vanished: Vec<String> = known
+                .values()
+                .filter(|old| fresh.get(&old.key).is_none_or(|new| new.id != old.id))
+                .map(|old| old.id.clone())
+                .collect();
+            if !vanished.is_empty()
+                && let Ok(mut gone) = self.gone.lock()
+            {
+                gone.extend(vanished);
+            }
             *known = fresh;
         }
         Ok(count)

@@ -12,7 +12,7 @@ use relay_proto::headers;
 use relay_token::TokenError;
 
 use crate::AppState;
-use crate::registry::{Tunnel, TunnelBody};
+use crate::registry::{Tunnel, TunnelAuth, TunnelBody};
 use crate::responses::{Body, error};
 
 const MAX_FRAME_SIZE: u32 = 1 << 20;
@@ -74,42 +74,48 @@ pub async fn accept(
         }
     };
     if !claims.has_scope(relay_token::SCOPE_CONNECTOR) {
+        tracing::info!(%remote, "Tunnel refused: the token lacks scope connector.");
         return error(
             StatusCode::FORBIDDEN,
             "scope-missing",
-            "the token lacks scope `connector`",
+            "the token lacks scope `connector` (a client credential cannot open tunnels)",
         );
     }
-    let Some(tenant_name) = claims.tenant.clone() else {
+    // The validator allows clock-skew leeway; a tunnel never starts on an expired token.
+    if claims.exp <= relay_store::now_ms() / 1000 {
         return error(
-            StatusCode::FORBIDDEN,
-            "tenant-missing",
-            "the token is not a tenant's token",
+            StatusCode::UNAUTHORIZED,
+            "token-expired",
+            "the token has expired",
         );
-    };
-    let tenant = match state.tenants.get(&tenant_name).await {
-        Ok(Some(tenant)) => tenant,
-        Ok(None) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                "tenant-unknown",
-                "the token's tenant does not exist",
-            );
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "Configuration database unavailable; refusing tunnel.");
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                "configuration store unavailable",
-            );
+    }
+    let tenant = match crate::credentials::bind_tunnel(state, &claims).await {
+        Ok(tenant) => tenant,
+        Err(refusal) => {
+            tracing::info!(%remote, tenant = claims.tenant.as_deref().unwrap_or("-"), reason = refusal.code(), "Tunnel refused.");
+            return refusal.response();
         }
     };
+    let auth = TunnelAuth {
+        tenant_id: tenant.id.clone(),
+        tenant_name: tenant.key.clone(),
+        secret_id: claims.secret_id.clone(),
+        expires_at: claims.exp,
+    };
+    // Renewal before the token's expiry, at 90 % of its lifetime at the latest (connectors
+    // renew at 80 %): the tunnel is drained, then cut at the expiry itself.
+    let lifetime = if claims.iat > 0 {
+        (claims.exp - claims.iat).max(0)
+    } else {
+        0
+    };
+    let retire_lead = Duration::from_secs(u64::try_from((lifetime / 10).min(30)).unwrap_or(0));
+    let replaces = header_text(&req, &headers::TUNNEL_REPLACES);
     let machine = header_text(&req, &headers::CONNECTOR_MACHINE);
     let version = header_text(&req, &headers::CONNECTOR_VERSION);
     let state2 = state.clone();
-    let tenant_key = tenant.key.clone();
-    let tenant_id = tenant.id.clone();
+    let id = uuid::Uuid::new_v4().to_string();
+    let tunnel_id = id.clone();
     let on_upgrade = hyper::upgrade::on(req);
     state.tasks.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -138,25 +144,60 @@ pub async fn accept(
                 return;
             }
         };
-        let id = uuid::Uuid::new_v4().to_string();
-        let tunnel = Arc::new(Tunnel::new(id.clone(), tenant_key.clone(), machine.clone(), version.clone(), remote.to_string(), sender));
-        record_opened(&state2, &tunnel, &tenant_id);
+        let expires = instant_of(auth.expires_at);
+        let retire_at = expires.checked_sub(retire_lead).unwrap_or(expires);
+        let tunnel = Arc::new(Tunnel::new(id.clone(), auth, machine.clone(), version.clone(), remote.to_string(), sender));
+        let tenant_key = tenant.key.clone();
+        record_opened(&state2, &tunnel, &tenant.name);
         state2.registry.add(tunnel.clone());
         if let Some(cross) = &state2.cross {
             cross.tunnel_up(&state2, &tenant);
         }
         tracing::info!(tenant = %tenant_key, tunnel = %id, %remote, %machine, %version, "Connector connected.");
-        let result = conn.await;
+        if let Some(old) = state2
+            .registry
+            .all()
+            .into_iter()
+            .find(|t| t.id == replaces && t.tenant_id() == tenant.id)
+        {
+            tracing::info!(tenant = %tenant_key, tunnel = %old.id, by = %id, "Tunnel renewed; draining the old one.");
+            drain(&old, relay_proto::Drain::default());
+        }
+        let mut conn = std::pin::pin!(conn);
+        let mut retired = false;
+        let ended = loop {
+            tokio::select! {
+                result = conn.as_mut() => break match result {
+                    Ok(()) => "disconnected",
+                    Err(e) => {
+                        tracing::info!(tenant = %tenant_key, tunnel = %id, error = %e, "Connector lost.");
+                        "lost"
+                    }
+                },
+                () = tunnel.kill.cancelled() => break "closed by the relay",
+                () = tokio::time::sleep_until(expires) => {
+                    tracing::info!(tenant = %tenant_key, tunnel = %id, "The tunnel's token expired; closing it.");
+                    break "token expired";
+                }
+                () = tokio::time::sleep_until(retire_at), if !retired => {
+                    retired = true;
+                    tracing::info!(tenant = %tenant_key, tunnel = %id, "The tunnel's token expires soon; asking the connector to renew.");
+                    drain(&tunnel, relay_proto::Drain::default());
+                }
+            }
+        };
+        // Dropping the connection (on kill or expiry) closes the socket: requests still in
+        // flight fail at once instead of running on revoked credentials.
+        drop(conn);
         tunnel.closed.cancel();
         state2.registry.remove(&tunnel);
         if let Some(cross) = &state2.cross
-            && !state2.registry.has_tunnels(&tenant_key)
+            && !state2.registry.has_tunnels(&tenant.id)
         {
-            cross.tunnels_gone(&tenant_key);
+            cross.tunnels_gone(&tenant.id);
         }
-        match result {
-            Ok(()) => tracing::info!(tenant = %tenant_key, tunnel = %id, "Connector disconnected."),
-            Err(e) => tracing::info!(tenant = %tenant_key, tunnel = %id, error = %e, "Connector lost."),
+        if ended != "lost" {
+            tracing::info!(tenant = %tenant_key, tunnel = %id, reason = ended, "Connector disconnected.");
         }
         let store = state2.store.clone();
         tokio::spawn(async move {
@@ -173,14 +214,44 @@ pub async fn accept(
         header::UPGRADE,
         HeaderValue::from_static(relay_proto::UPGRADE_PROTOCOL),
     );
+    if let Ok(v) = HeaderValue::from_str(&tunnel_id) {
+        h.insert(headers::TUNNEL_ID, v);
+    }
     response
 }
 
-fn record_opened(state: &Arc<AppState>, tunnel: &Tunnel, tenant_id: &str) {
+/// The `Instant` of a unix time in seconds (now, when it has passed).
+fn instant_of(unix_secs: i64) -> tokio::time::Instant {
+    let left_ms = unix_secs.saturating_mul(1000) - relay_store::now_ms();
+    tokio::time::Instant::now() + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0))
+}
+
+/// Stops giving the tunnel requests, then asks its connector to move to a new tunnel. The
+/// order matters: every request sent before the drain is already on the wire ahead of it, so
+/// the connector's `GOAWAY` never refuses a request the relay has just dispatched.
+pub(crate) fn drain(tunnel: &Tunnel, drain: relay_proto::Drain) {
+    tunnel.retire();
+    let body = serde_json::to_vec(&drain).unwrap_or_default();
+    crate::livepush::send_control(tunnel, relay_proto::CONTROL_DRAIN, bytes::Bytes::from(body));
+}
+
+/// Cuts a tunnel whose credentials are no longer valid.
+pub(crate) fn close(tunnel: &Tunnel, reason: &str) {
+    if !tunnel.kill.is_cancelled() {
+        tracing::info!(tenant = %tunnel.auth.tenant_name, tunnel = %tunnel.id, %reason, "Closing tunnel.");
+        tunnel.retire();
+        tunnel.kill.cancel();
+    }
+}
+
+fn record_opened(state: &Arc<AppState>, tunnel: &Tunnel, tenant_name: &str) {
     let now = relay_store::now_ms();
     let record = relay_store::NewConnection {
         id: tunnel.id.clone(),
-        tenant_id: tenant_id.to_owned(),
+        tenant_id: tunnel.auth.tenant_id.clone(),
+        tenant_name: tenant_name.to_owned(),
+        secret_id: tunnel.auth.secret_id.clone(),
+        expires_at: Some(tunnel.auth.expires_at.saturating_mul(1000)),
         origin_id: Some(state.origin_id.clone()),
         remote_addr: tunnel.remote.clone(),
         connector_version: Some(tunnel.version.clone()),
@@ -217,14 +288,7 @@ pub async fn drain_all(state: &Arc<AppState>, grace: Duration) {
     }
     tracing::info!(tunnels = tunnels.len(), "Asking connectors to move.");
     for tunnel in &tunnels {
-        let mut sender = tunnel.sender.clone();
-        let request = Request::post(format!("http://tunnel{}", relay_proto::CONTROL_DRAIN))
-            .body(crate::relay::empty_tunnel_body());
-        if let Ok(request) = request {
-            tokio::spawn(async move {
-                let _ = sender.send_request(request).await;
-            });
-        }
+        drain(tunnel, relay_proto::Drain::default());
     }
     let all_closed = futures_util::future::join_all(tunnels.iter().map(|t| t.closed.cancelled()));
     if tokio::time::timeout(grace, all_closed).await.is_err() {

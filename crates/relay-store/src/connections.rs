@@ -9,8 +9,8 @@ use crate::store::with_conn;
 use crate::{Store, StoreError};
 
 impl Store {
-    /// Records a new tunnel (`last_seen_at` = `connected_at`). [`StoreError::NotFound`] for
-    /// an unknown tenant, [`StoreError::Conflict`] for a reused connection id.
+    /// Records a new tunnel (`last_seen_at` = `connected_at`). [`StoreError::Conflict`] for a
+    /// reused connection id. The tenant is not checked: rows are history and outlive it.
     pub async fn record_connection_opened(&self, c: &NewConnection) -> Result<(), StoreError> {
         let values = (
             connections::id.eq(&c.id),
@@ -21,6 +21,9 @@ impl Store {
             connections::machine_name.eq(&c.machine_name),
             connections::connected_at.eq(c.connected_at),
             connections::last_seen_at.eq(c.connected_at),
+            connections::tenant_name.eq(&c.tenant_name),
+            connections::secret_id.eq(&c.secret_id),
+            connections::expires_at.eq(c.expires_at),
         );
         let query = diesel::insert_into(connections::table).values(values);
         with_conn!(self, |conn| query.execute(conn).await)?;

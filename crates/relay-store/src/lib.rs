@@ -39,8 +39,8 @@ mod tenants;
 pub use error::{StoreError, redact_url};
 pub use management::{API_KEY_PREFIX, ApiKeyInfo, ManagementClient};
 pub use models::{
-    AckMode, ConnectionRecord, NewConnection, NewTenant, OriginRecord, SecretInfo,
-    SigningKeyRecord, Tenant, TenantConfig,
+    AckMode, ConnectionRecord, CredentialScope, NewConnection, NewTenant, OriginRecord, SecretInfo,
+    SigningKeyRecord, Tenant, TenantConfig, VerifiedSecret,
 };
 pub use requestlog::{RequestLogEntry, RequestLogFilter};
 pub use store::{Backend, Store};

@@ -92,6 +92,48 @@ impl FromStr for AckMode {
     }
 }
 
+/// What a tenant credential (client secret) may be exchanged for. A credential has exactly
+/// one scope, and one never implies the other: a connector secret cannot call a tenant that
+/// requires client tokens, a client secret cannot open a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CredentialScope {
+    /// Open tunnels for the tenant (the token scope `connector`).
+    #[default]
+    Connector,
+    /// Call the tenant's relay path when it requires client tokens (token scope `client`).
+    Client,
+}
+
+impl CredentialScope {
+    /// The stored spelling, which is also the OAuth2 scope it grants.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connector => "connector",
+            Self::Client => "client",
+        }
+    }
+}
+
+impl fmt::Display for CredentialScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CredentialScope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "connector" => Ok(Self::Connector),
+            "client" => Ok(Self::Client),
+            _ => Err(format!(
+                "unknown scope '{s}' (expected connector or client)"
+            )),
+        }
+    }
+}
+
 /// A client secret without its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = client_secrets)]
@@ -103,6 +145,18 @@ pub struct SecretInfo {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    /// [`CredentialScope`] spelling: `connector` or `client`.
+    pub scope: String,
+}
+
+/// The credential a token request authenticated with: [`Store::verify_secret`]'s answer.
+///
+/// [`Store::verify_secret`]: crate::Store::verify_secret
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedSecret {
+    pub tenant: Tenant,
+    pub secret_id: String,
+    pub scope: CredentialScope,
 }
 
 impl SecretInfo {
@@ -152,6 +206,13 @@ pub struct NewConnection {
     /// Tunnel id, chosen by the relay node.
     pub id: String,
     pub tenant_id: String,
+    /// The tenant's name when the tunnel opened, kept after the tenant is deleted.
+    pub tenant_name: String,
+    /// The credential the tunnel's token was issued for (`None` for name-bound tokens of
+    /// another identity provider).
+    pub secret_id: Option<String>,
+    /// When the tunnel's token expires; the node closes the tunnel then at the latest.
+    pub expires_at: Option<i64>,
     pub origin_id: Option<String>,
     pub remote_addr: String,
     pub connector_version: Option<String>,
@@ -159,7 +220,8 @@ pub struct NewConnection {
     pub connected_at: i64,
 }
 
-/// A connector tunnel, open while `disconnected_at` is `None`.
+/// A connector tunnel, open while `disconnected_at` is `None`. Rows outlive their tenant
+/// (closed) until the retention purge.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = connections)]
 #[diesel(check_for_backend(diesel::sqlite::Sqlite, diesel::pg::Pg))]
@@ -173,6 +235,10 @@ pub struct ConnectionRecord {
     pub connected_at: i64,
     pub last_seen_at: i64,
     pub disconnected_at: Option<i64>,
+    /// The tenant's name when the tunnel opened (`None` on rows older than the column).
+    pub tenant_name: Option<String>,
+    pub secret_id: Option<String>,
+    pub expires_at: Option<i64>,
 }
 
 /// A relay node. Running while `stopped_at` is `None`; it is swept as dead (and stopped)

@@ -34,13 +34,15 @@ pub struct RequestLogEntry {
     pub node: String,
     /// Unix milliseconds when the request arrived.
     pub started_at: i64,
+    /// The tenant's id (`None` on rows older than the column whose tenant was gone by then).
+    pub tenant_id: Option<String>,
 }
 
 /// Selection of [`Store::list_request_log`]; newest entries first.
 #[derive(Debug, Clone, Default)]
 pub struct RequestLogFilter {
-    /// Lower-cased tenant name.
-    pub tenant: Option<String>,
+    /// Tenant id: a re-created tenant of the same name does not see its predecessor's rows.
+    pub tenant_id: Option<String>,
     /// Inclusive lower bound of `started_at`.
     pub from: Option<i64>,
     /// Exclusive upper bound of `started_at`.
@@ -50,7 +52,7 @@ pub struct RequestLogFilter {
     pub take: i64,
 }
 
-/// Rows per INSERT statement (12 bind parameters each, far below the limits of PostgreSQL and
+/// Rows per INSERT statement (13 bind parameters each, far below the limits of PostgreSQL and
 /// SQLite).
 const INSERT_CHUNK: usize = 250;
 
@@ -115,9 +117,9 @@ impl Store {
         Ok(with_conn!(self, |conn| {
             let mut query = request_log::table.into_boxed();
             let mut count = request_log::table.into_boxed();
-            if let Some(tenant) = &filter.tenant {
-                query = query.filter(request_log::tenant.eq(tenant.clone()));
-                count = count.filter(request_log::tenant.eq(tenant.clone()));
+            if let Some(tenant_id) = &filter.tenant_id {
+                query = query.filter(request_log::tenant_id.eq(tenant_id.clone()));
+                count = count.filter(request_log::tenant_id.eq(tenant_id.clone()));
             }
             if let Some(from) = filter.from {
                 query = query.filter(request_log::started_at.ge(from));

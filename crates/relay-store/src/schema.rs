@@ -37,6 +37,7 @@ diesel::table! {
         expires_at -> Nullable<BigInt>,
         revoked_at -> Nullable<BigInt>,
         last_used_at -> Nullable<BigInt>,
+        scope -> Text,
     }
 }
 
@@ -74,6 +75,9 @@ diesel::table! {
         last_seen_at -> BigInt,
         disconnected_at -> Nullable<BigInt>,
         disconnect_requested_at -> Nullable<BigInt>,
+        tenant_name -> Nullable<Text>,
+        secret_id -> Nullable<Text>,
+        expires_at -> Nullable<BigInt>,
     }
 }
 
@@ -119,6 +123,7 @@ diesel::table! {
         outcome -> Text,
         node -> Text,
         started_at -> BigInt,
+        tenant_id -> Nullable<Text>,
     }
 }
 

@@ -15,7 +15,9 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use rand::RngCore;
 
-use crate::models::{SecretInfo, Tenant};
+use std::collections::HashSet;
+
+use crate::models::{CredentialScope, SecretInfo, VerifiedSecret};
 use crate::schema::client_secrets;
 use crate::store::with_conn;
 use crate::{Store, StoreError, now_ms};
@@ -58,13 +60,14 @@ pub(crate) fn dummy_hash() -> &'static str {
 }
 
 impl Store {
-    /// Creates a secret for the tenant and returns it with its plaintext, which is not
-    /// stored and cannot be recovered. [`StoreError::NotFound`] for an unknown tenant,
+    /// Creates a secret with `scope` for the tenant and returns it with its plaintext, which
+    /// is not stored and cannot be recovered. [`StoreError::NotFound`] for an unknown tenant,
     /// [`StoreError::Invalid`] if `expires_at` is not in the future.
     pub async fn create_secret(
         &self,
         tenant_id: &str,
         expires_at: Option<i64>,
+        scope: CredentialScope,
     ) -> Result<(SecretInfo, String), StoreError> {
         let now = now_ms();
         if expires_at.is_some_and(|e| e <= now) {
@@ -78,13 +81,13 @@ impl Store {
         }
         let plaintext = generate_plaintext();
         let info = self
-            .insert_secret(tenant_id, &plaintext, now, expires_at)
+            .insert_secret(tenant_id, &plaintext, now, expires_at, scope)
             .await?;
         Ok((info, plaintext))
     }
 
-    /// Adds a secret with a plaintext chosen by the caller (known development secrets of
-    /// `relayctl seed`). At least 16 characters.
+    /// Adds a connector secret with a plaintext chosen by the caller (known development
+    /// secrets of `relayctl seed`). At least 16 characters.
     pub async fn add_known_secret(
         &self,
         tenant_id: &str,
@@ -96,8 +99,14 @@ impl Store {
                 message: "must be 16 to 256 characters".into(),
             });
         }
-        self.insert_secret(tenant_id, plaintext, now_ms(), None)
-            .await
+        self.insert_secret(
+            tenant_id,
+            plaintext,
+            now_ms(),
+            None,
+            CredentialScope::Connector,
+        )
+        .await
     }
 
     async fn insert_secret(
@@ -106,6 +115,7 @@ impl Store {
         plaintext: &str,
         now: i64,
         expires_at: Option<i64>,
+        scope: CredentialScope,
     ) -> Result<SecretInfo, StoreError> {
         let hashed = {
             let plaintext = plaintext.to_owned();
@@ -118,6 +128,7 @@ impl Store {
             expires_at,
             revoked_at: None,
             last_used_at: None,
+            scope: scope.as_str().to_owned(),
         };
         let values = (
             client_secrets::id.eq(&info.id),
@@ -125,6 +136,7 @@ impl Store {
             client_secrets::hash.eq(hashed),
             client_secrets::created_at.eq(info.created_at),
             client_secrets::expires_at.eq(info.expires_at),
+            client_secrets::scope.eq(&info.scope),
         );
         with_conn!(self, |conn| {
             diesel::insert_into(client_secrets::table)
@@ -169,30 +181,41 @@ impl Store {
     }
 
     /// Checks `plaintext` against every secret of the tenant (found ignoring case) that is
-    /// neither revoked nor expired at `now_ms`, and records the use of the matching one.
-    /// `Ok(None)` for an unknown tenant, no match, or only expired/revoked secrets.
+    /// neither revoked nor expired at `now_ms` and, with `scope`, grants that scope; records
+    /// the use of the matching one. `Ok(None)` for an unknown tenant, no match, or only
+    /// expired, revoked or other-scope secrets.
     pub async fn verify_secret(
         &self,
         tenant_name: &str,
         plaintext: &str,
         now_ms: i64,
-    ) -> Result<Option<Tenant>, StoreError> {
+        scope: Option<CredentialScope>,
+    ) -> Result<Option<VerifiedSecret>, StoreError> {
         if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_LEN {
             return Ok(None);
         }
         let tenant = self.tenant_by_name(tenant_name).await?;
-        let candidates: Vec<(String, String)> = match &tenant {
+        let candidates: Vec<(String, String, String)> = match &tenant {
             Some(t) => {
                 let query = client_secrets::table
-                    .filter(client_secrets::tenant_id.eq(&t.id))
+                    .filter(client_secrets::tenant_id.eq(t.id.clone()))
                     .filter(client_secrets::revoked_at.is_null())
                     .filter(
                         client_secrets::expires_at
                             .is_null()
                             .or(client_secrets::expires_at.gt(now_ms)),
                     )
-                    .select((client_secrets::id, client_secrets::hash));
-                with_conn!(self, |conn| query.load(conn).await)?
+                    .select((
+                        client_secrets::id,
+                        client_secrets::hash,
+                        client_secrets::scope,
+                    ));
+                let all: Vec<(String, String, String)> =
+                    with_conn!(self, |conn| query.load(conn).await)?;
+                // Only secrets of the asked scope are worth a hash.
+                all.into_iter()
+                    .filter(|(_, _, s)| scope.is_none_or(|wanted| wanted.as_str() == s))
+                    .collect()
             }
             None => Vec::new(),
         };
@@ -203,17 +226,48 @@ impl Store {
             }
             candidates
                 .into_iter()
-                .find(|(_, phc)| verifies(phc, &plaintext))
-                .map(|(id, _)| id)
+                .find(|(_, phc, _)| verifies(phc, &plaintext))
+                .map(|(id, _, scope)| (id, scope))
         })
         .await?;
-        let (Some(tenant), Some(secret_id)) = (tenant, matched) else {
+        let (Some(tenant), Some((secret_id, scope))) = (tenant, matched) else {
             return Ok(None);
         };
-        let touch = diesel::update(client_secrets::table.find(secret_id))
+        let Ok(scope) = scope.parse::<CredentialScope>() else {
+            tracing::warn!(secret = %secret_id, %scope, "Stored client secret has an unknown scope.");
+            return Ok(None);
+        };
+        let touch = diesel::update(client_secrets::table.find(secret_id.clone()))
             .set(client_secrets::last_used_at.eq(now_ms));
         with_conn!(self, |conn| touch.execute(conn).await)?;
-        Ok(Some(tenant))
+        Ok(Some(VerifiedSecret {
+            tenant,
+            secret_id,
+            scope,
+        }))
+    }
+
+    /// Those of `secret_ids` that are still accepted at `now_ms`: not revoked, not expired,
+    /// and their tenant not deleted (a tenant's secrets go with it).
+    pub async fn active_secrets(
+        &self,
+        secret_ids: &[String],
+        now_ms: i64,
+    ) -> Result<HashSet<String>, StoreError> {
+        if secret_ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let query = client_secrets::table
+            .filter(client_secrets::id.eq_any(secret_ids.to_vec()))
+            .filter(client_secrets::revoked_at.is_null())
+            .filter(
+                client_secrets::expires_at
+                    .is_null()
+                    .or(client_secrets::expires_at.gt(now_ms)),
+            )
+            .select(client_secrets::id);
+        let ids: Vec<String> = with_conn!(self, |conn| query.load(conn).await)?;
+        Ok(ids.into_iter().collect())
     }
 }
 

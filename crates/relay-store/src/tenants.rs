@@ -1,5 +1,7 @@
 //! Tenants and their configuration.
 
+use std::collections::HashSet;
+
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
@@ -259,11 +261,34 @@ impl Store {
         self.tenant_by_id(id).await?.ok_or(StoreError::NotFound)
     }
 
-    /// Deletes a tenant with its configuration, secrets and connection records.
-    /// `Ok(false)` if it did not exist.
+    /// Deletes a tenant with its configuration and secrets. Its connection records stay as
+    /// history (the nodes holding its tunnels notice and close them). `Ok(false)` if it did
+    /// not exist.
     pub async fn delete_tenant(&self, id: &str) -> Result<bool, StoreError> {
         let query = diesel::delete(tenants::table.find(id));
         Ok(with_conn!(self, |conn| query.execute(conn).await)? > 0)
+    }
+
+    /// `(number of tenants, newest created_at)`: changes whenever a tenant is created or
+    /// deleted, so relay nodes notice both with one cheap query.
+    pub async fn tenant_fingerprint(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let query = tenants::table.select((
+            diesel::dsl::count_star(),
+            diesel::dsl::max(tenants::created_at),
+        ));
+        Ok(with_conn!(self, |conn| query.get_result(conn).await)?)
+    }
+
+    /// Those of `ids` that name existing tenants.
+    pub async fn existing_tenant_ids(&self, ids: &[String]) -> Result<HashSet<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let query = tenants::table
+            .filter(tenants::id.eq_any(ids.to_vec()))
+            .select(tenants::id);
+        let found: Vec<String> = with_conn!(self, |conn| query.load(conn).await)?;
+        Ok(found.into_iter().collect())
     }
 
     /// `(tenant_id, updated_at)` of every tenant configuration: a cheap way for relay nodes

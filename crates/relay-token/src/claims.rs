@@ -22,6 +22,15 @@ pub struct Claims {
     /// Tenant the client acts for; `None` for operator clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Immutable id of that tenant. The relay binds tunnels and client calls to it, so a
+    /// deleted and re-created tenant of the same name is a different tenant. Absent from
+    /// tokens of other identity providers (accepted only with name binding allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    /// Id of the credential (client secret) the token was issued for: the relay stops
+    /// accepting the token, and closes its tunnels, once that credential is revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<String>,
     /// Granted scopes, space separated (RFC 8693 `scope` claim).
     #[serde(default)]
     pub scope: String,
@@ -92,6 +101,8 @@ mod tests {
             sub: "acme".into(),
             client_id: "acme".into(),
             tenant: Some("acme".into()),
+            tenant_id: Some("0193-acme".into()),
+            secret_id: Some("0193-secret".into()),
             scope: scope.into(),
             iat: 1,
             nbf: 1,

@@ -194,7 +194,11 @@ pub async fn seed(store: &Store, url: &str, dev: bool) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("creating tenant '{name}'"))?,
         };
-        if store.verify_secret(name, secret, now_ms()).await?.is_none() {
+        if store
+            .verify_secret(name, secret, now_ms(), None)
+            .await?
+            .is_none()
+        {
             store
                 .add_known_secret(&tenant.id, secret)
                 .await

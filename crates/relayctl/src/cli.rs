@@ -284,17 +284,26 @@ pub enum SecretCommand {
         /// Lifetime, e.g. 30d, 12h or "1year 6months"; without it the secret never expires.
         #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
         expires: Option<Duration>,
+        /// What the secret may be exchanged for: `connector` (open tunnels) or `client` (call
+        /// a tenant that requires client tokens). One never implies the other.
+        #[arg(long, default_value = "connector", value_parser = parse_scope)]
+        scope: relay_store::CredentialScope,
     },
     /// List the secrets of a tenant (never their values).
     List {
         /// Tenant name (case-insensitive).
         tenant: String,
     },
-    /// Revoke a secret; tokens already issued stay valid until they expire.
+    /// Revoke a secret; the relay closes the tunnels opened with it within seconds and
+    /// refuses its tokens.
     Revoke {
         /// Tenant name (case-insensitive).
         tenant: String,
         /// Secret id, as shown by `secret list`.
         id: String,
     },
+}
+
+fn parse_scope(s: &str) -> Result<relay_store::CredentialScope, String> {
+    s.parse()
 }

@@ -217,11 +217,15 @@ async fn config_set(api: &Api, json: bool, set: ConfigSet) -> anyhow::Result<()>
 
 pub async fn secret(api: &Api, json: bool, cmd: SecretCommand) -> anyhow::Result<()> {
     match cmd {
-        SecretCommand::Create { tenant, expires } => {
-            let body = match expires {
-                Some(d) => json!({"expires_in": humantime::format_duration(d).to_string()}),
-                None => json!({}),
-            };
+        SecretCommand::Create {
+            tenant,
+            expires,
+            scope,
+        } => {
+            let mut body = json!({"scope": scope.as_str()});
+            if let Some(d) = expires {
+                body["expires_in"] = json!(humantime::format_duration(d).to_string());
+            }
             let created = api
                 .call(
                     Method::POST,
@@ -233,7 +237,7 @@ pub async fn secret(api: &Api, json: bool, cmd: SecretCommand) -> anyhow::Result
                 println!("{created:#}");
             } else {
                 eprintln!(
-                    "Created secret {} for tenant '{tenant}' (expires: {}).",
+                    "Created {scope} secret {} for tenant '{tenant}' (expires: {}).",
                     text(&created["id"]),
                     text(&created["expires_at"])
                 );
@@ -254,6 +258,7 @@ pub async fn secret(api: &Api, json: bool, cmd: SecretCommand) -> anyhow::Result
                 &list,
                 &[
                     ("ID", "id"),
+                    ("SCOPE", "scope"),
                     ("ACTIVE", "active"),
                     ("CREATED", "created_at"),
                     ("EXPIRES", "expires_at"),

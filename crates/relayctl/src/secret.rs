@@ -3,14 +3,18 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use relay_store::{SecretInfo, Store, StoreError, now_ms};
+use relay_store::{CredentialScope, SecretInfo, Store, StoreError, now_ms};
 
 use crate::cli::SecretCommand;
 use crate::{UsageError, find_tenant, output};
 
 pub async fn run(store: &Store, cmd: SecretCommand) -> anyhow::Result<()> {
     match cmd {
-        SecretCommand::Create { tenant, expires } => create(store, &tenant, expires).await,
+        SecretCommand::Create {
+            tenant,
+            expires,
+            scope,
+        } => create(store, &tenant, expires, scope).await,
         SecretCommand::List { tenant } => list(store, &tenant).await,
         SecretCommand::Revoke { tenant, id } => revoke(store, &tenant, &id).await,
     }
@@ -18,7 +22,12 @@ pub async fn run(store: &Store, cmd: SecretCommand) -> anyhow::Result<()> {
 
 /// Prints the notes to stderr and only the secret to stdout, so that
 /// `SECRET=$(relayctl secret create acme)` captures exactly the secret.
-async fn create(store: &Store, tenant_name: &str, expires: Option<Duration>) -> anyhow::Result<()> {
+async fn create(
+    store: &Store,
+    tenant_name: &str,
+    expires: Option<Duration>,
+    scope: CredentialScope,
+) -> anyhow::Result<()> {
     let tenant = find_tenant(store, tenant_name).await?;
     let now = now_ms();
     let expires_at = expires
@@ -35,11 +44,11 @@ async fn create(store: &Store, tenant_name: &str, expires: Option<Duration>) -> 
         })
         .transpose()?;
     let (info, plaintext) = store
-        .create_secret(&tenant.id, expires_at)
+        .create_secret(&tenant.id, expires_at, scope)
         .await
         .with_context(|| format!("creating a secret for tenant '{}'", tenant.name))?;
     eprintln!(
-        "Created secret {} for tenant '{}' (expires: {}).",
+        "Created {scope} secret {} for tenant '{}' (expires: {}).",
         info.id,
         tenant.name,
         info.expires_at
@@ -62,6 +71,7 @@ async fn list(store: &Store, tenant_name: &str) -> anyhow::Result<()> {
         .map(|s| {
             vec![
                 s.id.clone(),
+                s.scope.clone(),
                 status(s, now).to_owned(),
                 output::time(s.created_at),
                 output::opt_time(s.expires_at),
@@ -71,7 +81,15 @@ async fn list(store: &Store, tenant_name: &str) -> anyhow::Result<()> {
         })
         .collect();
     output::print_table(
-        &["ID", "STATUS", "CREATED", "EXPIRES", "LAST USED", "REVOKED"],
+        &[
+            "ID",
+            "SCOPE",
+            "STATUS",
+            "CREATED",
+            "EXPIRES",
+            "LAST USED",
+            "REVOKED",
+        ],
         &rows,
     );
     Ok(())

@@ -95,10 +95,10 @@ async fn tenant_and_secret_lifecycle() {
         .await
         .expect("open database");
     let tenant = store
-        .verify_secret("Acme", plaintext, relay_store::now_ms())
+        .verify_secret("Acme", plaintext, relay_store::now_ms(), None)
         .await
         .expect("verify");
-    assert_eq!(tenant.map(|t| t.name).as_deref(), Some("acme"));
+    assert_eq!(tenant.map(|t| t.tenant.name).as_deref(), Some("acme"));
 
     let list = db.run(&["tenant", "list"]);
     assert_exit(&list, 0);
@@ -138,7 +138,7 @@ async fn tenant_and_secret_lifecycle() {
     assert!(stdout(&db.run(&["secret", "list", "acme"])).contains(" revoked "));
     assert_eq!(
         store
-            .verify_secret("acme", plaintext, relay_store::now_ms())
+            .verify_secret("acme", plaintext, relay_store::now_ms(), None)
             .await
             .expect("verify"),
         None

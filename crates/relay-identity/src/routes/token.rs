@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use relay_store::now_ms;
+use relay_store::{CredentialScope, now_ms};
 use std::time::Instant;
 
 use relay_token::{
@@ -21,7 +21,7 @@ use crate::error::OAuthError;
 use crate::rotation::KEY_EXPIRY_LEEWAY_MS;
 use crate::state::error_chain;
 
-/// Scopes a tenant client may request; the first is the default.
+/// Scopes a tenant client may request. A credential grants exactly one of them.
 const TENANT_SCOPES: [&str; 2] = [SCOPE_CONNECTOR, SCOPE_CLIENT];
 
 /// Form parameters; unknown ones are ignored (RFC 6749 §3.2), repeated ones rejected.
@@ -76,10 +76,10 @@ async fn handle(
         Some(_) => return Err(OAuthError::unsupported_grant_type()),
     }
     let management = is_management_request(form.scope.as_deref());
-    let scope = if management {
-        management_scope(form.scope.as_deref())?
+    let (scope, wanted) = if management {
+        (management_scope(form.scope.as_deref())?, None)
     } else {
-        granted_scope(form.scope.as_deref())?
+        (String::new(), tenant_scope(form.scope.as_deref())?)
     };
     let credentials = client_credentials(
         headers,
@@ -100,12 +100,12 @@ async fn handle(
     if management {
         return management_token(state, &credentials.id, &credentials.secret, basic, scope).await;
     }
-    let tenant = match state
+    let verified = match state
         .store()
-        .verify_secret(&credentials.id, &credentials.secret, now)
+        .verify_secret(&credentials.id, &credentials.secret, now, None)
         .await
     {
-        Ok(Some(tenant)) => tenant,
+        Ok(Some(verified)) => verified,
         Ok(None) => {
             tracing::info!(client_id = %credentials.id, reason = "bad credentials", "Token request rejected.");
             return Err(OAuthError::invalid_client(basic));
@@ -115,11 +115,20 @@ async fn handle(
             return Err(OAuthError::server_error());
         }
     };
-
+    if wanted.is_some_and(|w| w != verified.scope) {
+        tracing::info!(client_id = %credentials.id, reason = "scope not granted to this secret", "Token request rejected.");
+        return Err(OAuthError::invalid_scope());
+    }
+    let scope = verified.scope.as_str().to_owned();
+    let tenant = &verified.tenant;
     let (token, expires_in) = sign(
         state,
         &tenant.name,
-        Some(&tenant.name),
+        Some(TenantBinding {
+            name: &tenant.name,
+            id: &tenant.id,
+            secret_id: &verified.secret_id,
+        }),
         &scope,
         AUDIENCE_RELAY,
     )
@@ -147,7 +156,7 @@ async fn management_token(
             // A tenant asking for management scopes authenticated fine but may not have them.
             if let Ok(Some(_)) = state
                 .store()
-                .verify_secret(client_id, secret, now_ms())
+                .verify_secret(client_id, secret, now_ms(), None)
                 .await
             {
                 return Err(OAuthError::invalid_scope());
@@ -167,7 +176,7 @@ async fn management_token(
     let tenant = match &client.tenant_id {
         None => None,
         Some(id) => match state.store().tenant_by_id(id).await {
-            Ok(Some(t)) => Some(t.name),
+            Ok(Some(t)) => Some(t),
             Ok(None) => return Err(OAuthError::invalid_client(basic)),
             Err(e) => {
                 tracing::error!(error = %error_chain(&e), "Looking up a client's tenant failed.");
@@ -178,7 +187,11 @@ async fn management_token(
     let (token, expires_in) = sign(
         state,
         &client.name,
-        tenant.as_deref(),
+        tenant.as_ref().map(|t| TenantBinding {
+            name: &t.name,
+            id: &t.id,
+            secret_id: &client.id,
+        }),
         &scope,
         AUDIENCE_MANAGEMENT,
     )
@@ -204,12 +217,19 @@ fn token_response(token: String, expires_in: i64, scope: String) -> Response {
     response
 }
 
+/// The tenant a token acts for: its name, its immutable id and the credential used.
+struct TenantBinding<'a> {
+    name: &'a str,
+    id: &'a str,
+    secret_id: &'a str,
+}
+
 /// Signs a token for `client`. Its lifetime is capped so that it never outlives its key's
 /// presence in the JWKS (matters only after `token_lifetime` was raised).
 async fn sign(
     state: &AppState,
     client: &str,
-    tenant: Option<&str>,
+    tenant: Option<TenantBinding<'_>>,
     scope: &str,
     audience: &str,
 ) -> Result<(String, i64), OAuthError> {
@@ -235,7 +255,9 @@ async fn sign(
         aud: vec![audience.to_owned()],
         sub: client.to_owned(),
         client_id: client.to_owned(),
-        tenant: tenant.map(str::to_owned),
+        tenant: tenant.as_ref().map(|t| t.name.to_owned()),
+        tenant_id: tenant.as_ref().map(|t| t.id.to_owned()),
+        secret_id: tenant.as_ref().map(|t| t.secret_id.to_owned()),
         scope: scope.to_owned(),
         iat: now_s,
         nbf: now_s,
@@ -290,22 +312,23 @@ fn management_scope(requested: Option<&str>) -> Result<String, OAuthError> {
     Ok(granted.join(" "))
 }
 
-/// The requested scopes (default `connector`), deduplicated, or `invalid_scope`.
-fn granted_scope(requested: Option<&str>) -> Result<String, OAuthError> {
-    let requested = requested
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .unwrap_or(TENANT_SCOPES[0]);
-    let mut granted: Vec<&str> = Vec::new();
-    for scope in requested.split(' ').filter(|s| !s.is_empty()) {
+/// The one tenant scope requested (`None`: whatever the credential grants), or
+/// `invalid_scope`: a credential grants exactly one, so asking for both can never succeed.
+fn tenant_scope(requested: Option<&str>) -> Result<Option<CredentialScope>, OAuthError> {
+    let mut wanted: Option<CredentialScope> = None;
+    for scope in requested.unwrap_or_default().split_ascii_whitespace() {
         if !TENANT_SCOPES.contains(&scope) {
             return Err(OAuthError::invalid_scope());
         }
-        if !granted.contains(&scope) {
-            granted.push(scope);
+        let scope = scope
+            .parse::<CredentialScope>()
+            .map_err(|_| OAuthError::invalid_scope())?;
+        if wanted.is_some_and(|w| w != scope) {
+            return Err(OAuthError::invalid_scope());
         }
+        wanted = Some(scope);
     }
-    Ok(granted.join(" "))
+    Ok(wanted)
 }
 
 #[cfg(test)]
@@ -313,16 +336,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scopes_default_and_deduplicate() {
-        assert_eq!(granted_scope(None).ok().as_deref(), Some("connector"));
-        assert_eq!(granted_scope(Some("  ")).ok().as_deref(), Some("connector"));
+    fn scopes_are_checked_and_deduplicated() {
+        assert_eq!(tenant_scope(None).ok(), Some(None));
+        assert_eq!(tenant_scope(Some("  ")).ok(), Some(None));
         assert_eq!(
-            granted_scope(Some("client connector client"))
-                .ok()
-                .as_deref(),
-            Some("client connector")
+            tenant_scope(Some("client client")).ok(),
+            Some(Some(CredentialScope::Client))
         );
-        assert!(granted_scope(Some("connector management:write")).is_err());
+        assert!(
+            tenant_scope(Some("client connector")).is_err(),
+            "no credential grants both"
+        );
+        assert!(tenant_scope(Some("connector management:write")).is_err());
         assert!(is_management_request(Some("management:read")));
         assert!(!is_management_request(Some("connector")));
         assert_eq!(

@@ -65,7 +65,10 @@ impl Seed {
             })
             .await
             .expect("tenant");
-        let (_, secret) = store.create_secret(&tenant.id, None).await.expect("secret");
+        let (_, secret) = store
+            .create_secret(&tenant.id, None, relay_store::CredentialScope::Connector)
+            .await
+            .expect("secret");
         Self {
             url,
             store,

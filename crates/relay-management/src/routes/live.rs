@@ -31,7 +31,7 @@ async fn tenant_names(
         .list_tenants()
         .await?
         .into_iter()
-        .filter(|t| principal.may_see(&t.name))
+        .filter(|t| principal.may_see_tenant(t))
         .map(|t| (t.id, t.name))
         .collect())
 }
@@ -160,8 +160,18 @@ pub(crate) async fn requests(
         (Some(own), None) => tenant = Some(own.clone()),
         _ => {}
     }
+    // Rows are kept by tenant id: a re-created tenant of the same name starts with an empty
+    // log, and its predecessor's rows stay out of its view.
+    let tenant_id = match (&principal.tenant_id, &tenant) {
+        (Some(own), _) => Some(own.clone()),
+        (None, Some(name)) => match state.store.tenant_by_name(name).await? {
+            Some(t) => Some(t.id),
+            None => return Err(ApiError::not_found()),
+        },
+        (None, None) => None,
+    };
     let filter = RequestLogFilter {
-        tenant,
+        tenant_id,
         from,
         to,
         outcome,

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use relay_store::{SecretInfo, now_ms};
+use relay_store::{CredentialScope, SecretInfo, now_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -19,6 +19,8 @@ use crate::{AppState, Principal};
 #[derive(Serialize)]
 struct SecretJson {
     id: String,
+    /// `connector` or `client`.
+    scope: String,
     created_at: String,
     expires_at: Option<String>,
     last_used_at: Option<String>,
@@ -31,6 +33,7 @@ impl From<SecretInfo> for SecretJson {
         Self {
             active: s.is_active(now_ms()),
             id: s.id,
+            scope: s.scope,
             created_at: time(s.created_at),
             expires_at: opt_time(s.expires_at),
             last_used_at: opt_time(s.last_used_at),
@@ -62,6 +65,10 @@ struct CreateSecret {
     /// Lifetime, e.g. `"90d"`.
     #[serde(default)]
     expires_in: Option<String>,
+    /// `connector` (default: opens tunnels) or `client` (calls tenants that require client
+    /// tokens).
+    #[serde(default)]
+    scope: Option<String>,
 }
 
 pub(crate) async fn create(
@@ -78,10 +85,20 @@ pub(crate) async fn create(
         body::json(&bytes)?
     };
     let expires_at = body::expiry(input.expires_in.as_deref())?;
-    let (info, plaintext) = state.store.create_secret(&tenant.id, expires_at).await?;
-    tracing::info!(tenant = %tenant.name, secret = %info.id, by = %principal.name, "Client secret created.");
+    let scope = match input.scope.as_deref() {
+        None => CredentialScope::Connector,
+        Some(s) => s
+            .parse()
+            .map_err(|m: String| ApiError::invalid("scope", m))?,
+    };
+    let (info, plaintext) = state
+        .store
+        .create_secret(&tenant.id, expires_at, scope)
+        .await?;
+    tracing::info!(tenant = %tenant.name, secret = %info.id, %scope, by = %principal.name, "Client secret created.");
     Ok(body::created_once(json!({
         "id": info.id,
+        "scope": info.scope,
         "secret": plaintext,
         "created_at": time(info.created_at),
         "expires_at": opt_time(info.expires_at),

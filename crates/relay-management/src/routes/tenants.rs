@@ -54,6 +54,7 @@ pub(crate) async fn visible_tenant(
         .store
         .tenant_by_name(name)
         .await?
+        .filter(|t| principal.may_see_tenant(t))
         .ok_or_else(ApiError::not_found)
 }
 
@@ -74,11 +75,12 @@ pub(crate) async fn list(
         None => state.store.list_tenants_page(filter, skip, take).await?,
         Some(own) => {
             let mine = state.store.tenant_by_name(own).await?.filter(|t| {
-                filter.is_none_or(|f| {
-                    t.name
-                        .to_ascii_lowercase()
-                        .contains(&f.to_ascii_lowercase())
-                })
+                principal.may_see_tenant(t)
+                    && filter.is_none_or(|f| {
+                        t.name
+                            .to_ascii_lowercase()
+                            .contains(&f.to_ascii_lowercase())
+                    })
             });
             let total = i64::from(mine.is_some());
             let page = mine

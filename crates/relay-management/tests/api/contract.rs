@@ -506,6 +506,9 @@ async fn connections_and_nodes(s: &Stack, admin: &str, reader: &str, scoped: &st
                 connector_version: Some("0.1.0".into()),
                 machine_name: Some("m1".into()),
                 connected_at: now,
+                tenant_name: "acme".into(),
+                secret_id: None,
+                expires_at: None,
             })
             .await
             .unwrap();
@@ -576,6 +579,10 @@ async fn connections_and_nodes(s: &Stack, admin: &str, reader: &str, scoped: &st
 
 async fn requests(s: &Stack, admin: &str, scoped: &str) {
     let base = now_ms() - 10_000;
+    let mut ids = Vec::new();
+    for name in ["acme", "beta"] {
+        ids.push(s.store.tenant_by_name(name).await.unwrap().unwrap().id);
+    }
     let entries: Vec<RequestLogEntry> = (0..6)
         .map(|i| RequestLogEntry {
             id: uuid::Uuid::now_v7().to_string(),
@@ -584,6 +591,7 @@ async fn requests(s: &Stack, admin: &str, scoped: &str) {
             } else {
                 "beta".into()
             },
+            tenant_id: Some(ids[usize::from(i % 2 != 0)].clone()),
             target: "web".into(),
             method: "GET".into(),
             path: format!("/p{i}"),
@@ -868,7 +876,11 @@ async fn token_endpoint(s: &Stack) {
     assert!(!body.to_string().contains(&secret));
     // A tenant secret is no management credential.
     let tenant = s.store.tenant_by_name("beta").await.unwrap().unwrap();
-    let (_, tenant_secret) = s.store.create_secret(&tenant.id, None).await.unwrap();
+    let (_, tenant_secret) = s
+        .store
+        .create_secret(&tenant.id, None, relay_store::CredentialScope::Connector)
+        .await
+        .unwrap();
     let (status, body) = s.token_request("beta", &tenant_secret, RO).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["error"], "invalid_scope");

@@ -167,6 +167,7 @@ fn entry(tenant: &str, outcome: &str, started_at: i64) -> RequestLogEntry {
         outcome: outcome.into(),
         node: "n".into(),
         started_at,
+        tenant_id: Some(format!("id-{tenant}")),
     }
 }
 
@@ -227,7 +228,7 @@ async fn request_log_filters_pages_and_purges(store: Store) {
         [1009, 1008, 1007]
     );
     let (_, total) = page(RequestLogFilter {
-        tenant: Some("a".into()),
+        tenant_id: Some("id-a".into()),
         take: 100,
         ..Default::default()
     })
@@ -329,6 +330,9 @@ async fn config_versions_and_disconnect_requests(store: Store) {
             connector_version: None,
             machine_name: None,
             connected_at: 1,
+            tenant_name: "acme".into(),
+            secret_id: None,
+            expires_at: None,
         })
         .await
         .expect("open");

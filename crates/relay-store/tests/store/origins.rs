@@ -21,6 +21,9 @@ async fn open(store: &Store, id: &str, tenant_id: &str, origin: &str, at: i64) {
         connector_version: None,
         machine_name: None,
         connected_at: at,
+        tenant_name: "acme".into(),
+        secret_id: None,
+        expires_at: None,
     };
     store
         .record_connection_opened(&c)

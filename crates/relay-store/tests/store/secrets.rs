@@ -1,4 +1,4 @@
-use relay_store::{Store, StoreError, now_ms};
+use relay_store::{CredentialScope, Store, StoreError, VerifiedSecret, now_ms};
 
 use crate::harness::store_tests;
 use crate::tenants::new_tenant;
@@ -10,6 +10,8 @@ store_tests!(
     expiry,
     several_secrets_are_valid_at_once,
     unknown_tenant_cannot_get_secrets,
+    a_secret_grants_only_its_own_scope,
+    active_secrets_drop_revoked_expired_and_deleted,
 );
 
 async fn create_list_verify(store: Store) {
@@ -17,7 +19,10 @@ async fn create_list_verify(store: Store) {
         .create_tenant(new_tenant("Acme"))
         .await
         .expect("tenant");
-    let (info, plaintext) = store.create_secret(&tenant.id, None).await.expect("secret");
+    let (info, plaintext) = store
+        .create_secret(&tenant.id, None, CredentialScope::Connector)
+        .await
+        .expect("secret");
     assert_eq!(plaintext.len(), 43, "32 bytes base64url without padding");
     assert_eq!(info.tenant_id, tenant.id);
     assert_eq!(
@@ -31,10 +36,17 @@ async fn create_list_verify(store: Store) {
 
     let now = now_ms();
     let verified = store
-        .verify_secret("acme", &plaintext, now)
+        .verify_secret("acme", &plaintext, now, None)
         .await
         .expect("verify");
-    assert_eq!(verified, Some(tenant.clone()));
+    assert_eq!(
+        verified,
+        Some(VerifiedSecret {
+            tenant: tenant.clone(),
+            secret_id: info.id.clone(),
+            scope: CredentialScope::Connector,
+        })
+    );
     let listed = store.list_secrets(&tenant.id).await.expect("list");
     assert_eq!(listed[0].last_used_at, Some(now));
 }
@@ -48,7 +60,10 @@ async fn wrong_secret_and_unknown_tenant(store: Store) {
         .create_tenant(new_tenant("other"))
         .await
         .expect("tenant");
-    let (_, plaintext) = store.create_secret(&acme.id, None).await.expect("secret");
+    let (_, plaintext) = store
+        .create_secret(&acme.id, None, CredentialScope::Connector)
+        .await
+        .expect("secret");
     let now = now_ms();
     for (tenant, secret) in [
         ("acme", "wrong"),
@@ -58,7 +73,7 @@ async fn wrong_secret_and_unknown_tenant(store: Store) {
         ("not a name", plaintext.as_str()),
     ] {
         let verified = store
-            .verify_secret(tenant, secret, now)
+            .verify_secret(tenant, secret, now, None)
             .await
             .expect("verify");
         assert_eq!(verified, None, "{tenant} / {secret}");
@@ -86,7 +101,10 @@ async fn revoke(store: Store) {
         .create_tenant(new_tenant("other"))
         .await
         .expect("tenant");
-    let (info, plaintext) = store.create_secret(&acme.id, None).await.expect("secret");
+    let (info, plaintext) = store
+        .create_secret(&acme.id, None, CredentialScope::Connector)
+        .await
+        .expect("secret");
 
     assert!(
         !store
@@ -102,7 +120,7 @@ async fn revoke(store: Store) {
     );
     assert!(
         store
-            .verify_secret("acme", &plaintext, now_ms())
+            .verify_secret("acme", &plaintext, now_ms(), None)
             .await
             .expect("before")
             .is_some()
@@ -118,7 +136,7 @@ async fn revoke(store: Store) {
     assert!(revoked_at.is_some());
     assert_eq!(
         store
-            .verify_secret("acme", &plaintext, now_ms())
+            .verify_secret("acme", &plaintext, now_ms(), None)
             .await
             .expect("after"),
         None
@@ -142,7 +160,7 @@ async fn expiry(store: Store) {
     let now = now_ms();
     let expires_at = now + 60_000;
     let (info, plaintext) = store
-        .create_secret(&acme.id, Some(expires_at))
+        .create_secret(&acme.id, Some(expires_at), CredentialScope::Connector)
         .await
         .expect("secret");
     assert_eq!(info.expires_at, Some(expires_at));
@@ -150,18 +168,18 @@ async fn expiry(store: Store) {
     assert!(!info.is_active(expires_at));
 
     let before = store
-        .verify_secret("acme", &plaintext, expires_at - 1)
+        .verify_secret("acme", &plaintext, expires_at - 1, None)
         .await
         .expect("before");
     assert!(before.is_some());
     let at = store
-        .verify_secret("acme", &plaintext, expires_at)
+        .verify_secret("acme", &plaintext, expires_at, None)
         .await
         .expect("at expiry");
     assert_eq!(at, None);
 
     let err = store
-        .create_secret(&acme.id, Some(now - 1))
+        .create_secret(&acme.id, Some(now - 1), CredentialScope::Connector)
         .await
         .expect_err("past expiry");
     assert!(
@@ -181,20 +199,26 @@ async fn several_secrets_are_valid_at_once(store: Store) {
         .create_tenant(new_tenant("acme"))
         .await
         .expect("tenant");
-    let (old, old_plain) = store.create_secret(&acme.id, None).await.expect("old");
-    let (new, new_plain) = store.create_secret(&acme.id, None).await.expect("new");
+    let (old, old_plain) = store
+        .create_secret(&acme.id, None, CredentialScope::Connector)
+        .await
+        .expect("old");
+    let (new, new_plain) = store
+        .create_secret(&acme.id, None, CredentialScope::Connector)
+        .await
+        .expect("new");
     assert_ne!(old_plain, new_plain);
     let now = now_ms();
     assert!(
         store
-            .verify_secret("acme", &old_plain, now)
+            .verify_secret("acme", &old_plain, now, None)
             .await
             .expect("old")
             .is_some()
     );
     assert!(
         store
-            .verify_secret("acme", &new_plain, now)
+            .verify_secret("acme", &new_plain, now, None)
             .await
             .expect("new")
             .is_some()
@@ -206,14 +230,14 @@ async fn several_secrets_are_valid_at_once(store: Store) {
         .expect("rotate");
     assert_eq!(
         store
-            .verify_secret("acme", &old_plain, now)
+            .verify_secret("acme", &old_plain, now, None)
             .await
             .expect("old"),
         None
     );
     assert!(
         store
-            .verify_secret("acme", &new_plain, now)
+            .verify_secret("acme", &new_plain, now, None)
             .await
             .expect("new")
             .is_some()
@@ -230,8 +254,112 @@ async fn several_secrets_are_valid_at_once(store: Store) {
 
 async fn unknown_tenant_cannot_get_secrets(store: Store) {
     let err = store
-        .create_secret("no-such-tenant", None)
+        .create_secret("no-such-tenant", None, CredentialScope::Connector)
         .await
         .expect_err("unknown");
     assert!(matches!(err, StoreError::NotFound), "{err:?}");
+}
+
+async fn a_secret_grants_only_its_own_scope(store: Store) {
+    let acme = store
+        .create_tenant(new_tenant("acme"))
+        .await
+        .expect("tenant");
+    let (connector, connector_plain) = store
+        .create_secret(&acme.id, None, CredentialScope::Connector)
+        .await
+        .expect("connector secret");
+    let (client, client_plain) = store
+        .create_secret(&acme.id, None, CredentialScope::Client)
+        .await
+        .expect("client secret");
+    assert_eq!(
+        (connector.scope.as_str(), client.scope.as_str()),
+        ("connector", "client")
+    );
+    let now = now_ms();
+    let check = |plain: &str, scope| {
+        let (store, plain) = (store.clone(), plain.to_owned());
+        async move {
+            store
+                .verify_secret("acme", &plain, now, scope)
+                .await
+                .expect("verify")
+                .map(|v| (v.secret_id, v.scope))
+        }
+    };
+    assert_eq!(
+        check(&client_plain, None).await,
+        Some((client.id.clone(), CredentialScope::Client)),
+        "without a scope asked, the secret's own"
+    );
+    assert_eq!(
+        check(&client_plain, Some(CredentialScope::Client)).await,
+        Some((client.id.clone(), CredentialScope::Client))
+    );
+    assert_eq!(
+        check(&client_plain, Some(CredentialScope::Connector)).await,
+        None,
+        "a client secret is no connector secret"
+    );
+    assert_eq!(
+        check(&connector_plain, Some(CredentialScope::Client)).await,
+        None,
+        "a connector secret is no client secret"
+    );
+    assert_eq!(
+        check(&connector_plain, Some(CredentialScope::Connector)).await,
+        Some((connector.id, CredentialScope::Connector))
+    );
+}
+
+async fn active_secrets_drop_revoked_expired_and_deleted(store: Store) {
+    let acme = store
+        .create_tenant(new_tenant("acme"))
+        .await
+        .expect("tenant");
+    let beta = store
+        .create_tenant(new_tenant("beta"))
+        .await
+        .expect("tenant");
+    let now = now_ms();
+    let mut ids = Vec::new();
+    for expires in [None, None, Some(now + 60_000)] {
+        let (info, _) = store
+            .create_secret(&acme.id, expires, CredentialScope::Connector)
+            .await
+            .expect("secret");
+        ids.push(info.id);
+    }
+    let (of_beta, _) = store
+        .create_secret(&beta.id, None, CredentialScope::Connector)
+        .await
+        .expect("secret");
+    ids.push(of_beta.id.clone());
+    ids.push("no-such-secret".into());
+    assert!(
+        store
+            .revoke_secret(&acme.id, &ids[1])
+            .await
+            .expect("revoke")
+    );
+    let active = store.active_secrets(&ids, now).await.expect("active");
+    let expected: std::collections::HashSet<String> =
+        [ids[0].clone(), ids[2].clone(), of_beta.id.clone()].into();
+    assert_eq!(active, expected);
+    let later = store
+        .active_secrets(&ids, now + 120_000)
+        .await
+        .expect("active later");
+    assert!(!later.contains(&ids[2]), "expired by then");
+    assert!(store.delete_tenant(&beta.id).await.expect("delete"));
+    let active = store.active_secrets(&ids, now).await.expect("active");
+    assert!(!active.contains(&of_beta.id), "deleted with its tenant");
+    assert!(
+        store
+            .active_secrets(&[], now)
+            .await
+            .expect("empty")
+            .is_empty()
+    );
 }

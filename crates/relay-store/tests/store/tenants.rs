@@ -222,7 +222,10 @@ async fn delete_cascades(store: Store) {
         .set_tenant_config(&tenant.id, &cfg)
         .await
         .expect("config");
-    store.create_secret(&tenant.id, None).await.expect("secret");
+    store
+        .create_secret(&tenant.id, None, relay_store::CredentialScope::Connector)
+        .await
+        .expect("secret");
 
     assert!(store.delete_tenant(&tenant.id).await.expect("delete"));
     assert!(!store.delete_tenant(&tenant.id).await.expect("delete again"));

@@ -36,6 +36,8 @@ fn claims(iss: &str, exp_in: i64) -> Claims {
         sub: "acme".into(),
         client_id: "acme".into(),
         tenant: Some("acme".into()),
+        tenant_id: None,
+        secret_id: None,
         scope: "connector".into(),
         iat: now.min(now + exp_in) - 60,
         nbf: now.min(now + exp_in) - 60,
