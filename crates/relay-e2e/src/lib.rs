@@ -3,6 +3,8 @@
 //! Tests that need real processes use `relay_testkit::process`.
 #![allow(clippy::unwrap_used)]
 
+pub mod cluster;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -180,7 +182,22 @@ impl Stack {
             })
             .await
             .unwrap();
-        self.store.create_secret(&tenant.id, None).await.unwrap().1
+        self.store
+            .create_secret(&tenant.id, None, relay_store::CredentialScope::Connector)
+            .await
+            .unwrap()
+            .1
+    }
+
+    /// Creates a `client` secret (for tenants that require client tokens) of an existing
+    /// tenant and returns it.
+    pub async fn client_secret(&self, name: &str) -> String {
+        let tenant = self.store.tenant_by_name(name).await.unwrap().unwrap();
+        self.store
+            .create_secret(&tenant.id, None, relay_store::CredentialScope::Client)
+            .await
+            .unwrap()
+            .1
     }
 
     /// Creates a tenant with `config` (before the relay has looked it up) and returns a secret.

@@ -11,317 +11,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
-use relay_e2e::{Scratch, free_port, relayctl};
+use relay_e2e::cluster::{Cluster, postgres_addr, until_ok};
+use relay_e2e::relayctl;
 use relay_testkit::client::{self, PatternBody, digest, full, get, pattern_sha256, post, send};
 use relay_testkit::process::Proc;
 use relay_testkit::target::TestTarget;
 use relay_testkit::wait;
-
-fn postgres_admin_url() -> String {
-    std::env::var("RELAY_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// `host:port` of the test PostgreSQL server.
-fn postgres_addr() -> std::net::SocketAddr {
-    let url = postgres_admin_url();
-    let authority = url
-        .split_once('@')
-        .map_or(url.as_str(), |(_, rest)| rest)
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
-    authority.parse().unwrap()
-}
-
-fn amqp_url() -> String {
-    std::env::var("RELAY_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-fn unique(label: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{label}_{}_{nanos:x}", std::process::id())
-}
-
-/// A fresh PostgreSQL database, dropped at the end; `None` (with a message) when PostgreSQL
-/// or RabbitMQ is not reachable.
-struct Services {
-    database: String,
-    database_url: String,
-    prefix: String,
-}
-
-impl Services {
-    fn get() -> Option<Services> {
-        let required = std::env::var("RELAY_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-        let skip = |what: &str| {
-            assert!(!required, "{what}");
-            eprintln!("SKIPPED: {what}");
-            None
-        };
-        if std::net::TcpStream::connect("127.0.0.1:5672").is_err()
-            && std::env::var("RELAY_TEST_AMQP_URL").is_err()
-        {
-            return skip(
-                "RabbitMQ unreachable: start it (rabbitmq-server -detached) or set RELAY_TEST_AMQP_URL",
-            );
-        }
-        let database = unique("relay_mn");
-        let admin = postgres_admin_url();
-        let created = std::process::Command::new("psql")
-            .args([
-                admin.as_str(),
-                "-q",
-                "-c",
-                &format!("CREATE DATABASE {database}"),
-            ])
-            .output();
-        match created {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                return skip(&format!(
-                    "PostgreSQL unavailable at {admin} ({}): start it or set RELAY_TEST_POSTGRES_URL",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-            Err(e) => {
-                return skip(&format!(
-                    "psql not runnable ({e}): install postgresql-client"
-                ));
-            }
-        }
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
-        Some(Services {
-            database_url: format!("{base}/{database}"),
-            database,
-            prefix: format!("{}.", unique("t")),
-        })
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        relay_testkit::broker::delete_queues(&self.prefix);
-        let _ = std::process::Command::new("psql")
-            .args([
-                postgres_admin_url().as_str(),
-                "-q",
-                "-c",
-                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database),
-            ])
-            .output();
-    }
-}
-
-/// Identity, two relay nodes sharing a body directory, a target.
-struct Cluster {
-    nodes: Vec<(u16, Proc)>,
-    identity: Proc,
-    services: Services,
-    scratch: Scratch,
-    secret: String,
-}
-
-impl Drop for Cluster {
-    /// Stops the processes before `services` deletes the test's queues and database, so no
-    /// node re-declares a queue during clean-up.
-    fn drop(&mut self) {
-        for (_, node) in &mut self.nodes {
-            let _ = node.child.start_kill();
-        }
-        let _ = self.identity.child.start_kill();
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-impl Cluster {
-    async fn start(extra_server_toml: &str) -> Option<Cluster> {
-        Self::start_with(extra_server_toml, relay_store::TenantConfig::default()).await
-    }
-
-    /// Starts with tenant `acme` configured by `tenant_config` before any node loads it.
-    async fn start_with(
-        extra_server_toml: &str,
-        tenant_config: relay_store::TenantConfig,
-    ) -> Option<Cluster> {
-        Self::start_full(extra_server_toml, tenant_config, None).await
-    }
-
-    /// Like [`Cluster::start_with`]; with `database_via`, the relay nodes reach PostgreSQL
-    /// through that address (a proxy) instead of directly.
-    async fn start_full(
-        extra_server_toml: &str,
-        tenant_config: relay_store::TenantConfig,
-        database_via: Option<std::net::SocketAddr>,
-    ) -> Option<Cluster> {
-        let services = Services::get()?;
-        let scratch = Scratch::new("multinode");
-        let dir = scratch.0.clone();
-        let db = services.database_url.clone();
-        relayctl(&db, &["migrate"]);
-        relayctl(&db, &["tenant", "create", "acme"]);
-        let secret = relayctl(&db, &["secret", "create", "acme"])
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_owned();
-        let store = relay_store::Store::connect(&db).await.unwrap();
-        let tenant = store.tenant_by_name("acme").await.unwrap().unwrap();
-        store
-            .set_tenant_config(&tenant.id, &tenant_config)
-            .await
-            .unwrap();
-        std::fs::create_dir_all(dir.join("bodies")).unwrap();
-
-        let identity_port = free_port();
-        std::fs::write(
-            dir.join("identity.toml"),
-            format!("public_url = \"http://127.0.0.1:{identity_port}\"\n[listen]\npublic = \"127.0.0.1:{identity_port}\"\n[database]\nurl = \"{db}\"\n"),
-        )
-        .unwrap();
-        let identity = Proc::spawn(
-            "relay-identity",
-            &["--config", dir.join("identity.toml").to_str().unwrap()],
-            &[],
-            &dir,
-        );
-        let mut cluster = Cluster {
-            scratch,
-            services,
-            identity,
-            nodes: Vec::new(),
-            secret,
-        };
-        let node_db = match database_via {
-            Some(via) => db.replacen(&postgres_addr().to_string(), &via.to_string(), 1),
-            None => db.clone(),
-        };
-        for name in ["a", "b"] {
-            let port = free_port();
-            let config = dir.join(format!("node-{name}.toml"));
-            std::fs::write(
-                &config,
-                format!(
-                    "[listen]\npublic = \"127.0.0.1:{port}\"\n[database]\nurl = \"{node_db}\"\n\
-                     [identity]\nauthority = \"http://127.0.0.1:{identity_port}\"\n\
-                     [body_store]\npath = \"{}\"\n[bus]\nkind = \"rabbitmq\"\nurl = \"{}\"\nprefix = \"{}\"\n\
-                     [tunnel]\nreconnect_min_delay = \"100ms\"\nreconnect_max_delay = \"1s\"\nkeep_alive_interval = \"2s\"\n{extra_server_toml}",
-                    dir.join("bodies").display(),
-                    amqp_url(),
-                    cluster.services.prefix,
-                ),
-            )
-            .unwrap();
-            let proc = Proc::spawn(
-                "relay-server",
-                &["--config", config.to_str().unwrap()],
-                &[(
-                    "RUST_LOG",
-                    std::env::var("RELAY_TEST_LOG").as_deref().unwrap_or("info"),
-                )],
-                &dir,
-            );
-            cluster.nodes.push((port, proc));
-        }
-        for (port, proc) in &cluster.nodes {
-            let url = format!("http://127.0.0.1:{port}/health/ready");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !matches!(try_get(&url).await, Some(StatusCode::OK)) {
-                assert!(
-                    Instant::now() < deadline,
-                    "node not ready:\n{}\n{}",
-                    proc.log_text(),
-                    cluster.identity.log_text()
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        Some(cluster)
-    }
-
-    fn url(&self, node: usize, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.nodes[node].0)
-    }
-
-    /// A connector process with tunnels to the given nodes.
-    fn connector(&self, name: &str, nodes: &[usize], target: &TestTarget) -> Proc {
-        let dir = &self.scratch.0;
-        let urls: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("\"{}\"", self.url(*n, "")))
-            .collect();
-        let path = dir.join(format!("connector-{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "relay_url = [{}]\ntenant = \"acme\"\nsecret = \"{}\"\nmachine_name = \"{name}\"\ntunnels_per_relay = 1\n[targets.web]\nurl = \"{}\"\ntimeout = \"600s\"\n",
-                urls.join(", "),
-                self.secret,
-                target.url()
-            ),
-        )
-        .unwrap();
-        Proc::spawn(
-            "relay-connector",
-            &["--config", path.to_str().unwrap()],
-            &[],
-            dir,
-        )
-    }
-
-    /// Waits until every node answers `/health/ready` with `200` and `body`.
-    async fn ready_everywhere(&self, body: &str) {
-        for node in 0..self.nodes.len() {
-            wait::until(Duration::from_secs(30), body.trim(), || async {
-                let ready = get(&self.url(node, "/health/ready")).await;
-                (ready.status == StatusCode::OK && ready.text() == body).then_some(())
-            })
-            .await;
-        }
-    }
-
-    /// Waits until `n` open tunnels are recorded; returns a store on the test database.
-    async fn tunnels_recorded(&self, n: usize) -> relay_store::Store {
-        let store = relay_store::Store::connect(&self.services.database_url)
-            .await
-            .unwrap();
-        wait::until(Duration::from_secs(10), "tunnels recorded", || async {
-            (store.list_connections(true).await.unwrap().len() == n).then_some(())
-        })
-        .await;
-        store
-    }
-
-    fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|(_, p)| p.log_text())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    }
-}
-
-async fn try_get(url: &str) -> Option<StatusCode> {
-    let request = Request::get(url).body(full(Bytes::new())).ok()?;
-    let response = tokio::time::timeout(Duration::from_secs(5), client::client().request(request))
-        .await
-        .ok()?
-        .ok()?;
-    Some(response.status())
-}
-
-async fn until_ok(url: &str, what: &str) {
-    wait::until(Duration::from_secs(30), what, || async {
-        (try_get(url).await == Some(StatusCode::OK)).then_some(())
-    })
-    .await;
-}
 
 #[tokio::test]
 async fn requests_reach_connectors_on_another_node() {
@@ -465,7 +160,7 @@ async fn broker_connection_loss_heals_without_restarting_relay() {
         "PONG"
     );
 
-    match relay_testkit::broker::close_connections(&cluster.services.prefix) {
+    match relay_testkit::broker::close_connections(cluster.prefix()) {
         Ok(n) => assert!(
             n >= 2,
             "expected both nodes' broker connections, closed {n}"
@@ -918,9 +613,7 @@ async fn known_tenants_keep_flowing_while_postgresql_is_unreachable() {
             .status,
         StatusCode::NON_AUTHORITATIVE_INFORMATION
     );
-    let store = relay_store::Store::connect(&cluster.services.database_url)
-        .await
-        .unwrap();
+    let store = relay_store::Store::connect(&cluster.db).await.unwrap();
     wait::until(
         Duration::from_secs(15),
         "request logged after the outage",
@@ -935,10 +628,7 @@ async fn known_tenants_keep_flowing_while_postgresql_is_unreachable() {
     )
     .await;
     // A tenant created after the outage is found (not cached as unknown).
-    relayctl(
-        &cluster.services.database_url,
-        &["tenant", "create", "later"],
-    );
+    relayctl(&cluster.db, &["tenant", "create", "later"]);
     wait::until(Duration::from_secs(10), "new tenant known", || async {
         let answer = get(&cluster.url(0, "/relay/later/web/x")).await;
         (answer.header("x-relay-error") == Some("no-connector")).then_some(())

@@ -532,15 +532,29 @@ async fn metrics_count_requests_bytes_and_tunnels() {
         (5000.0 + 2.0 * 68.0..5300.0).contains(&out),
         "bytes out {out}"
     );
+    // Series are keyed by the tenant's id (a re-created `acme` gets its own), named by name.
+    let acme_id = relay_store::Store::connect(&site.db)
+        .await
+        .unwrap()
+        .tenant_by_name("acme")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
     assert_eq!(
-        d(r#"relay_tenant_requests_total{tenant="acme",mode="relay",status="2xx"}"#),
+        d(&format!(
+            r#"relay_tenant_requests_total{{tenant="acme",tenant_id="{acme_id}",mode="relay",status="2xx"}}"#
+        )),
         7.0
     );
     assert!(
         !s1.keys().any(|k| k.contains("nobody")),
         "unknown tenant got a series"
     );
-    assert_eq!(s1[r#"relay_tenant_tunnels{tenant="acme"}"#], 1.0);
+    assert_eq!(
+        s1[&format!(r#"relay_tenant_tunnels{{tenant="acme",tenant_id="{acme_id}"}}"#)],
+        1.0
+    );
     assert_eq!(s1["relay_connectors_connected"], 1.0);
     assert!(s1.keys().any(|k| k.starts_with("relay_tunnels{node=")));
     assert!(s1["relay_db_pool_max"] >= 1.0);

@@ -182,7 +182,7 @@ async fn clients_need_a_token_when_the_tenant_requires_one() {
         ..TenantConfig::default()
     };
     let secret = stack.tenant_with("guarded", config).await;
-    let other_secret = stack.tenant("other").await;
+    stack.tenant("other").await;
     let mut c = stack.connector("guarded", &secret, &[]);
     c.connected(1).await;
 
@@ -190,6 +190,40 @@ async fn clients_need_a_token_when_the_tenant_requires_one() {
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
 
+    // A connector secret is never a client credential.
+    let form = format!(
+        "grant_type=client_credentials&client_id=guarded&client_secret={secret}&scope=client"
+    );
+    let refused = send(
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{}/connect/token", stack.identity_addr))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(full(form))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    let own_connector = client_token_of(&stack, "guarded", &secret, "connector").await;
+    let as_client = send(
+        Request::get(stack.url("/relay/guarded/ping"))
+            .header("authorization", format!("Bearer {own_connector}"))
+            .body(full(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        as_client.status,
+        StatusCode::UNAUTHORIZED,
+        "a connector token is no client token"
+    );
+
+    let other_secret = stack.client_secret("other").await;
     let foreign = client_token(&stack, "other", &other_secret).await;
     let wrong = send(
         Request::get(stack.url("/relay/guarded/ping"))
@@ -200,7 +234,8 @@ async fn clients_need_a_token_when_the_tenant_requires_one() {
     .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
 
-    let own = client_token(&stack, "guarded", &secret).await;
+    let client_secret = stack.client_secret("guarded").await;
+    let own = client_token(&stack, "guarded", &client_secret).await;
     let allowed = send(
         Request::get(stack.url("/relay/guarded/ping"))
             .header("authorization", format!("Bearer {own}"))
@@ -215,8 +250,12 @@ async fn clients_need_a_token_when_the_tenant_requires_one() {
 }
 
 pub async fn client_token(stack: &Stack, tenant: &str, secret: &str) -> String {
+    client_token_of(stack, tenant, secret, "client").await
+}
+
+async fn client_token_of(stack: &Stack, tenant: &str, secret: &str, scope: &str) -> String {
     let form = format!(
-        "grant_type=client_credentials&client_id={tenant}&client_secret={secret}&scope=client"
+        "grant_type=client_credentials&client_id={tenant}&client_secret={secret}&scope={scope}"
     );
     let answer = send(
         Request::builder()

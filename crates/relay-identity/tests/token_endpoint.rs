@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestIdentity, token_kid};
+use common::{TestIdentity, token_claims, token_kid};
 use hyper::http::StatusCode;
 use relay_store::now_ms;
 use relay_token::{AUDIENCE_RELAY, Validator};
@@ -78,17 +78,54 @@ async fn discovery_document_points_at_the_endpoints() {
 }
 
 #[tokio::test]
-async fn basic_authentication_and_client_scope() {
+async fn basic_authentication_and_the_secrets_scope() {
     let id = TestIdentity::start().await;
     let answer = id
         .token_basic(
             "Acme",
             &id.secret,
-            "grant_type=client_credentials&scope=client+connector",
+            "grant_type=client_credentials&scope=connector",
         )
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
-    assert_eq!(answer.json["scope"], "client connector");
+    assert_eq!(answer.json["scope"], "connector");
+    let claims = token_claims(answer.json["access_token"].as_str().expect("token"));
+    assert_eq!(claims["tenant"], "Acme");
+    assert_eq!(claims["tenant_id"], id.tenant.id.as_str());
+    let secrets = id.store.list_secrets(&id.tenant.id).await.expect("secrets");
+    assert_eq!(claims["secret_id"], secrets[0].id.as_str());
+}
+
+#[tokio::test]
+async fn a_secret_grants_its_own_scope_and_never_the_other() {
+    let id = TestIdentity::start().await;
+    let (_, client_secret) = id
+        .store
+        .create_secret(&id.tenant.id, None, relay_store::CredentialScope::Client)
+        .await
+        .expect("client secret");
+    // No scope asked: the secret's own.
+    let client = id.token(&id.form("Acme", &client_secret)).await;
+    assert_eq!(client.status, StatusCode::OK, "{}", client.json);
+    assert_eq!(client.json["scope"], "client");
+    let connector = id.token(&id.form("Acme", &id.secret)).await;
+    assert_eq!(connector.json["scope"], "connector");
+    for (secret, scope) in [
+        (client_secret.as_str(), "connector"),
+        (id.secret.as_str(), "client"),
+        (client_secret.as_str(), "client+connector"),
+        (id.secret.as_str(), "client+connector"),
+    ] {
+        let form = format!("{}&scope={scope}", id.form("Acme", secret));
+        let answer = id.token(&form).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{scope}: {}",
+            answer.json
+        );
+        assert_eq!(error_of(&answer), "invalid_scope", "{scope}");
+    }
 }
 
 #[tokio::test]

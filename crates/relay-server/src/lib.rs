@@ -21,6 +21,7 @@ mod body;
 mod bodystore;
 mod credentials;
 mod crossnode;
+mod killable;
 mod livepush;
 mod metrics;
 mod origins;

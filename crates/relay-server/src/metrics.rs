@@ -65,8 +65,8 @@ static BYTES_OUT: Counter = Counter::new();
 type TenantSeries = [[Counter; 5]; 3];
 /// Keyed by tenant id, with the tenant's name for the label: a re-created tenant of the same
 /// name gets series of its own.
-static TENANTS: LazyLock<RwLock<HashMap<String, (String, Arc<TenantSeries>)>>> =
-    LazyLock::new(Default::default);
+type TenantMap = HashMap<String, (String, Arc<TenantSeries>)>;
+static TENANTS: LazyLock<RwLock<TenantMap>> = LazyLock::new(Default::default);
 
 fn mode_index(mode: Mode) -> usize {
     match mode {

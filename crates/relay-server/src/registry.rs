@@ -48,7 +48,7 @@ pub struct Tunnel {
     /// Cancelled when the tunnel's connection has ended.
     pub closed: CancellationToken,
     /// Cancel to cut the tunnel now (tenant deleted, credential revoked, token expired):
-    /// its connection is dropped and requests in flight fail at once.
+    /// its byte stream fails (`killable`), so requests in flight fail at once.
     pub kill: CancellationToken,
 }
 
@@ -60,6 +60,7 @@ impl Tunnel {
         version: String,
         remote: String,
         sender: SendRequest<TunnelBody>,
+        kill: CancellationToken,
     ) -> Self {
         Tunnel {
             id,
@@ -71,7 +72,7 @@ impl Tunnel {
             inflight: AtomicUsize::new(0),
             retiring: AtomicBool::new(false),
             closed: CancellationToken::new(),
-            kill: CancellationToken::new(),
+            kill,
         }
     }
 

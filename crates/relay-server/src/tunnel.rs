@@ -126,6 +126,8 @@ pub async fn accept(
             }
         };
         let keep_alive = state2.config.tunnel.keep_alive_interval;
+        let kill = tokio_util::sync::CancellationToken::new();
+        let upgraded = crate::killable::Killable::new(upgraded, kill.clone());
         let handshake = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_frame_size(MAX_FRAME_SIZE)
@@ -146,7 +148,7 @@ pub async fn accept(
         };
         let expires = instant_of(auth.expires_at);
         let retire_at = expires.checked_sub(retire_lead).unwrap_or(expires);
-        let tunnel = Arc::new(Tunnel::new(id.clone(), auth, machine.clone(), version.clone(), remote.to_string(), sender));
+        let tunnel = Arc::new(Tunnel::new(id.clone(), auth, machine.clone(), version.clone(), remote.to_string(), sender, kill));
         let tenant_key = tenant.key.clone();
         record_opened(&state2, &tunnel, &tenant.name);
         state2.registry.add(tunnel.clone());
@@ -163,7 +165,7 @@ pub async fn accept(
             tracing::info!(tenant = %tenant_key, tunnel = %old.id, by = %id, "Tunnel renewed; draining the old one.");
             drain(&old, relay_proto::Drain::default());
         }
-        let mut conn = std::pin::pin!(conn);
+        let mut conn = Box::pin(conn);
         let mut retired = false;
         let ended = loop {
             tokio::select! {
@@ -186,8 +188,9 @@ pub async fn accept(
                 }
             }
         };
-        // Dropping the connection (on kill or expiry) closes the socket: requests still in
-        // flight fail at once instead of running on revoked credentials.
+        // On kill or expiry the byte stream fails: requests still in flight fail at once
+        // instead of running on revoked credentials.
+        tunnel.kill.cancel();
         drop(conn);
         tunnel.closed.cancel();
         state2.registry.remove(&tunnel);

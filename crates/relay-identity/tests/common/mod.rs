@@ -179,6 +179,12 @@ impl TestIdentity {
     }
 }
 
+/// The claims of a JWT (not verified: the tests check what was issued).
+pub fn token_claims(token: &str) -> serde_json::Value {
+    let payload = token.split('.').nth(1).expect("payload segment");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url")).expect("json")
+}
+
 /// The `kid` of a JWT's header.
 pub fn token_kid(token: &str) -> String {
     let header = token.split('.').next().expect("header segment");
