@@ -139,9 +139,73 @@ async fn tampered_missing_and_wrong_scope_tokens_are_refused() {
     assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
     assert_eq!(refused.header("x-relay-error"), Some("token-invalid"));
 
-    let client_only = access_token(&token(&stack, "acme", &secret, "client").await);
+    let client_secret = stack.client_secret("acme").await;
+    let client_only = access_token(&token(&stack, "acme", &client_secret, "client").await);
+    let refused = open_tunnel(&stack, Some(&client_only)).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.header("x-relay-error"), Some("scope-missing"));
+}
+
+/// A token signed by the trusted authority but without `tenant_id` (an older relay-identity,
+/// another OIDC provider) as relay-identity would sign it.
+async fn token_without_tenant_id(stack: &Stack, secret: &str) -> String {
+    // A real token first, so that a signing key exists.
+    let real = access_token(&token(stack, "acme", secret, "connector").await);
+    assert!(!real.is_empty());
+    let now_ms = relay_store::now_ms();
+    let key = stack
+        .store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.activates_at <= now_ms && k.retires_at.is_none_or(|r| r > now_ms))
+        .max_by_key(|k| k.activates_at)
+        .expect("a signing key");
+    let pair = relay_token::KeyPair::from_pkcs8_pem(&key.private_pem).unwrap();
+    let now = now_ms / 1000;
+    let claims = relay_token::Claims {
+        iss: format!("http://{}", stack.identity_addr),
+        aud: vec![relay_token::AUDIENCE_RELAY.into()],
+        sub: "acme".into(),
+        client_id: "acme".into(),
+        tenant: Some("acme".into()),
+        tenant_id: None,
+        secret_id: None,
+        scope: "connector".into(),
+        iat: now,
+        nbf: now,
+        exp: now + 300,
+        jti: "no-tenant-id".into(),
+    };
+    relay_token::sign(&pair, &claims).unwrap()
+}
+
+#[tokio::test]
+async fn a_token_without_a_tenant_id_is_refused_by_default() {
+    let stack = Stack::start().await;
+    let secret = stack.tenant("acme").await;
+    let unbound = token_without_tenant_id(&stack, &secret).await;
+    let refused = open_tunnel(&stack, Some(&unbound)).await;
     assert_eq!(
-        open_tunnel(&stack, Some(&client_only)).await.status,
-        StatusCode::FORBIDDEN
+        refused.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("x-relay-error"), Some("tenant-id-missing"));
+}
+
+#[tokio::test]
+async fn name_binding_accepts_a_token_without_a_tenant_id() {
+    let stack = Stack::start_with(|c| c.identity.allow_name_binding = true).await;
+    let secret = stack.tenant("acme").await;
+    let unbound = token_without_tenant_id(&stack, &secret).await;
+    let opened = open_tunnel(&stack, Some(&unbound)).await;
+    assert_eq!(
+        opened.status,
+        StatusCode::SWITCHING_PROTOCOLS,
+        "{}",
+        opened.text()
     );
 }

@@ -146,14 +146,23 @@ impl Store {
     /// or processes starting at once) are serialised: by an advisory lock on PostgreSQL, by
     /// an IMMEDIATE transaction on SQLite.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_through(None).await
+    }
+
+    /// Like [`Store::migrate`], but stops after the migration whose version (its directory's
+    /// date and time as digits, e.g. `20261205000000`) is `last`: tests of in-place upgrades
+    /// build a database as an older release left it.
+    #[doc(hidden)]
+    pub async fn migrate_through(&self, last: Option<&str>) -> Result<(), StoreError> {
+        let last = last.map(str::to_owned);
         let applied = match self.pool() {
             DbPool::Sqlite(pool) => {
                 let mut conn = pool.get().await?;
                 // One IMMEDIATE transaction (diesel turns each migration's own transaction
                 // into a savepoint) makes concurrent processes wait for each other.
-                conn.spawn_blocking(|c: &mut SqliteConnection| {
+                conn.spawn_blocking(move |c: &mut SqliteConnection| {
                     Ok(c.immediate_transaction(|c| {
-                        c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len())
+                        run_migrations(c, SQLITE_MIGRATIONS, last.as_deref())
                     }))
                 })
                 .await?
@@ -162,7 +171,7 @@ impl Store {
                 let conn = pool.get().await?;
                 // The sync migration harness blocks on the async connection; doing so on a
                 // blocking thread works on both the current-thread and multi-thread runtime.
-                tokio::task::spawn_blocking(move || migrate_postgres(conn)).await?
+                tokio::task::spawn_blocking(move || migrate_postgres(conn, last.as_deref())).await?
             }
         }
         .map_err(StoreError::Migration)?;
@@ -181,16 +190,35 @@ impl Store {
 
 type MigrationResult = Result<usize, Box<dyn std::error::Error + Send + Sync>>;
 
+/// Runs the pending migrations of `source`, all of them or those up to version `last`.
+fn run_migrations<DB: diesel::backend::Backend>(
+    harness: &mut impl MigrationHarness<DB>,
+    source: EmbeddedMigrations,
+    last: Option<&str>,
+) -> MigrationResult {
+    let Some(last) = last else {
+        return harness.run_pending_migrations(source).map(|v| v.len());
+    };
+    let mut applied = 0;
+    for migration in harness.pending_migrations(source)? {
+        if migration.name().version().to_string().as_str() > last {
+            break;
+        }
+        harness.run_migration(migration.as_ref())?;
+        applied += 1;
+    }
+    Ok(applied)
+}
+
 fn migrate_postgres(
     conn: diesel_async::pooled_connection::deadpool::Object<AsyncPgConnection>,
+    last: Option<&str>,
 ) -> MigrationResult {
     let mut conn: AsyncConnectionWrapper<_> = AsyncConnectionWrapper::from(conn);
     let lock =
         |sql: &str| diesel::sql_query(sql).bind::<diesel::sql_types::BigInt, _>(MIGRATION_LOCK_KEY);
     diesel::RunQueryDsl::execute(lock("SELECT pg_advisory_lock($1)"), &mut conn)?;
-    let applied = conn
-        .run_pending_migrations(POSTGRES_MIGRATIONS)
-        .map(|v| v.len());
+    let applied = run_migrations(&mut conn, POSTGRES_MIGRATIONS, last);
     let unlocked = diesel::RunQueryDsl::execute(lock("SELECT pg_advisory_unlock($1)"), &mut conn);
     let applied = applied?;
     unlocked?;

@@ -12,3 +12,4 @@ mod origins;
 mod postgres_tls;
 mod secrets;
 mod tenants;
+mod upgrade;
