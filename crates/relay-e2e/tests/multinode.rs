@@ -603,6 +603,10 @@ async fn known_tenants_keep_flowing_while_postgresql_is_unreachable() {
             answer.text()
         );
     }
+    // A connector of a cached tenant still opens a tunnel; its credential is checked again by
+    // the first poll after the outage.
+    let c2 = cluster.connector_as("c2", &[0], &target, "acme", &cluster.secret, 1);
+    c2.wait_tunnels(1, Duration::from_secs(30)).await;
 
     proxy.unblock();
     cluster.ready_everywhere("ready\n").await;

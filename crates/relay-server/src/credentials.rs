@@ -22,6 +22,8 @@ use crate::tenants::TenantEntry;
 
 /// How long a secret's state is trusted on the request path.
 pub const SECRET_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Longest wait for the store when a tunnel opens; a silent database counts as unreachable.
+const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Cached secret states kept at most (expired ones are pruned first).
 const SECRET_CACHE_MAX: usize = 4096;
 
@@ -79,27 +81,55 @@ impl Refusal {
 
 /// The tenant a connector token opens a tunnel for, checked against the store (not the
 /// cache: a tunnel is long-lived, and opening one is rare).
+///
+/// While the store is unreachable, a tenant this node already knows may still open tunnels
+/// (as its requests keep flowing from the cache); the credential check then happens at the
+/// first poll after the store is back, which cuts the tunnel if the secret went away.
 pub async fn bind_tunnel(state: &AppState, claims: &Claims) -> Result<Arc<TenantEntry>, Refusal> {
-    let tenant = match (&claims.tenant_id, &claims.tenant) {
-        (Some(id), _) => state.tenants.by_id(id).await,
+    let looked_up = match (&claims.tenant_id, &claims.tenant) {
+        (Some(id), _) => timed(state.tenants.by_id(id)).await,
         (None, Some(name)) if state.config.identity.allow_name_binding => {
-            state.tenants.get(name).await
+            timed(state.tenants.get(name)).await
         }
         (None, _) => return Err(Refusal::TenantIdMissing),
-    }
-    .map_err(Refusal::Unavailable)?
-    .ok_or(Refusal::TenantGone)?;
+    };
+    let tenant = match looked_up {
+        Ok(Some(tenant)) => tenant,
+        Ok(None) => return Err(Refusal::TenantGone),
+        Err(e) => {
+            state.tenants.health.note(Err(&e));
+            let cached = match (&claims.tenant_id, &claims.tenant) {
+                (Some(id), _) => state.tenants.cached_by_id(id),
+                (None, Some(name)) => state.tenants.cached(name),
+                (None, None) => None,
+            };
+            return cached.ok_or(Refusal::Unavailable(e));
+        }
+    };
     if let Some(secret) = &claims.secret_id {
-        let active = state
-            .store
-            .active_secrets(std::slice::from_ref(secret), relay_store::now_ms())
-            .await
-            .map_err(Refusal::Unavailable)?;
-        if !active.contains(secret) {
-            return Err(Refusal::CredentialRevoked);
+        match timed(
+            state
+                .store
+                .active_secrets(std::slice::from_ref(secret), relay_store::now_ms()),
+        )
+        .await
+        {
+            Ok(active) if active.contains(secret) => {}
+            Ok(_) => return Err(Refusal::CredentialRevoked),
+            // Checked again by the next poll once the store answers.
+            Err(e) => state.tenants.health.note(Err(&e)),
         }
     }
     Ok(tenant)
+}
+
+/// `query`, or [`StoreError::PoolTimeout`] after [`STORE_TIMEOUT`].
+async fn timed<T>(
+    query: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(STORE_TIMEOUT, query)
+        .await
+        .unwrap_or(Err(StoreError::PoolTimeout))
 }
 
 /// Whether a validated client token speaks for `tenant`: same tenant id (or, with name
@@ -123,7 +153,7 @@ pub async fn client_token_bound(
         return Ok(false);
     }
     match &claims.secret_id {
-        Some(secret) => state.secrets.is_active(&state.store, secret).await,
+        Some(secret) => timed(state.secrets.is_active(&state.store, secret)).await,
         None => Ok(true),
     }
 }

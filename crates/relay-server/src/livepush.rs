@@ -35,6 +35,8 @@ use crate::registry::Tunnel;
 /// requests. Deleting a tenant or revoking a secret closes its tunnels within this (plus a
 /// query).
 pub const POLL_EVERY: Duration = Duration::from_secs(1);
+/// A poll that takes longer is abandoned and retried.
+const POLL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The tenant's tunnel settings over the server's defaults.
 fn effective(config: &TenantConfig, defaults: TunnelSettings) -> TunnelSettings {
@@ -67,8 +69,12 @@ struct Seen {
 pub(crate) async fn run(state: Arc<AppState>, shutdown: CancellationToken) {
     let mut seen = Seen::default();
     loop {
-        if let Err(e) = poll(&state, &mut seen).await {
-            tracing::debug!(error = %e, "Polling tenant settings failed; retrying.");
+        // A silent database must not stall the loop (tunnels opened meanwhile are checked
+        // by the first poll that completes).
+        match tokio::time::timeout(POLL_TIMEOUT, poll(&state, &mut seen)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "Polling tenant settings failed; retrying."),
+            Err(_) => tracing::debug!("Polling tenant settings timed out; retrying."),
         }
         push_pending(&state, &mut seen);
         tokio::select! {

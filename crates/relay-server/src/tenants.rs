@@ -145,6 +145,14 @@ impl TenantDirectory {
         self.known.read().ok().and_then(|m| m.get(&key).cloned())
     }
 
+    /// The cached entry of the tenant with this id, without asking the store.
+    pub fn cached_by_id(&self, id: &str) -> Option<Arc<TenantEntry>> {
+        self.known
+            .read()
+            .ok()
+            .and_then(|m| m.values().find(|e| e.id == id).cloned())
+    }
+
     /// Ids of every known tenant.
     pub fn ids(&self) -> Vec<String> {
         self.known
