@@ -139,7 +139,7 @@ pub(crate) async fn relay(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let outcome = head_outcome(response.status().as_u16(), code.as_deref());
-    let tenant_id = state.tenants.cached(&tenant).map(|t| t.id.clone());
+    let tenant_id = state.tenants.cached_key(&tenant).map(|t| t.id.clone());
     let entry = RequestLogEntry {
         id: uuid::Uuid::now_v7().to_string(),
         tenant: tenant.chars().take(64).collect(),

@@ -141,8 +141,12 @@ impl TenantDirectory {
 
     /// The cached entry of the tenant named `name`, without asking the store.
     pub fn cached(&self, name: &str) -> Option<Arc<TenantEntry>> {
-        let key = name.to_ascii_lowercase();
-        self.known.read().ok().and_then(|m| m.get(&key).cloned())
+        self.cached_key(&name.to_ascii_lowercase())
+    }
+
+    /// Like [`TenantDirectory::cached`] for a name already lower-cased (no allocation).
+    pub fn cached_key(&self, key: &str) -> Option<Arc<TenantEntry>> {
+        self.known.read().ok().and_then(|m| m.get(key).cloned())
     }
 
     /// The cached entry of the tenant with this id, without asking the store.
