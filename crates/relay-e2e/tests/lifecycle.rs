@@ -1085,3 +1085,57 @@ async fn revoking_a_secret_closes_its_tunnel_on_the_node_holding_it() {
         );
     }
 }
+
+/// Names of the broker's queues and their message counts.
+fn broker_queues() -> Vec<(String, u64)> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "--no-table-headers",
+            "-q",
+            "name",
+            "messages",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, messages) = line.trim().split_once(char::is_whitespace)?;
+            Some((name.to_owned(), messages.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_tenants_queued_requests_are_dropped_with_its_queue() {
+    let Some(cluster) = two_nodes().await else {
+        return;
+    };
+    let tenant = tenant_id(&cluster, "acme").await;
+    let queue = format!("{}requests.{tenant}", cluster.prefix());
+    // No connector anywhere: the request waits in the tenant's durable queue.
+    let queued = client::post(&cluster.url(0, "/queue/acme/web/x"), "for nobody").await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED, "{}", queued.text());
+    until_or(
+        Duration::from_secs(15),
+        "the request in the tenant's queue",
+        || format!("{:?}", broker_queues()),
+        || async { broker_queues().contains(&(queue.clone(), 1)).then_some(()) },
+    )
+    .await;
+
+    let store = relay_store::Store::connect(&cluster.db).await.unwrap();
+    assert!(store.delete_tenant(&tenant).await.unwrap());
+    until_or(
+        Duration::from_secs(15),
+        "the deleted tenant's queue removed",
+        || cluster.logs(),
+        || async { (!broker_queues().iter().any(|(name, _)| *name == queue)).then_some(()) },
+    )
+    .await;
+    // A re-created tenant of the same name has a queue of its own, empty.
+    relayctl(&cluster.db, &["tenant", "create", "acme"]);
+    let again = tenant_id(&cluster, "acme").await;
+    assert_ne!(again, tenant);
+}
