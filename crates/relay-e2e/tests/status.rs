@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode};
 use relay_connector::config::TargetConfig;
 use relay_e2e::Stack;
 use relay_store::TenantConfig;
-use relay_testkit::client::{self, full, get, post, send};
+use relay_testkit::client::{self, Answer, full, get, post, send};
 use relay_testkit::target::TestTarget;
 use relay_testkit::wait;
 
@@ -190,19 +190,8 @@ async fn clients_need_a_token_when_the_tenant_requires_one() {
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     assert_eq!(anonymous.header("www-authenticate"), Some("Bearer"));
 
-    // A connector secret is never a client credential.
-    let form = format!(
-        "grant_type=client_credentials&client_id=guarded&client_secret={secret}&scope=client"
-    );
-    let refused = send(
-        Request::builder()
-            .method(Method::POST)
-            .uri(format!("http://{}/connect/token", stack.identity_addr))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(full(form))
-            .unwrap(),
-    )
-    .await;
+    // A connector secret is never a client credential, and its token is no client token.
+    let refused = token_answer(&stack, "guarded", &secret, "client").await;
     assert_eq!(
         refused.status,
         StatusCode::BAD_REQUEST,
@@ -210,39 +199,17 @@ async fn clients_need_a_token_when_the_tenant_requires_one() {
         refused.text()
     );
     let own_connector = client_token_of(&stack, "guarded", &secret, "connector").await;
-    let as_client = send(
-        Request::get(stack.url("/relay/guarded/ping"))
-            .header("authorization", format!("Bearer {own_connector}"))
-            .body(full(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        as_client.status,
-        StatusCode::UNAUTHORIZED,
-        "a connector token is no client token"
-    );
+    let as_client = get_with_bearer(&stack.url("/relay/guarded/ping"), &own_connector).await;
+    assert_eq!(as_client.status, StatusCode::UNAUTHORIZED);
 
     let other_secret = stack.client_secret("other").await;
     let foreign = client_token(&stack, "other", &other_secret).await;
-    let wrong = send(
-        Request::get(stack.url("/relay/guarded/ping"))
-            .header("authorization", format!("Bearer {foreign}"))
-            .body(full(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let wrong = get_with_bearer(&stack.url("/relay/guarded/ping"), &foreign).await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
 
     let client_secret = stack.client_secret("guarded").await;
     let own = client_token(&stack, "guarded", &client_secret).await;
-    let allowed = send(
-        Request::get(stack.url("/relay/guarded/ping"))
-            .header("authorization", format!("Bearer {own}"))
-            .body(full(Bytes::new()))
-            .unwrap(),
-    )
-    .await;
+    let allowed = get_with_bearer(&stack.url("/relay/guarded/ping"), &own).await;
     assert_eq!(
         (allowed.status, allowed.text().as_str()),
         (StatusCode::OK, "PONG")
@@ -253,11 +220,21 @@ pub async fn client_token(stack: &Stack, tenant: &str, secret: &str) -> String {
     client_token_of(stack, tenant, secret, "client").await
 }
 
-async fn client_token_of(stack: &Stack, tenant: &str, secret: &str, scope: &str) -> String {
+async fn get_with_bearer(url: &str, token: &str) -> Answer {
+    send(
+        Request::get(url)
+            .header("authorization", format!("Bearer {token}"))
+            .body(full(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+async fn token_answer(stack: &Stack, tenant: &str, secret: &str, scope: &str) -> Answer {
     let form = format!(
         "grant_type=client_credentials&client_id={tenant}&client_secret={secret}&scope={scope}"
     );
-    let answer = send(
+    send(
         Request::builder()
             .method(Method::POST)
             .uri(format!("http://{}/connect/token", stack.identity_addr))
@@ -265,7 +242,11 @@ async fn client_token_of(stack: &Stack, tenant: &str, secret: &str, scope: &str)
             .body(full(form))
             .unwrap(),
     )
-    .await;
+    .await
+}
+
+async fn client_token_of(stack: &Stack, tenant: &str, secret: &str, scope: &str) -> String {
+    let answer = token_answer(stack, tenant, secret, scope).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
     json["access_token"].as_str().unwrap().to_owned()
