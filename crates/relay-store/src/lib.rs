@@ -43,6 +43,7 @@ pub use models::{
     SigningKeyRecord, Tenant, TenantConfig, VerifiedSecret,
 };
 pub use requestlog::{RequestLogEntry, RequestLogFilter};
+pub use secrets::{ManagementCandidate, MatchedSecret, SecretCandidates, verify_dummy};
 pub use store::{Backend, Store};
 pub use tenants::validate_tenant_name;
 

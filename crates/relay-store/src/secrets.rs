@@ -4,11 +4,11 @@
 //! [`Store::create_secret`] and never stored; the database holds only its argon2id PHC hash
 //! (argon2 crate defaults: v19, m=19456 KiB, t=2, p=1).
 
+mod argon;
+
 use std::sync::OnceLock;
 
-use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::PasswordHash;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use diesel::prelude::*;
@@ -17,8 +17,9 @@ use rand::RngCore;
 
 use std::collections::HashSet;
 
-use crate::models::{CredentialScope, SecretInfo, VerifiedSecret};
-use crate::schema::client_secrets;
+use crate::management::ManagementClient;
+use crate::models::{CredentialScope, SecretInfo, Tenant, VerifiedSecret};
+use crate::schema::{client_secrets, management_clients};
 use crate::store::with_conn;
 use crate::{Store, StoreError, now_ms};
 
@@ -33,23 +34,86 @@ pub(crate) fn generate_plaintext() -> String {
 }
 
 pub(crate) fn hash(plaintext: &str) -> Result<String, StoreError> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(plaintext.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(StoreError::Hash)
+    argon::hash(plaintext.as_bytes()).map_err(StoreError::Hash)
 }
 
 pub(crate) fn verifies(phc: &str, plaintext: &str) -> bool {
-    match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default()
-            .verify_password(plaintext.as_bytes(), &parsed)
-            .is_ok(),
+    match PasswordHash::new(phc).and_then(|parsed| argon::verify(&parsed, plaintext.as_bytes())) {
+        Ok(matched) => matched,
         Err(e) => {
             tracing::warn!(error = %e, "Stored client secret hash is malformed.");
             false
         }
     }
+}
+
+/// Whether `plaintext` can be a secret at all; others are refused without a hash.
+fn plausible(plaintext: &str) -> bool {
+    !plaintext.is_empty() && plaintext.len() <= MAX_PLAINTEXT_LEN
+}
+
+/// A tenant's usable secrets, looked up without hashing anything, so that the caller
+/// decides where and whether the CPU-bound check runs ([`SecretCandidates::check`]).
+#[derive(Debug, Clone)]
+pub struct SecretCandidates {
+    tenant: Tenant,
+    /// (id, PHC hash, scope) of the secrets neither revoked nor expired.
+    secrets: Vec<(String, String, String)>,
+}
+
+/// The secret a [`SecretCandidates::check`] matched; [`Store::record_secret_use`] accepts it.
+#[derive(Debug, Clone)]
+pub struct MatchedSecret {
+    tenant: Tenant,
+    secret_id: String,
+    scope: String,
+}
+
+impl SecretCandidates {
+    /// Whether the tenant has no usable secret (then nothing can match).
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// The secret `plaintext` is, trying each candidate (argon2id: CPU-bound, tens of
+    /// milliseconds each; run it on a blocking thread). Normally one candidate, two while a
+    /// secret is being rotated.
+    pub fn check(self, plaintext: &str) -> Option<MatchedSecret> {
+        if !plausible(plaintext) {
+            return None;
+        }
+        let tenant = self.tenant;
+        self.secrets
+            .into_iter()
+            .find(|(_, phc, _)| verifies(phc, plaintext))
+            .map(|(secret_id, _, scope)| MatchedSecret {
+                tenant,
+                secret_id,
+                scope,
+            })
+    }
+}
+
+/// A management client with its hash, looked up without hashing anything.
+#[derive(Debug, Clone)]
+pub struct ManagementCandidate {
+    phc: String,
+    client: ManagementClient,
+}
+
+impl ManagementCandidate {
+    /// The client, if `plaintext` is its secret (one argon2id check; run it on a blocking
+    /// thread). [`Store::record_management_use`] records the use.
+    pub fn check(self, plaintext: &str) -> Option<ManagementClient> {
+        (plausible(plaintext) && verifies(&self.phc, plaintext)).then_some(self.client)
+    }
+}
+
+/// Runs one secret check against a hash of a random value and returns `false`: what a
+/// request for an unknown client costs, so that it takes as long as a wrong secret.
+pub fn verify_dummy(plaintext: &str) -> bool {
+    verifies(dummy_hash(), plaintext);
+    false
 }
 
 /// A hash of a random value, verified against when there is nothing real to check, so that
@@ -191,48 +255,71 @@ impl Store {
         now_ms: i64,
         scope: Option<CredentialScope>,
     ) -> Result<Option<VerifiedSecret>, StoreError> {
-        if plaintext.is_empty() || plaintext.len() > MAX_PLAINTEXT_LEN {
+        if !plausible(plaintext) {
             return Ok(None);
         }
-        let tenant = self.tenant_by_name(tenant_name).await?;
-        let candidates: Vec<(String, String, String)> = match &tenant {
-            Some(t) => {
-                let query = client_secrets::table
-                    .filter(client_secrets::tenant_id.eq(t.id.clone()))
-                    .filter(client_secrets::revoked_at.is_null())
-                    .filter(
-                        client_secrets::expires_at
-                            .is_null()
-                            .or(client_secrets::expires_at.gt(now_ms)),
-                    )
-                    .select((
-                        client_secrets::id,
-                        client_secrets::hash,
-                        client_secrets::scope,
-                    ));
-                let all: Vec<(String, String, String)> =
-                    with_conn!(self, |conn| query.load(conn).await)?;
-                // Only secrets of the asked scope are worth a hash.
-                all.into_iter()
-                    .filter(|(_, _, s)| scope.is_none_or(|wanted| wanted.as_str() == s))
-                    .collect()
-            }
-            None => Vec::new(),
-        };
+        let candidates = self.secret_candidates(tenant_name, now_ms, scope).await?;
         let plaintext = plaintext.to_owned();
-        let matched = tokio::task::spawn_blocking(move || {
-            if candidates.is_empty() {
-                verifies(dummy_hash(), &plaintext);
+        let matched = tokio::task::spawn_blocking(move || match candidates {
+            Some(candidates) if !candidates.is_empty() => candidates.check(&plaintext),
+            _ => {
+                verify_dummy(&plaintext);
+                None
             }
-            candidates
-                .into_iter()
-                .find(|(_, phc, _)| verifies(phc, &plaintext))
-                .map(|(id, _, scope)| (id, scope))
         })
         .await?;
-        let (Some(tenant), Some((secret_id, scope))) = (tenant, matched) else {
+        match matched {
+            Some(matched) => self.record_secret_use(matched, now_ms).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The tenant named `tenant_name` (ignoring case) and its secrets that are neither
+    /// revoked nor expired at `now_ms` and, with `scope`, grant that scope. `Ok(None)` for
+    /// an unknown tenant. Hashes nothing.
+    pub async fn secret_candidates(
+        &self,
+        tenant_name: &str,
+        now_ms: i64,
+        scope: Option<CredentialScope>,
+    ) -> Result<Option<SecretCandidates>, StoreError> {
+        let Some(tenant) = self.tenant_by_name(tenant_name).await? else {
             return Ok(None);
         };
+        let query = client_secrets::table
+            .filter(client_secrets::tenant_id.eq(tenant.id.clone()))
+            .filter(client_secrets::revoked_at.is_null())
+            .filter(
+                client_secrets::expires_at
+                    .is_null()
+                    .or(client_secrets::expires_at.gt(now_ms)),
+            )
+            .select((
+                client_secrets::id,
+                client_secrets::hash,
+                client_secrets::scope,
+            ));
+        let all: Vec<(String, String, String)> = with_conn!(self, |conn| query.load(conn).await)?;
+        // Only secrets of the asked scope are worth a hash.
+        let secrets = all
+            .into_iter()
+            .filter(|(_, _, s)| scope.is_none_or(|wanted| wanted.as_str() == s))
+            .collect();
+        Ok(Some(SecretCandidates { tenant, secrets }))
+    }
+
+    /// Accepts a secret [`SecretCandidates::check`] matched: records its use at `now_ms`.
+    /// `Ok(None)` if its stored scope is unknown.
+    pub async fn record_secret_use(
+        &self,
+        matched: MatchedSecret,
+        now_ms: i64,
+    ) -> Result<Option<VerifiedSecret>, StoreError> {
+        let MatchedSecret {
+            tenant,
+            secret_id,
+            scope,
+        } = matched;
         let Ok(scope) = scope.parse::<CredentialScope>() else {
             tracing::warn!(secret = %secret_id, %scope, "Stored client secret has an unknown scope.");
             return Ok(None);
@@ -245,6 +332,38 @@ impl Store {
             secret_id,
             scope,
         }))
+    }
+
+    /// The management client named `name` (ignoring case) with its hash, unless it is
+    /// revoked or unknown. Hashes nothing.
+    pub async fn management_candidate(
+        &self,
+        name: &str,
+    ) -> Result<Option<ManagementCandidate>, StoreError> {
+        let lower = name.to_ascii_lowercase();
+        let found: Option<(String, ManagementClient)> = with_conn!(self, |conn| {
+            management_clients::table
+                .filter(management_clients::name_lower.eq(&lower))
+                .filter(management_clients::revoked_at.is_null())
+                .select((management_clients::hash, ManagementClient::as_select()))
+                .first(conn)
+                .await
+                .optional()
+        })?;
+        Ok(found.map(|(phc, client)| ManagementCandidate { phc, client }))
+    }
+
+    /// Records the use at `now_ms` of a client [`ManagementCandidate::check`] accepted.
+    pub async fn record_management_use(
+        &self,
+        mut client: ManagementClient,
+        now_ms: i64,
+    ) -> Result<ManagementClient, StoreError> {
+        client.last_used_at = Some(now_ms);
+        let touch = diesel::update(management_clients::table.find(client.id.clone()))
+            .set(management_clients::last_used_at.eq(now_ms));
+        with_conn!(self, |conn| touch.execute(conn).await)?;
+        Ok(client)
     }
 
     /// Those of `secret_ids` that are still accepted at `now_ms`: not revoked, not expired,
