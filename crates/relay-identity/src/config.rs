@@ -30,6 +30,8 @@ pub struct Config {
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
     #[serde(default)]
+    pub hashing: HashingConfig,
+    #[serde(default)]
     pub log: LogConfig,
     /// `[metrics]`: the Prometheus listener (off unless `listen` is set).
     #[serde(default)]
@@ -39,14 +41,22 @@ pub struct Config {
     pub tls: relay_core::tls::TlsConfig,
 }
 
-/// `[rate_limit]`: token requests per `client_id` (a token bucket), to slow secret guessing.
+/// `[rate_limit]`: token buckets at the token endpoint, to slow secret guessing and floods.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Requests a client may make at once.
+    /// Requests a client (an existing `client_id`) may make at once.
     pub burst: u32,
     /// Requests per minute a client regains.
     pub per_minute: u32,
+    /// Requests one source address (IPv6: one /64) may make at once.
+    pub per_source_burst: u32,
+    /// Requests per minute a source address regains.
+    pub per_source_per_minute: u32,
+    /// Requests for client ids that do not exist, all of them together, at once.
+    pub unknown_burst: u32,
+    /// Requests per minute the unknown client ids regain together.
+    pub unknown_per_minute: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -54,6 +64,29 @@ impl Default for RateLimitConfig {
         Self {
             burst: 20,
             per_minute: 60,
+            per_source_burst: 200,
+            per_source_per_minute: 600,
+            unknown_burst: 10,
+            unknown_per_minute: 60,
+        }
+    }
+}
+
+/// `[hashing]`: the pool secret checks (argon2id, 19 MiB and tens of milliseconds each) run in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HashingConfig {
+    /// Checks running at once; 0: one per core.
+    pub workers: usize,
+    /// Checks waiting for a worker; past them the token endpoint answers `503`.
+    pub queue: usize,
+}
+
+impl Default for HashingConfig {
+    fn default() -> Self {
+        Self {
+            workers: 0,
+            queue: 16,
         }
     }
 }
@@ -110,6 +143,7 @@ impl Config {
             token_lifetime: default_token_lifetime(),
             keys: KeysConfig::default(),
             rate_limit: RateLimitConfig::default(),
+            hashing: HashingConfig::default(),
             log: LogConfig::default(),
             metrics: relay_core::metrics::MetricsConfig::default(),
             tls: relay_core::tls::TlsConfig::default(),
@@ -154,6 +188,26 @@ impl Config {
             return Err(ConfigError::key(
                 "rate_limit.burst",
                 "burst and per_minute must be at least 1",
+            ));
+        }
+        let limits = &self.rate_limit;
+        for (key, value) in [
+            ("rate_limit.per_source_burst", limits.per_source_burst),
+            (
+                "rate_limit.per_source_per_minute",
+                limits.per_source_per_minute,
+            ),
+            ("rate_limit.unknown_burst", limits.unknown_burst),
+            ("rate_limit.unknown_per_minute", limits.unknown_per_minute),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be at least 1"));
+            }
+        }
+        if self.hashing.workers > 256 || self.hashing.queue > 4096 {
+            return Err(ConfigError::key(
+                "hashing.workers",
+                "workers at most 256 and queue at most 4096",
             ));
         }
         Ok(())

@@ -109,6 +109,17 @@ impl OAuthError {
         )
     }
 
+    /// Every secret-check worker busy and the queue full: 503 with `Retry-After`.
+    pub(crate) const fn busy() -> Self {
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "temporarily_unavailable",
+            description: "too many token requests in progress; retry later",
+            basic_challenge: false,
+            retry_after: Some(1),
+        }
+    }
+
     /// The RFC 6749 error code, for logs.
     pub(crate) fn code(&self) -> &'static str {
         self.error

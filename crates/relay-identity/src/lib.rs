@@ -14,7 +14,9 @@
 //! - `rotation` — the pure rotation plan over (keys, now, policy), unit-tested with
 //!   explicit times.
 //! - `keys`     — loading, creating and deleting keys in the DB; the in-memory key ring.
-//! - `ratelimit` — token buckets per `client_id` at the token endpoint (429 + Retry-After).
+//! - `ratelimit` — token buckets per source address, per `client_id` and one for all
+//!   unknown client ids at the token endpoint (429 + Retry-After).
+//! - `hashing`  — the bounded pool secret checks run in (503 + Retry-After past its queue).
 //! - `error`    — [`IdentityError`]; RFC 6749 §5.2 error answers.
 //!
 //! The service never migrates the database by itself (`relay-identity --migrate` or
@@ -22,6 +24,7 @@
 
 mod config;
 mod error;
+mod hashing;
 mod keys;
 mod metrics;
 mod ratelimit;
@@ -32,7 +35,9 @@ mod state;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, DatabaseConfig, ENV_PREFIX, KeysConfig, ListenConfig, RateLimitConfig};
+pub use config::{
+    Config, DatabaseConfig, ENV_PREFIX, HashingConfig, KeysConfig, ListenConfig, RateLimitConfig,
+};
 pub use error::IdentityError;
 pub use routes::{DISCOVERY_PATH, JWKS_PATH, TOKEN_PATH, router};
 pub use state::{AppState, ROTATION_TICK};
@@ -88,7 +93,8 @@ pub async fn serve(
             Ok(())
         }
         None => {
-            axum::serve(listener, router(state))
+            let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+            axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
         }

@@ -1,42 +1,60 @@
-//! Token buckets per `client_id`, checked before any secret is verified, so guessing a
-//! secret costs time and flooding one client id cannot burn the service's CPU on argon2.
+//! Token buckets at the token endpoint, checked before any secret is verified, so guessing a
+//! secret costs time and a flood cannot burn the service's CPU on argon2:
+//! - per source address (IPv6 by /64), before anything else;
+//! - per `client_id`, for client ids that exist;
+//! - one bucket shared by every client id that does not exist, so random ids are limited
+//!   as a whole. While it is empty, unknown ids are answered `429` without a hash.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::RateLimitConfig;
 
-/// Buckets of clients not seen for this long are forgotten (bounded memory).
-const FORGET_AFTER: Duration = Duration::from_secs(600);
-/// Upper bound of tracked client ids; past it, idle buckets are swept.
+/// Tracked keys below which no sweep runs.
 const SWEEP_AT: usize = 10_000;
 
-pub(crate) struct RateLimiter {
+/// Token buckets by key. A bucket that has refilled completely is the same as no bucket, so
+/// sweeps drop exactly those: memory is bounded by the keys active within one refill time,
+/// and sweeps run when the map has doubled since the last one (amortised O(1) per check).
+pub(crate) struct Buckets<K> {
     burst: f64,
     per_sec: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    state: Mutex<State<K>>,
 }
 
-impl RateLimiter {
-    pub(crate) fn new(config: &RateLimitConfig) -> Self {
+struct State<K> {
+    buckets: HashMap<K, (f64, Instant)>,
+    sweep_at: usize,
+}
+
+impl<K: Hash + Eq> Buckets<K> {
+    pub(crate) fn new(burst: u32, per_minute: u32) -> Self {
         Self {
-            burst: f64::from(config.burst),
-            per_sec: f64::from(config.per_minute) / 60.0,
-            buckets: Mutex::new(HashMap::new()),
+            burst: f64::from(burst),
+            per_sec: f64::from(per_minute) / 60.0,
+            state: Mutex::new(State {
+                buckets: HashMap::new(),
+                sweep_at: SWEEP_AT,
+            }),
         }
     }
 
-    /// Takes one token of `client_id`'s bucket, or says in how many seconds one is available.
-    pub(crate) fn check(&self, client_id: &str, now: Instant) -> Result<(), u64> {
-        let Ok(mut buckets) = self.buckets.lock() else {
+    /// Takes one token of `key`'s bucket, or says in how many seconds one is available.
+    pub(crate) fn check(&self, key: K, now: Instant) -> Result<(), u64> {
+        let Ok(mut state) = self.state.lock() else {
             return Ok(());
         };
-        if buckets.len() >= SWEEP_AT {
-            buckets.retain(|_, (_, at)| now.duration_since(*at) < FORGET_AFTER);
+        if state.buckets.len() >= state.sweep_at {
+            let (burst, per_sec) = (self.burst, self.per_sec);
+            state.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.duration_since(*at).as_secs_f64() * per_sec < burst
+            });
+            state.sweep_at = SWEEP_AT.max(state.buckets.len() * 2);
         }
-        let key = client_id.to_ascii_lowercase();
-        let (tokens, at) = buckets.entry(key).or_insert((self.burst, now));
+        let (tokens, at) = state.buckets.entry(key).or_insert((self.burst, now));
         let refilled =
             (*tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.burst);
         *at = now;
@@ -51,16 +69,70 @@ impl RateLimiter {
     }
 }
 
+/// Every limit of the token endpoint.
+pub(crate) struct RateLimiter {
+    clients: Buckets<String>,
+    sources: Buckets<IpAddr>,
+    unknown: Buckets<()>,
+}
+
+impl RateLimiter {
+    pub(crate) fn new(config: &RateLimitConfig) -> Self {
+        Self {
+            clients: Buckets::new(config.burst, config.per_minute),
+            sources: Buckets::new(config.per_source_burst, config.per_source_per_minute),
+            unknown: Buckets::new(config.unknown_burst, config.unknown_per_minute),
+        }
+    }
+
+    /// One request of the existing client `client_id` (any case).
+    pub(crate) fn check(&self, client_id: &str, now: Instant) -> Result<(), u64> {
+        self.clients.check(client_id.to_ascii_lowercase(), now)
+    }
+
+    /// One request from `source` (an IPv6 address counts by its /64).
+    pub(crate) fn check_source(&self, source: IpAddr, now: Instant) -> Result<(), u64> {
+        self.sources.check(source_key(source), now)
+    }
+
+    /// One request for a client id that does not exist (one bucket for all of them).
+    pub(crate) fn check_unknown(&self, now: Instant) -> Result<(), u64> {
+        self.unknown.check((), now)
+    }
+}
+
+/// IPv4 (and IPv4-mapped) addresses as they are, IPv6 by /64: one host usually has a whole
+/// /64 to pick addresses from.
+fn source_key(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn config() -> RateLimitConfig {
+        RateLimitConfig {
+            burst: 3,
+            per_minute: 60,
+            per_source_burst: 2,
+            per_source_per_minute: 60,
+            unknown_burst: 2,
+            unknown_per_minute: 60,
+        }
+    }
 
     #[test]
     fn burst_then_refill() {
-        let limiter = RateLimiter::new(&RateLimitConfig {
-            burst: 3,
-            per_minute: 60,
-        });
+        let limiter = RateLimiter::new(&config());
         let t0 = Instant::now();
         for _ in 0..3 {
             assert_eq!(limiter.check("Ops", t0), Ok(()));
@@ -69,5 +141,64 @@ mod tests {
         assert_eq!(limiter.check("other", t0), Ok(()), "buckets are per client");
         assert_eq!(limiter.check("ops", t0 + Duration::from_secs(1)), Ok(()));
         assert!(limiter.check("ops", t0 + Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn sources_are_limited_by_address_and_ipv6_by_prefix() {
+        let limiter = RateLimiter::new(&config());
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().expect("ip");
+        let b: IpAddr = "192.0.2.2".parse().expect("ip");
+        assert_eq!(limiter.check_source(a, t0), Ok(()));
+        assert_eq!(limiter.check_source(a, t0), Ok(()));
+        assert_eq!(limiter.check_source(a, t0), Err(1));
+        assert_eq!(limiter.check_source(b, t0), Ok(()), "per address");
+        let v6a: IpAddr = "2001:db8::1".parse().expect("ip");
+        let v6b: IpAddr = "2001:db8::ffff:1234".parse().expect("ip");
+        let other: IpAddr = "2001:db8:0:1::1".parse().expect("ip");
+        assert_eq!(limiter.check_source(v6a, t0), Ok(()));
+        assert_eq!(limiter.check_source(v6b, t0), Ok(()));
+        assert_eq!(limiter.check_source(v6a, t0), Err(1), "same /64");
+        assert_eq!(limiter.check_source(other, t0), Ok(()), "another /64");
+        let mapped: IpAddr = "::ffff:192.0.2.2".parse().expect("ip");
+        assert_eq!(limiter.check_source(mapped, t0), Ok(()));
+        assert_eq!(
+            limiter.check_source(b, t0),
+            Err(1),
+            "mapped is the IPv4 address"
+        );
+    }
+
+    #[test]
+    fn unknown_ids_share_one_bucket() {
+        let limiter = RateLimiter::new(&config());
+        let t0 = Instant::now();
+        assert_eq!(limiter.check_unknown(t0), Ok(()));
+        assert_eq!(limiter.check_unknown(t0), Ok(()));
+        assert_eq!(limiter.check_unknown(t0), Err(1));
+        assert_eq!(
+            limiter.check("acme", t0),
+            Ok(()),
+            "known clients unaffected"
+        );
+        assert_eq!(limiter.check_unknown(t0 + Duration::from_secs(1)), Ok(()));
+    }
+
+    #[test]
+    fn sweeps_drop_only_full_buckets() {
+        let buckets: Buckets<u32> = Buckets::new(2, 60);
+        let t0 = Instant::now();
+        assert_eq!(buckets.check(0, t0), Ok(()));
+        assert_eq!(buckets.check(0, t0), Ok(()));
+        for key in 1..SWEEP_AT as u32 {
+            assert_eq!(buckets.check(key, t0), Ok(()));
+        }
+        // One second later key 0 has one token back (not full), the others are full again.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(buckets.check(u32::MAX, t1), Ok(()));
+        let len = buckets.state.lock().map(|s| s.buckets.len()).unwrap_or(0);
+        assert_eq!(len, 2, "key 0 and the new key remain");
+        assert_eq!(buckets.check(0, t1), Ok(()));
+        assert_eq!(buckets.check(0, t1), Err(1), "key 0 kept its state");
     }
 }

@@ -7,6 +7,7 @@ use relay_store::Store;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::hashing::HashPool;
 use crate::keys::{KeyManager, KeyRing};
 use crate::ratelimit::RateLimiter;
 use crate::rotation::RotationPolicy;
@@ -28,6 +29,7 @@ struct Inner {
     store: Store,
     keys: KeyManager,
     limiter: RateLimiter,
+    hash_pool: HashPool,
 }
 
 impl AppState {
@@ -44,9 +46,11 @@ impl AppState {
         keys.rotate().await?;
         let issuer = config.issuer();
         let limiter = RateLimiter::new(&config.rate_limit);
+        let hash_pool = HashPool::new(config.hashing.workers, config.hashing.queue);
         Ok(Self {
             inner: Arc::new(Inner {
                 limiter,
+                hash_pool,
                 config,
                 issuer,
                 store,
@@ -70,6 +74,10 @@ impl AppState {
 
     pub(crate) fn limiter(&self) -> &RateLimiter {
         &self.inner.limiter
+    }
+
+    pub(crate) fn hash_pool(&self) -> &HashPool {
+        &self.inner.hash_pool
     }
 
     pub(crate) fn key_ring(&self) -> Arc<KeyRing> {

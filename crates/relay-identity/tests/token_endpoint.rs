@@ -1,6 +1,8 @@
 //! The token endpoint, discovery and JWKS against a real listener and SQLite store.
 
 mod common;
+#[path = "flood/mod.rs"]
+mod flood;
 
 use std::time::Duration;
 

@@ -1,13 +1,15 @@
 //! `POST /connect/token`: the OAuth2 client-credentials grant (RFC 6749 §4.4).
 
-use axum::Json;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
+
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use relay_store::{CredentialScope, now_ms};
-use std::time::Instant;
 
 use relay_token::{
     AUDIENCE_MANAGEMENT, AUDIENCE_RELAY, Claims, SCOPE_CLIENT, SCOPE_CONNECTOR,
@@ -18,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::client_auth::client_credentials;
 use crate::AppState;
 use crate::error::OAuthError;
+use crate::hashing::{HashError, Lane};
 use crate::rotation::KEY_EXPIRY_LEEWAY_MS;
 use crate::state::error_chain;
 
@@ -42,12 +45,21 @@ struct TokenResponse {
 }
 
 /// Authenticates the tenant client and answers with a signed access token.
+///
+/// Order of checks: the source address's bucket, then parsing, then the client id's bucket,
+/// then a database lookup (no hash yet), then at most one secret check per stored
+/// credential of that one client id, in the bounded [`HashPool`]. Unknown client ids share
+/// one bucket and the pool's one-place lane; see [`unknown_client`].
+///
+/// [`HashPool`]: crate::hashing::HashPool
 pub(crate) async fn issue(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match handle(&state, &headers, body).await {
+    let source = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    match handle(&state, source, &headers, body).await {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(error = e.code(), "Token request refused.");
@@ -58,9 +70,17 @@ pub(crate) async fn issue(
 
 async fn handle(
     state: &AppState,
+    source: Option<IpAddr>,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
+    // Without a peer address (the TLS listener does not pass one on) only the other limits apply.
+    if let Some(ip) = source
+        && let Err(retry_after) = state.limiter().check_source(ip, Instant::now())
+    {
+        tracing::info!(source = %ip, reason = "rate limited (source address)", "Token request rejected.");
+        return Err(OAuthError::rate_limited(retry_after));
+    }
     if !is_form(headers) {
         return Err(OAuthError::invalid_request(
             "expected application/x-www-form-urlencoded",
@@ -96,15 +116,28 @@ async fn handle(
         tracing::info!(client_id = %credentials.id, reason = "rate limited", "Token request rejected.");
         return Err(OAuthError::rate_limited(retry_after));
     }
-    let now = now_ms();
     if management {
-        return management_token(state, &credentials.id, &credentials.secret, basic, scope).await;
+        return management_token(state, &credentials.id, credentials.secret, basic, scope).await;
     }
-    let verified = match state
+    let now = now_ms();
+    let candidates = state
         .store()
-        .verify_secret(&credentials.id, &credentials.secret, now, None)
+        .secret_candidates(&credentials.id, now, None)
         .await
-    {
+        .map_err(|e| {
+            tracing::error!(error = %error_chain(&e), "Looking up a client's secrets failed.");
+            OAuthError::server_error()
+        })?;
+    let Some(candidates) = candidates.filter(|c| !c.is_empty()) else {
+        return Err(unknown_client(state, &credentials.id, credentials.secret, basic).await);
+    };
+    let secret = credentials.secret;
+    let matched = check_secret(state, Lane::Known, move || candidates.check(&secret)).await?;
+    let verified = match matched {
+        None => Ok(None),
+        Some(matched) => state.store().record_secret_use(matched, now).await,
+    };
+    let verified = match verified {
         Ok(Some(verified)) => verified,
         Ok(None) => {
             tracing::info!(client_id = %credentials.id, reason = "bad credentials", "Token request rejected.");
@@ -137,38 +170,102 @@ async fn handle(
     Ok(token_response(token, expires_in, scope))
 }
 
+/// Runs one secret check in the bounded pool: `503` + `Retry-After` when its queue is full.
+async fn check_secret<T, F>(state: &AppState, lane: Lane, check: F) -> Result<T, OAuthError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    match state.hash_pool().run(lane, check).await {
+        Ok(checked) => Ok(checked),
+        Err(HashError::Busy) => {
+            tracing::info!(reason = "secret checks busy", "Token request rejected.");
+            Err(OAuthError::busy())
+        }
+        Err(HashError::Failed) => {
+            tracing::error!("A secret check failed (panicked).");
+            Err(OAuthError::server_error())
+        }
+    }
+}
+
+/// The answer to an unknown client id: `invalid_client`, as for a wrong secret, after about
+/// as long as a secret check takes. The dummy check runs only while the bucket shared by all
+/// unknown ids has a token and the pool's one-place lane for them is free; otherwise a timer
+/// stands in for it. So random ids cost no more than one pool place and a bounded rate of
+/// hashes, and the answer still does not tell whether the client id exists (apart from
+/// timing differences under load).
+async fn unknown_client(
+    state: &AppState,
+    client_id: &str,
+    secret: String,
+    basic: bool,
+) -> OAuthError {
+    let started = tokio::time::Instant::now();
+    let hashed = state.limiter().check_unknown(Instant::now()).is_ok()
+        && state
+            .hash_pool()
+            .run(Lane::Unknown, move || relay_store::verify_dummy(&secret))
+            .await
+            .is_ok();
+    if !hashed {
+        tokio::time::sleep_until(started + state.hash_pool().typical_check()).await;
+    }
+    tracing::info!(%client_id, reason = "bad credentials", "Token request rejected.");
+    OAuthError::invalid_client(basic)
+}
+
 /// Authenticates a management client and issues a token for the management API, limited to
-/// the scopes the client holds (and to its tenant, when it is tenant-scoped).
+/// the scopes the client holds (and to its tenant, when it is tenant-scoped). One secret
+/// check: the management client's when one has this name, else the tenant's.
 async fn management_token(
     state: &AppState,
     client_id: &str,
-    secret: &str,
+    secret: String,
     basic: bool,
     scope: String,
 ) -> Result<Response, OAuthError> {
-    let client = match state
+    let lookup_failed = |e: relay_store::StoreError| {
+        tracing::error!(error = %error_chain(&e), "Looking up a management client failed.");
+        OAuthError::server_error()
+    };
+    let candidate = state
         .store()
-        .verify_management_client(client_id, secret, now_ms())
+        .management_candidate(client_id)
         .await
-    {
-        Ok(Some(client)) => client,
-        Ok(None) => {
+        .map_err(lookup_failed)?;
+    let client = match candidate {
+        Some(candidate) => {
+            check_secret(state, Lane::Known, move || candidate.check(&secret)).await?
+        }
+        None => {
             // A tenant asking for management scopes authenticated fine but may not have them.
-            if let Ok(Some(_)) = state
+            let tenant = state
                 .store()
-                .verify_secret(client_id, secret, now_ms(), None)
+                .secret_candidates(client_id, now_ms(), None)
                 .await
-            {
+                .map_err(lookup_failed)?;
+            let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
+                return Err(unknown_client(state, client_id, secret, basic).await);
+            };
+            if check_secret(state, Lane::Known, move || tenant.check(&secret).is_some()).await? {
                 return Err(OAuthError::invalid_scope());
             }
-            tracing::info!(%client_id, reason = "bad credentials", "Management token request rejected.");
-            return Err(OAuthError::invalid_client(basic));
-        }
-        Err(e) => {
-            tracing::error!(error = %error_chain(&e), "Verifying a management client failed.");
-            return Err(OAuthError::server_error());
+            None
         }
     };
+    let Some(client) = client else {
+        tracing::info!(%client_id, reason = "bad credentials", "Management token request rejected.");
+        return Err(OAuthError::invalid_client(basic));
+    };
+    let client = state
+        .store()
+        .record_management_use(client, now_ms())
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %error_chain(&e), "Verifying a management client failed.");
+            OAuthError::server_error()
+        })?;
     let held: Vec<&str> = client.scopes.split_ascii_whitespace().collect();
     if scope.split(' ').any(|s| !held.contains(&s)) {
         return Err(OAuthError::invalid_scope());

@@ -98,9 +98,15 @@ impl TestIdentity {
 
     /// A service (one "node") over the seeded database, on a fresh port.
     pub async fn serve(seed: &Seed) -> Self {
+        Self::serve_with(seed, |_| {}).await
+    }
+
+    /// As [`Self::serve`], with the default configuration changed by `adjust`.
+    pub async fn serve_with(seed: &Seed, adjust: impl FnOnce(&mut Config)) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let config = Config::with_database_url(seed.url.clone());
+        let mut config = Config::with_database_url(seed.url.clone());
+        adjust(&mut config);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(relay_identity::serve(
             config,
@@ -120,6 +126,21 @@ impl TestIdentity {
         }
     }
 
+    /// `POST /connect/token` with a form body, from the local address `source` (any
+    /// 127.0.0.0/8 address works on Linux loopback), on a connection of its own.
+    pub async fn token_from(&self, source: std::net::IpAddr, form: &str) -> Answer {
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(source));
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("{}/connect/token", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(form.to_owned())))
+            .expect("request");
+        answer_of(&client, request).await
+    }
+
     pub async fn request(
         &self,
         method: Method,
@@ -136,20 +157,7 @@ impl TestIdentity {
         let request = request
             .body(Full::new(Bytes::from(body.to_owned())))
             .expect("request");
-        let response = tokio::time::timeout(Duration::from_secs(30), self.client.request(request))
-            .await
-            .expect("answer within 30 s")
-            .expect("response");
-        let (parts, body) = response.into_parts();
-        let bytes = body.collect().await.expect("body").to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
-        });
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            json,
-        }
+        answer_of(&self.client, request).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {
@@ -176,6 +184,26 @@ impl TestIdentity {
 
     pub fn form(&self, client_id: &str, secret: &str) -> String {
         format!("grant_type=client_credentials&client_id={client_id}&client_secret={secret}")
+    }
+}
+
+async fn answer_of(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Answer {
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("answer within 30 s")
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+    });
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        json,
     }
 }
 

@@ -1,0 +1,225 @@
+//! [`HashPool`]: the bounded pool every argon2 secret check of the token endpoint runs in.
+//!
+//! At most `workers` checks run at once (about one per core, each 19 MiB and tens of
+//! milliseconds of CPU) and at most `queue` more wait; past that the caller is told
+//! [`HashError::Busy`] at once (the endpoint answers `503` + `Retry-After`). So a queued
+//! request waits for at most `(queue / workers) + 1` hash times, and memory for secret checks
+//! is bounded by `workers` working buffers.
+//!
+//! Checks for unknown client ids (the dummy hash that makes "unknown client" cost as much
+//! time as "wrong secret") have their own lane of one: at most one of them is admitted at a
+//! time, so a flood of random client ids holds at most one of the pool's places and cannot
+//! push a real client's check out of the queue or far back in it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+/// Which clients a check is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    /// A client id that exists: its secret is checked.
+    Known,
+    /// An unknown client id: the dummy check, at most one admitted at a time.
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HashError {
+    /// The queue (or the unknown-id lane) is full: retry later.
+    Busy,
+    /// The check panicked.
+    Failed,
+}
+
+pub(crate) struct HashPool {
+    /// Running plus queued checks: `workers + queue` permits.
+    admitted: Arc<Semaphore>,
+    /// Running checks.
+    workers: Arc<Semaphore>,
+    /// Admitted checks for unknown client ids: one permit.
+    unknown: Arc<Semaphore>,
+    /// Moving average of a check's duration, in microseconds.
+    typical_us: Arc<AtomicU64>,
+}
+
+/// [`HashPool::typical_check`] before the first check has been measured.
+const FIRST_GUESS: Duration = Duration::from_millis(50);
+
+/// Dummy checks admitted at a time.
+const UNKNOWN_LANE: usize = 1;
+
+impl HashPool {
+    /// A pool of `workers` (0: one per core) running checks and `queue` waiting ones.
+    pub(crate) fn new(workers: usize, queue: usize) -> Self {
+        let workers = match workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        Self {
+            admitted: Arc::new(Semaphore::new(workers + queue)),
+            workers: Arc::new(Semaphore::new(workers)),
+            unknown: Arc::new(Semaphore::new(UNKNOWN_LANE)),
+            typical_us: Arc::new(AtomicU64::new(FIRST_GUESS.as_micros() as u64)),
+        }
+    }
+
+    /// How long one check takes lately (a moving average over the last few).
+    pub(crate) fn typical_check(&self) -> Duration {
+        Duration::from_micros(self.typical_us.load(Ordering::Relaxed))
+    }
+
+    /// Runs `check` on a blocking thread once a worker is free, or fails at once with
+    /// [`HashError::Busy`] when the queue (for [`Lane::Unknown`]: its lane) is full.
+    ///
+    /// Cancel-safe: dropped while queued, the place is freed; dropped while running, the
+    /// check finishes and only then frees its worker, so the bound holds either way.
+    pub(crate) async fn run<T, F>(&self, lane: Lane, check: F) -> Result<T, HashError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let lane_place = match lane {
+            Lane::Known => None,
+            Lane::Unknown => Some(
+                self.unknown
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| HashError::Busy)?,
+            ),
+        };
+        let place = self
+            .admitted
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| HashError::Busy)?;
+        let worker = self
+            .workers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HashError::Failed)?;
+        let typical = self.typical_us.clone();
+        tokio::task::spawn_blocking(move || {
+            let _held = (worker, place, lane_place);
+            let started = Instant::now();
+            let checked = check();
+            let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let old = typical.load(Ordering::Relaxed);
+            typical.store(
+                (old.saturating_mul(7) / 8).saturating_add(took / 8),
+                Ordering::Relaxed,
+            );
+            checked
+        })
+        .await
+        .map_err(|_| HashError::Failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A check that blocks until released, and tells when it started.
+    fn gated(
+        started: mpsc::Sender<u32>,
+        n: u32,
+    ) -> (impl FnOnce() -> u32 + Send + 'static, mpsc::Sender<()>) {
+        let (release, gate) = mpsc::channel::<()>();
+        let check = move || {
+            let _ = started.send(n);
+            let _ = gate.recv();
+            n
+        };
+        (check, release)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_queue_checks_are_refused_and_places_come_back() {
+        let pool = Arc::new(HashPool::new(1, 2));
+        let (started_tx, started) = mpsc::channel();
+        let mut releases = Vec::new();
+        let mut tasks = Vec::new();
+        for n in 0..3 {
+            let (check, release) = gated(started_tx.clone(), n);
+            releases.push(release);
+            let pool = pool.clone();
+            tasks.push(tokio::spawn(
+                async move { pool.run(Lane::Known, check).await },
+            ));
+        }
+        // The first one runs; wait (bounded) until the other two are queued.
+        assert_eq!(started.recv_timeout(Duration::from_secs(10)), Ok(0));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pool.admitted.available_permits() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never queued");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            pool.run(Lane::Known, || 9).await,
+            Err(HashError::Busy),
+            "one worker, two queued: the fourth is refused"
+        );
+        for release in &releases {
+            let _ = release.send(());
+        }
+        for (n, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.ok(), Some(Ok(n as u32)));
+        }
+        assert_eq!(pool.run(Lane::Known, || 7).await, Ok(7), "places freed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_ids_hold_one_place_at_most() {
+        let pool = Arc::new(HashPool::new(1, 4));
+        let (started_tx, started) = mpsc::channel();
+        let (check, release) = gated(started_tx, 0);
+        let running = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Unknown, check).await }
+        });
+        assert_eq!(started.recv_timeout(Duration::from_secs(10)), Ok(0));
+        assert_eq!(pool.run(Lane::Unknown, || 1).await, Err(HashError::Busy));
+        // A known client is still admitted (it queues behind the running check).
+        let known = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Known, || 2).await }
+        });
+        let _ = release.send(());
+        assert_eq!(running.await.ok(), Some(Ok(0)));
+        assert_eq!(known.await.ok(), Some(Ok(2)));
+        assert_eq!(pool.run(Lane::Unknown, || 3).await, Ok(3), "lane freed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_queued_check_frees_its_place() {
+        let pool = Arc::new(HashPool::new(1, 1));
+        let (started_tx, started) = mpsc::channel();
+        let (check, release) = gated(started_tx, 0);
+        let running = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Known, check).await }
+        });
+        assert_eq!(started.recv_timeout(Duration::from_secs(10)), Ok(0));
+        let queued = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Known, || 1).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pool.admitted.available_permits() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never queued");
+            tokio::task::yield_now().await;
+        }
+        queued.abort();
+        let _ = queued.await;
+        assert_eq!(pool.admitted.available_permits(), 1, "the place is back");
+        let _ = release.send(());
+        assert_eq!(running.await.ok(), Some(Ok(0)));
+    }
+}
