@@ -60,7 +60,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10MiB", value_parser = parse_size)]
     pub large_size: u64,
 
-    /// Run only these scenarios (comma-separated: small, large).
+    /// Run only these scenarios (comma-separated: small, large, token-flood).
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub scenarios: Vec<String>,
 

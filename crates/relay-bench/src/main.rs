@@ -29,6 +29,10 @@
 //! Everything shares one machine, so the figures say as much about the host's cores as about
 //! the relay; the CPU columns show who was busy.
 //!
+//! **token-flood** (see [`tokenflood`]): a real client's token latency while 64 connections
+//! flood a separate `relay-identity` with random client ids, and that service's memory before,
+//! at the peak and after. `--scenarios token-flood` runs only this row.
+//!
 //! Modules: [`cli`] flags, [`scenario`] what is measured (data-driven), [`load`] the load
 //! generator, [`target`] the target process, [`stack`] relay server + connector, [`procs`]
 //! child processes and `/proc` probes, [`report`] table, targets and JSON, [`crossnode`] the
@@ -44,6 +48,7 @@ mod report;
 mod scenario;
 mod stack;
 mod target;
+mod tokenflood;
 
 use std::process::ExitCode;
 
@@ -95,6 +100,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let load_before = procs::load_average();
     let scratch = Scratch::new(args.keep_temp)?;
     eprintln!("scratch directory: {}", scratch.path().display());
+    let token_flood =
+        args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == tokenflood::TOKEN_FLOOD);
+    if token_flood
+        && args.scenarios.iter().all(|s| s == tokenflood::TOKEN_FLOOD)
+        && !args.scenarios.is_empty()
+    {
+        return run_token_flood(&args, &binaries, &scratch).await;
+    }
 
     let mut target = target::spawn(scratch.path(), args.large_size).await?;
     eprintln!("target listening on {}", target.addr);
@@ -247,12 +260,35 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .flatten()
         .collect();
     report.print();
+    if token_flood {
+        run_token_flood(&args, &binaries, &scratch).await?;
+    }
     if args.json {
         println!(
             "{}",
             serde_json::to_string_pretty(&report.to_json()).context("encoding JSON")?
         );
     }
+    Ok(())
+}
+
+/// The token-flood row, in a directory of its own.
+async fn run_token_flood(
+    args: &BenchArgs,
+    binaries: &Binaries,
+    scratch: &Scratch,
+) -> anyhow::Result<()> {
+    let dir = scratch.path().join("token-flood");
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    eprintln!(
+        "measuring token-flood: {} connections, {} ...",
+        args.connections,
+        humantime::format_duration(args.duration)
+    );
+    let figures = tokenflood::run(binaries, &dir, args.connections, args.duration)
+        .await
+        .context("token-flood row")?;
+    figures.print();
     Ok(())
 }
 

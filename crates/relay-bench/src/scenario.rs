@@ -149,8 +149,11 @@ pub fn standard(
 /// Fails on `--scenarios` names that do not exist (checked before anything is started).
 pub fn check_selection(wanted: &[String]) -> anyhow::Result<()> {
     for name in wanted {
-        if name != SMALL && name != LARGE {
-            bail!("unknown scenario `{name}`; known: {SMALL}, {LARGE}");
+        if name != SMALL && name != LARGE && name != crate::tokenflood::TOKEN_FLOOD {
+            bail!(
+                "unknown scenario `{name}`; known: {SMALL}, {LARGE}, {}",
+                crate::tokenflood::TOKEN_FLOOD
+            );
         }
     }
     Ok(())
