@@ -2,8 +2,10 @@
 //! with random client ids, and what the flood does to the token service's memory.
 //!
 //! A separate `relay-identity` on a fresh SQLite database with tenant `bench` and the default
-//! configuration. `--connections` flooders on 127.0.0.1 each send `POST /connect/token` with a
-//! new random `client_id` in a closed loop for `--duration`. Meanwhile the real client, on
+//! configuration. `--connections` flooders, each from a source address of its own
+//! (127.1.0.1, 127.1.1.1, …: a distributed flood, so that the per-source limit alone does not
+//! stop it), each send `POST /connect/token` with a new random `client_id` in a closed loop
+//! for `--duration`. Meanwhile the real client, on
 //! 127.0.0.2 (another source address, as an attacker elsewhere would be), asks for a token
 //! every [`VALID_EVERY`] (slow enough for its own `client_id` bucket: 20, then 60/min).
 //! Reported: the flood's answers by status, the real client's p50/p99/max latency (and
@@ -130,15 +132,11 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
     let serial = Arc::new(AtomicU64::new(0));
-    let flood_client = client([127, 0, 0, 1].into());
     let mut tasks = Vec::new();
-    for _ in 0..flooders {
-        let (stop, counts, serial, flood_client) = (
-            stop.clone(),
-            counts.clone(),
-            serial.clone(),
-            flood_client.clone(),
-        );
+    for i in 0..flooders {
+        let [high, low] = i.to_be_bytes();
+        let flood_client = client([127, 1u8.wrapping_add(high), low, 1].into());
+        let (stop, counts, serial) = (stop.clone(), counts.clone(), serial.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
                 let n = serial.fetch_add(1, Ordering::Relaxed);
@@ -173,7 +171,6 @@ pub async fn run(
     }
     identity.ensure_running()?;
     let rss_peak = identity.memory()?;
-    drop(flood_client);
     tokio::time::sleep(SETTLE).await;
     let rss_after = identity.memory()?;
     identity.stop().await;
@@ -210,7 +207,7 @@ impl FloodFigures {
         let [unauthorized, limited, busy, other] = self.flood;
         println!();
         println!(
-            "token flood: {} connections of random client ids for {}, a real client every {} ms from another address",
+            "token flood: {} connections (one source address each) of random client ids for {}, a real client every {} ms from another address",
             self.flooders,
             humantime::format_duration(self.duration),
             VALID_EVERY.as_millis()
