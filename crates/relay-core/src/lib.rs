@@ -7,11 +7,14 @@
 //!   `Debug` prints a mask.
 //! - [`telemetry`]: `tracing` set-up (text or JSON on stdout).
 //! - [`lifecycle`]: the process-wide shutdown token fired by SIGTERM/SIGINT.
+//! - [`conn`]: connection caps, first-byte/header/idle timeouts and the accept loop of
+//!   every listener (`[connections]`).
 //! - [`metrics`]: Prometheus counters, gauges, histograms and the `/metrics` listener.
 //! - [`tls`]: rustls server (reloadable) and client configurations.
 //! - [`notify`]: systemd `Type=notify` (`READY=1`, `STATUS=`, `WATCHDOG=1`, `STOPPING=1`).
 
 pub mod config;
+pub mod conn;
 pub mod database;
 pub mod https;
 pub mod lifecycle;

@@ -40,23 +40,3 @@ async fn wait_for_signal() {
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
-
-/// The next connection on `listener`, or `None` once `shutdown` is cancelled. An accept error
-/// (usually EMFILE) is logged and retried after a short pause instead of spinning.
-pub async fn accept(
-    listener: &tokio::net::TcpListener,
-    shutdown: &tokio_util::sync::CancellationToken,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => return Some(pair),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            () = shutdown.cancelled() => return None,
-        }
-    }
-}

@@ -18,7 +18,6 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -214,34 +213,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("binding metrics.listen {addr}: {e}")))
 }
 
-/// Serves `GET /metrics` (HTTP/1.1) on `listener` until `shutdown`.
+/// Serves `GET /metrics` (HTTP/1.1 and HTTP/2) on `listener` until `shutdown`, under
+/// [`ConnectionLimits::metrics`](crate::conn::ConnectionLimits::metrics).
 pub async fn serve(listener: TcpListener, render: Render, shutdown: CancellationToken) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "Metrics listening.");
     }
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, "Metrics accept failed.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
+    let gate = crate::conn::Gate::new("metrics", crate::conn::ConnectionLimits::metrics());
+    let make_service = move |_remote| {
         let render = render.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
+        service_fn(move |req: Request<Incoming>| {
             let render = render.clone();
             async move { Ok::<_, Infallible>(answer(&req, &render)) }
-        });
-        tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        })
+    };
+    crate::conn::serve(listener, gate, None, make_service, shutdown).await;
 }
 
 fn answer(req: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {

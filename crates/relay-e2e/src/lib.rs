@@ -134,6 +134,7 @@ impl Stack {
             log: relay_core::telemetry::LogConfig::default(),
             metrics: Default::default(),
             tls: Default::default(),
+            connections: Default::default(),
         };
         tune(&mut config);
         let shutdown = CancellationToken::new();

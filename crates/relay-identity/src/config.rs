@@ -39,6 +39,9 @@ pub struct Config {
     /// `[tls]`: serve the token endpoint over TLS (certificate reloaded on SIGHUP).
     #[serde(default)]
     pub tls: relay_core::tls::TlsConfig,
+    /// `[connections]`: caps and timeouts of the listener's connections.
+    #[serde(default)]
+    pub connections: relay_core::conn::ConnectionLimits,
 }
 
 /// `[rate_limit]`: token buckets at the token endpoint, to slow secret guessing and floods.
@@ -147,6 +150,7 @@ impl Config {
             log: LogConfig::default(),
             metrics: relay_core::metrics::MetricsConfig::default(),
             tls: relay_core::tls::TlsConfig::default(),
+            connections: relay_core::conn::ConnectionLimits::default(),
         }
     }
 
@@ -154,6 +158,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
         self.tls.files()?;
+        self.connections.validate("connections")?;
         if let Some(url) = &self.public_url {
             let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
             if !scheme_ok || url.contains(['?', '#']) || url.parse::<axum::http::Uri>().is_err() {

@@ -60,6 +60,7 @@ pub async fn serve(
         config.listen.public = addr;
     }
     let metrics_listen = config.metrics.listen;
+    let gate = relay_core::conn::Gate::new("identity", config.connections);
     let tls = config
         .tls
         .files()?
@@ -86,22 +87,21 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, issuer = %state.issuer(), "Identity service listening.");
     }
-    let served = match tls {
-        Some(acceptor) => {
-            let service = hyper_util::service::TowerToHyperService::new(router(state));
-            relay_core::tls::serve(listener, acceptor, service, shutdown).await;
-            Ok(())
-        }
-        None => {
-            let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
+    // Plain and TLS alike under `[connections]`; handlers see the peer as axum's
+    // `ConnectInfo<SocketAddr>`.
+    let app = router(state);
+    let make_service = move |remote: std::net::SocketAddr| {
+        let app = hyper_util::service::TowerToHyperService::new(app.clone());
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(remote));
+            hyper::service::Service::call(&app, req)
+        })
     };
+    relay_core::conn::serve(listener, gate, tls, make_service, shutdown).await;
     rotation_stop.cancel();
     if let Err(e) = rotation.await {
         tracing::warn!(error = %e, "Key rotation task ended abnormally.");
     }
-    served.map_err(IdentityError::Serve)
+    Ok(())
 }

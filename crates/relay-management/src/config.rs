@@ -21,6 +21,9 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// `[connections]`: caps and timeouts of the listener's connections.
+    #[serde(default)]
+    pub connections: relay_core::conn::ConnectionLimits,
 }
 
 /// `[listen]`.
@@ -70,12 +73,14 @@ impl Config {
             database: DatabaseConfig::with_url(url),
             identity: IdentityConfig::default(),
             log: LogConfig::default(),
+            connections: relay_core::conn::ConnectionLimits::default(),
         }
     }
 
     /// Checks values serde cannot; each error names its key. Reads no files.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
+        self.connections.validate("connections")?;
         let a = &self.identity.authority;
         if !(a.starts_with("http://") || a.starts_with("https://")) {
             return Err(ConfigError::key(

@@ -71,8 +71,8 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, authority = %config.identity.authority, "Management API listening.");
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .map_err(ManagementError::Serve)
+    let gate = relay_core::conn::Gate::new("management", config.connections);
+    let service = hyper_util::service::TowerToHyperService::new(router(state));
+    relay_core::conn::serve(listener, gate, None, |_| service.clone(), shutdown).await;
+    Ok(())
 }

@@ -48,6 +48,9 @@ pub struct Config {
     /// `[tls]`: serve the public listener (relay paths and tunnels) over TLS.
     #[serde(default)]
     pub tls: relay_core::tls::TlsConfig,
+    /// `[connections]`: caps and timeouts of the public listener's connections.
+    #[serde(default)]
+    pub connections: relay_core::conn::ConnectionLimits,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -294,6 +297,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.database.validate()?;
         self.tls.files()?;
+        self.connections.validate("connections")?;
         if self.bus.kind == BusKind::Rabbitmq
             && self.bus.url.is_none()
             && self.bus.url_file.is_none()

@@ -118,6 +118,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
         log: relay_core::telemetry::LogConfig::default(),
         metrics: Default::default(),
         tls: Default::default(),
+        connections: Default::default(),
     };
     let server = tokio::spawn(crate::run(config, store, listeners, shutdown.clone()));
 

@@ -8,12 +8,10 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use relay_proto::discovery::DiscoveryDocument;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::AppState;
 use crate::relay::Mode;
@@ -22,59 +20,40 @@ use crate::responses::{Body, error, json, text};
 /// Accepts connections until `shutdown`, then drains tunnels and open connections within
 /// the shutdown grace.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: CancellationToken) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+    let gate = relay_core::conn::Gate::new("public", state.config.connections);
+    let mut builder = gate.limits().builder();
     builder
         .http2()
-        .timer(TokioTimer::new())
         .max_frame_size(1 << 20)
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
         .max_concurrent_streams(1024);
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    loop {
-        let Some((stream, remote)) = relay_core::lifecycle::accept(&listener, &shutdown).await
-        else {
-            break;
-        };
+    let connections = TaskTracker::new();
+    while let Some((stream, remote, permit)) = gate.accept(&listener, &shutdown).await {
         let _ = stream.set_nodelay(true);
         // The acceptor (certificate) current now; a SIGHUP reload affects later connections.
-        let tls = state.tls.as_ref().map(|tls| tls.acceptor());
-        let state = state.clone();
+        let tls = match state.tls.as_ref().map(|tls| tls.acceptor()) {
+            None => None,
+            Some(Some(acceptor)) => Some(acceptor),
+            Some(None) => continue,
+        };
+        let service_state = state.clone();
         let service = service_fn(move |req| {
-            let state = state.clone();
+            let state = service_state.clone();
             async move { Ok::<_, Infallible>(route(&state, req, remote).await) }
         });
-        let Some(acceptor) = tls else {
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            let conn = graceful.watch(conn);
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(%remote, error = %e, "Client connection ended with an error.");
-                }
-            });
-            continue;
-        };
-        // TLS: the handshake runs in the connection's own task.
-        let Some(acceptor) = acceptor else {
-            continue;
-        };
-        let (builder, watcher) = (builder.clone(), graceful.watcher());
-        tokio::spawn(async move {
-            let Some(stream) = relay_core::tls::handshake(&acceptor, stream, remote).await else {
-                return;
-            };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%remote, error = %e, "Client connection ended with an error.");
-            }
-        });
+        // Upgraded tunnels leave the connection task (and its idle watchdog) at the upgrade;
+        // their own HTTP/2 PINGs keep them alive.
+        connections.spawn(relay_core::conn::serve_stream(
+            builder.clone(),
+            stream,
+            remote,
+            permit,
+            tls,
+            service,
+            shutdown.clone(),
+        ));
     }
     drop(listener);
     state.draining.cancel();
@@ -82,8 +61,9 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
     let deadline = tokio::time::Instant::now() + grace;
     tracing::info!(grace = ?grace, "Listener closed; draining.");
     let tunnels = crate::tunnel::drain_all(&state, grace);
+    connections.close();
     let connections = async {
-        if tokio::time::timeout_at(deadline, graceful.shutdown())
+        if tokio::time::timeout_at(deadline, connections.wait())
             .await
             .is_err()
         {
