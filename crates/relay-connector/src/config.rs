@@ -87,9 +87,16 @@ pub struct TargetConfig {
     /// Time allowed for the target to answer with a response head.
     #[serde(default = "default_target_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// Follow 3xx answers of body-less requests instead of passing them through.
+    /// Follow 3xx answers of body-less requests instead of passing them through: only to the
+    /// target's own origin (scheme, host and port), unless `redirect_origins` names more;
+    /// never from `https` to `http`.
     #[serde(default)]
     pub follow_redirects: bool,
+    /// Further origins (`https://login.example.com`, with a port where it is not the
+    /// scheme's default) redirects may be followed to. `Authorization`, `Cookie` and
+    /// `Proxy-Authorization` are dropped once a redirect leaves the target's origin.
+    #[serde(default)]
+    pub redirect_origins: Vec<String>,
     /// PEM CA certificates trusted for an `https://` target instead of the system roots (an
     /// internal CA).
     #[serde(default)]

@@ -5,6 +5,7 @@
 //! body with its content type; both exist so a fresh installation can be checked end to end.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,6 +41,8 @@ struct Target {
     host: HeaderValue,
     timeout: Duration,
     follow_redirects: bool,
+    /// Origins redirects may lead to besides the target's own (`scheme://host:port`).
+    redirect_origins: Vec<String>,
     /// Shared by all targets without a `ca_file`; a target with one has its own.
     client: TargetClient,
 }
@@ -83,6 +86,20 @@ impl Targets {
                     host,
                     timeout: target.timeout,
                     follow_redirects: target.follow_redirects,
+                    redirect_origins: target
+                        .redirect_origins
+                        .iter()
+                        .map(|o| {
+                            o.parse::<Uri>()
+                                .ok()
+                                .and_then(|u| origin(&u))
+                                .ok_or_else(|| {
+                                    format!(
+                                        "targets.{name}.redirect_origins: `{o}` is not an http(s) origin"
+                                    )
+                                })
+                        })
+                        .collect::<Result<_, _>>()?,
                     client,
                 },
             );
@@ -123,6 +140,15 @@ impl Targets {
         rest: &str,
         req: Request<Incoming>,
     ) -> Response<ResponseBody> {
+        let path = rest.split_once('?').map_or(rest, |(path, _)| path);
+        // The relay refuses these already; a connector never trusts that alone.
+        if let Err(e) = relay_proto::path::check_rest(path) {
+            return relay_error(
+                StatusCode::BAD_REQUEST,
+                "path-invalid",
+                e.reason().to_owned(),
+            );
+        }
         let (mut parts, body) = req.into_parts();
         let mut uri = match join(&target.base, rest) {
             Ok(uri) => uri,
@@ -143,8 +169,19 @@ impl Targets {
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(header::HOST, target.host.clone());
         let follow = target.follow_redirects && matches!(parts.method, Method::GET | Method::HEAD);
-        let deadline = tokio::time::Instant::now() + target.timeout;
-        let mut body = Some(body.boxed());
+        // The target's timeout counts from the end of the request body: a big upload to a
+        // target that answers right after it is not cut by it.
+        let ended = Arc::new(BodyEnd::default());
+        if http_body::Body::is_end_stream(&body) {
+            ended.finish();
+        }
+        let mut body = Some(
+            EndWatched {
+                inner: body.boxed(),
+                end: ended.clone(),
+            }
+            .boxed(),
+        );
         for _ in 0..=MAX_REDIRECTS {
             let mut out = Request::builder()
                 .method(parts.method.clone())
@@ -160,10 +197,11 @@ impl Targets {
             } else {
                 std::mem::take(&mut parts.headers)
             };
-            let response = match tokio::time::timeout_at(deadline, target.client.request(out)).await
+            let response = match after_body(target.client.request(out), &ended, target.timeout)
+                .await
             {
                 Err(_) => {
-                    tracing::info!(request_id, uri = %uri, timeout = ?target.timeout, "Target timed out.");
+                    tracing::info!(request_id, uri = %without_query(&uri), timeout = ?target.timeout, "Target timed out.");
                     return relay_error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "target-timeout",
@@ -174,7 +212,7 @@ impl Targets {
                     );
                 }
                 Ok(Err(e)) => {
-                    tracing::info!(request_id, uri = %uri, error = %relay_core::error_chain(&e), "Target call failed.");
+                    tracing::info!(request_id, uri = %without_query(&uri), error = %relay_core::error_chain(&e), "Target call failed.");
                     let reason = if e.is_connect() {
                         "target unreachable"
                     } else {
@@ -188,8 +226,22 @@ impl Targets {
                 }
                 Ok(Ok(response)) => response,
             };
-            match redirect_location(follow, &uri, &response) {
+            // Later hops (GET and HEAD) carry no body.
+            ended.finish();
+            match redirect_location(follow, &uri, &response)
+                .filter(|next| target.may_follow(&uri, next))
+            {
                 Some(next) => {
+                    if origin(&next) != origin(&target.base) {
+                        // The client's credentials were meant for the target alone.
+                        for name in [
+                            header::AUTHORIZATION,
+                            header::COOKIE,
+                            header::PROXY_AUTHORIZATION,
+                        ] {
+                            parts.headers.remove(name);
+                        }
+                    }
                     if next.authority() != uri.authority()
                         && let Some(host) = next
                             .authority()
@@ -215,6 +267,95 @@ impl Targets {
     }
 }
 
+/// Whether a request body was read to its end (or failed), for the target timeout.
+#[derive(Default)]
+struct BodyEnd {
+    done: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl BodyEnd {
+    fn finish(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.done.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A body that marks its [`BodyEnd`] once it ended or failed.
+struct EndWatched {
+    inner: http_body_util::combinators::BoxBody<Bytes, hyper::Error>,
+    end: Arc<BodyEnd>,
+}
+
+impl http_body::Body for EndWatched {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None | Some(Err(_))) => self.end.finish(),
+            std::task::Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
+                self.end.finish();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// `call`, given `timeout` from the moment the request body ended (the body's own stalls
+/// are bounded by the relay's `body_idle_timeout`).
+async fn after_body<F: std::future::Future>(
+    call: F,
+    ended: &BodyEnd,
+    timeout: Duration,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut call = std::pin::pin!(call);
+    tokio::select! {
+        output = call.as_mut() => return Ok(output),
+        () = ended.wait() => {}
+    }
+    tokio::time::timeout(timeout, call).await
+}
+
+/// `uri` for logs: scheme, host and path; the query (which may carry tokens) left out.
+fn without_query(uri: &Uri) -> String {
+    format!(
+        "{}://{}{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority()
+            .map_or(String::new(), |a| match a.port_u16() {
+                Some(port) => format!("{}:{port}", a.host()),
+                None => a.host().to_owned(),
+            }),
+        uri.path()
+    )
+}
+
 fn never(e: std::convert::Infallible) -> hyper::Error {
     match e {}
 }
@@ -238,6 +379,37 @@ fn join(base: &Uri, rest: &str) -> Result<Uri, String> {
     let mut parts = base.clone().into_parts();
     parts.path_and_query = Some(path.parse().map_err(|e| format!("invalid path: {e}"))?);
     Uri::from_parts(parts).map_err(|e| format!("invalid path: {e}"))
+}
+
+impl Target {
+    /// Whether a redirect from `current` to `next` is followed: to the target's own origin
+    /// or a configured one, and never from `https` to `http` (otherwise the redirect is passed
+    /// to the client as it is).
+    fn may_follow(&self, current: &Uri, next: &Uri) -> bool {
+        if current.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
+            return false;
+        }
+        let Some(next) = origin(next) else {
+            return false;
+        };
+        origin(&self.base).as_ref() == Some(&next) || self.redirect_origins.contains(&next)
+    }
+}
+
+/// `scheme://host:port` of an http(s) URL, with the scheme's default port filled in.
+fn origin(uri: &Uri) -> Option<String> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = uri.authority()?;
+    Some(format!(
+        "{scheme}://{}:{}",
+        authority.host().to_ascii_lowercase(),
+        authority.port_u16().unwrap_or(default_port)
+    ))
 }
 
 fn redirect_location(follow: bool, current: &Uri, response: &Response<Incoming>) -> Option<Uri> {
@@ -283,22 +455,9 @@ fn add_forwarding_headers(h: &mut http::HeaderMap) {
     if let Some(v) = proto.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
         h.insert("x-forwarded-proto", v);
     }
-    let mut forwarded = Vec::new();
-    if let Some(addr) = &addr {
-        forwarded.push(if addr.contains(':') {
-            format!("for=\"[{addr}]\"")
-        } else {
-            format!("for={addr}")
-        });
-    }
-    if let Some(host) = &host {
-        forwarded.push(format!("host=\"{host}\""));
-    }
-    if let Some(proto) = &proto {
-        forwarded.push(format!("proto={proto}"));
-    }
+    let forwarded = headers::forwarded_element(addr.as_deref(), host.as_deref(), proto.as_deref());
     if !forwarded.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&forwarded.join(";"))
+        && let Ok(v) = HeaderValue::from_str(&forwarded)
     {
         h.append(header::FORWARDED, v);
     }

@@ -3,6 +3,7 @@
 //! - [`config`]: one TOML file plus `RELAY_<SERVICE>__KEY` environment overrides, with errors
 //!   that name the offending key.
 //! - [`database`]: the `[database]` section (URL inline or from a file).
+//! - [`files`]: private (`0600`/`0700`) files and directories, and warnings for exposed ones.
 //! - [`secret`]: secrets read from files (systemd credentials) and held in a type whose
 //!   `Debug` prints a mask.
 //! - [`telemetry`]: `tracing` set-up (text or JSON on stdout).
@@ -16,6 +17,7 @@
 pub mod config;
 pub mod conn;
 pub mod database;
+pub mod files;
 pub mod https;
 pub mod lifecycle;
 pub mod metrics;

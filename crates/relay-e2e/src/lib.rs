@@ -228,6 +228,7 @@ impl Stack {
                         url: url.clone(),
                         timeout: Duration::from_secs(100),
                         follow_redirects: false,
+                        redirect_origins: Vec::new(),
                         ca_file: None,
                     },
                 )

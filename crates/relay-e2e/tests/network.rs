@@ -26,6 +26,7 @@ async fn a_blocked_network_is_detected_within_two_keep_alive_intervals() {
             url: target.url(),
             timeout: Duration::from_secs(60),
             follow_redirects: false,
+            redirect_origins: Vec::new(),
             ca_file: None,
         },
     )]);

@@ -43,6 +43,61 @@ pub const TRACE_CONNECTOR_MACHINE: HeaderName = CONNECTOR_MACHINE;
 pub const TRACE_CONNECTOR_VERSION: HeaderName = CONNECTOR_VERSION;
 pub const TRACE_RELAY_DURATION: HeaderName = HeaderName::from_static("x-relay-duration-ms");
 
+/// Whether `value` is usable as the client's `Host`: an authority (`host[:port]`, IPv6 in
+/// brackets) without user info, quotes or anything a header could not carry. The relay
+/// answers `400` to anything else, so no client input reaches a `Forwarded` element raw.
+pub fn is_valid_host(value: &[u8]) -> bool {
+    !value.is_empty()
+        && value.len() <= 255
+        && value.iter().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
+        && std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<http::uri::Authority>().ok())
+            .is_some()
+}
+
+/// `value` as an RFC 7239 quoted-string: `"` and `\` escaped, control characters dropped.
+pub fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// One `Forwarded` element (RFC 7239): `for`, `host` and `proto` pairs, every value quoted,
+/// so no input can close a value and add a pair or an element. Empty when all are absent.
+pub fn forwarded_element(addr: Option<&str>, host: Option<&str>, proto: Option<&str>) -> String {
+    let mut pairs = Vec::with_capacity(3);
+    if let Some(addr) = addr {
+        // IPv6 addresses are bracketed (RFC 7239 §6).
+        let node = if addr.contains(':') && !addr.starts_with('[') {
+            format!("[{addr}]")
+        } else {
+            addr.to_owned()
+        };
+        pairs.push(format!("for={}", quote(&node)));
+    }
+    if let Some(host) = host {
+        pairs.push(format!("host={}", quote(host)));
+    }
+    if let Some(proto) = proto {
+        pairs.push(format!("proto={}", quote(proto)));
+    }
+    pairs.join(";")
+}
+
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -90,8 +145,99 @@ pub fn strip_relay_headers(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use http::HeaderValue;
+    use proptest::prelude::*;
 
     use super::*;
+
+    /// Splits a `Forwarded` value into elements of `(key, value)` pairs the way a recipient
+    /// does: `,` and `;` separate only outside quoted strings, `\\` escapes inside them.
+    fn parse_forwarded(value: &str) -> Vec<Vec<(String, String)>> {
+        let mut elements = vec![Vec::new()];
+        let (mut key, mut val, mut in_key, mut quoted, mut escaped) =
+            (String::new(), String::new(), true, false, false);
+        let finish_pair =
+            |elements: &mut Vec<Vec<(String, String)>>, key: &mut String, val: &mut String| {
+                if !key.is_empty()
+                    && let Some(last) = elements.last_mut()
+                {
+                    last.push((std::mem::take(key), std::mem::take(val)));
+                }
+            };
+        for c in value.chars() {
+            if quoted {
+                if escaped {
+                    val.push(c);
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    quoted = false;
+                } else {
+                    val.push(c);
+                }
+                continue;
+            }
+            match c {
+                '"' if !in_key => quoted = true,
+                '=' if in_key => in_key = false,
+                ';' => {
+                    finish_pair(&mut elements, &mut key, &mut val);
+                    in_key = true;
+                }
+                ',' => {
+                    finish_pair(&mut elements, &mut key, &mut val);
+                    elements.push(Vec::new());
+                    in_key = true;
+                }
+                c if in_key => key.push(c),
+                c => val.push(c),
+            }
+        }
+        finish_pair(&mut elements, &mut key, &mut val);
+        elements
+    }
+
+    proptest! {
+        /// Whatever the client's host (and address) are, the element has exactly the three
+        /// pairs, with the values given.
+        #[test]
+        fn no_input_adds_a_forwarded_element_or_pair(
+            host in ".{0,40}",
+            addr in prop_oneof![Just("10.0.0.1".to_owned()), Just("::1".to_owned()), ".{0,20}"],
+        ) {
+            let value = forwarded_element(Some(&addr), Some(&host), Some("http"));
+            let elements = parse_forwarded(&value);
+            prop_assert_eq!(elements.len(), 1, "{}", value);
+            let keys: Vec<&str> = elements[0].iter().map(|(k, _)| k.as_str()).collect();
+            prop_assert_eq!(keys, vec!["for", "host", "proto"], "{}", value);
+            let printable: String = host.chars().filter(|c| !c.is_control()).collect();
+            prop_assert_eq!(&elements[0][1].1, &printable);
+        }
+    }
+
+    #[test]
+    fn hosts_are_authorities_only() {
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:5000",
+            "[::1]:80",
+            "a_b.c",
+        ] {
+            assert!(is_valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "x\", for=6.6.6.6;host=\"y",
+            "user@host",
+            "a b",
+            "a,b",
+            "a;b",
+            "a/b",
+        ] {
+            assert!(!is_valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn strips_listed_and_standard_hop_headers() {

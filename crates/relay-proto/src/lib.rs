@@ -8,9 +8,11 @@
 //!
 //! - [`headers`]: header names both sides agree on, and hop-by-hop filtering.
 //! - [`discovery`]: the discovery document at [`DISCOVERY_PATH`].
+//! - [`path`]: the check that keeps relayed paths under a target's base path.
 
 pub mod discovery;
 pub mod headers;
+pub mod path;
 
 /// Where connectors open their tunnel.
 pub const TUNNEL_PATH: &str = "/connector";

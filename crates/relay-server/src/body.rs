@@ -5,13 +5,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use http_body_util::{BodyExt, BodyStream, StreamBody};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use crate::registry::{BoxError, TunnelBody};
 
@@ -25,13 +26,73 @@ pub struct TooLarge(pub u64);
 #[derive(Clone, Default)]
 pub struct BodyBytes(pub Arc<AtomicU64>);
 
-/// Streams the client's body, failing once more than `limit` bytes have passed. `tripped`
-/// tells the request handler afterwards that a failure was this and not the tunnel.
+/// What became of a client's body while it streamed into the tunnel, shared between the body
+/// and the request handler: whether a failure was the client's (over the limit, broken
+/// framing) rather than the tunnel's, and when the body ended, so that the request expiry
+/// and the target timeout count from there (big slow uploads are not cut by them).
+#[derive(Default)]
+pub struct Progress {
+    too_large: AtomicBool,
+    client_error: AtomicBool,
+    ended: AtomicBool,
+    bytes: AtomicU64,
+    changed: Notify,
+}
+
+/// How the wait for a body ended ([`Progress::forwarded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarded {
+    /// Read to its end (or it failed, which the request's own result reports).
+    Done,
+    /// No byte moved for the idle timeout: the client (or the target) stalled.
+    Stalled,
+}
+
+impl Progress {
+    /// The body went over the tenant's limit.
+    pub fn too_large(&self) -> bool {
+        self.too_large.load(Ordering::Acquire)
+    }
+
+    /// The client's framing was broken (bad chunk, connection closed mid-body).
+    pub fn client_error(&self) -> bool {
+        self.client_error.load(Ordering::Acquire)
+    }
+
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the body was read to its end, or until no byte of it moved for `idle`.
+    /// Cancel-safe (it only observes).
+    pub async fn forwarded(&self, idle: Duration) -> Forwarded {
+        let mut seen = self.bytes.load(Ordering::Acquire);
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.ended.load(Ordering::Acquire) {
+                return Forwarded::Done;
+            }
+            if tokio::time::timeout(idle, changed).await.is_err() {
+                let now = self.bytes.load(Ordering::Acquire);
+                if now == seen && !self.ended.load(Ordering::Acquire) {
+                    return Forwarded::Stalled;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// Streams the client's body, failing once more than `limit` bytes have passed, and records
+/// its [`Progress`].
 pub struct LimitedBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
-    tripped: Arc<AtomicBool>,
+    progress: Arc<Progress>,
     counter: Option<BodyBytes>,
 }
 
@@ -40,16 +101,19 @@ impl LimitedBody {
         inner: Incoming,
         limit: Option<u64>,
         counter: Option<BodyBytes>,
-    ) -> (Self, Arc<AtomicBool>) {
-        let tripped = Arc::new(AtomicBool::new(false));
+    ) -> (Self, Arc<Progress>) {
+        let progress = Arc::new(Progress::default());
+        if inner.is_end_stream() {
+            progress.end();
+        }
         let body = LimitedBody {
             inner,
             limit,
             seen: 0,
-            tripped: tripped.clone(),
+            progress: progress.clone(),
             counter,
         };
-        (body, tripped)
+        (body, progress)
     }
 }
 
@@ -65,22 +129,36 @@ impl Body for LimitedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    crate::metrics::BYTES_IN.add(data.len() as u64);
-                    this.seen += data.len() as u64;
+                    let len = data.len() as u64;
+                    crate::metrics::BYTES_IN.add(len);
+                    this.seen += len;
                     if let Some(counter) = &this.counter {
-                        counter.0.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        counter.0.fetch_add(len, Ordering::Relaxed);
                     }
+                    // Counted for the idle check; nobody is woken (it polls on its timer).
+                    this.progress.bytes.fetch_add(len, Ordering::Release);
                     if let Some(limit) = this.limit
                         && this.seen > limit
                     {
-                        this.tripped.store(true, Ordering::Release);
+                        this.progress.too_large.store(true, Ordering::Release);
+                        this.progress.end();
                         return Poll::Ready(Some(Err(Box::new(TooLarge(limit)))));
                     }
                 }
+                if this.inner.is_end_stream() {
+                    this.progress.end();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => {
+                this.progress.client_error.store(true, Ordering::Release);
+                this.progress.end();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.progress.end();
+                Poll::Ready(None)
+            }
             Poll::Pending => Poll::Pending,
         }
     }

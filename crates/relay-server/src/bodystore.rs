@@ -86,7 +86,9 @@ impl BodyStore {
             .path(key)
             .ok_or_else(|| std::io::Error::other("invalid body key"))?;
         let result = async {
-            let mut file = tokio::fs::File::create(&path).await?;
+            let mut file = relay_core::files::private_write_options()
+                .open(&path)
+                .await?;
             file.write_all(&head).await?;
             let mut len = head.len() as u64;
             while let Some(frame) = body.frame().await {

@@ -123,6 +123,11 @@ pub struct RelayConfig {
     /// Requests one node takes from a tenant's queue at once (multi-node), unless the tenant
     /// sets its own concurrency limit.
     pub concurrency_limit: u16,
+    /// While a request body streams into the tunnel, the longest time without a byte moving
+    /// before the request gets `408` (a stalled client). The request expiry counts only from
+    /// the end of the body, so long uploads are not cut by it.
+    #[serde(with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -133,6 +138,7 @@ impl Default for RelayConfig {
             max_body_bytes: None,
             retry_after_secs: 5,
             concurrency_limit: 64,
+            body_idle_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -134,6 +134,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
                 url: format!("http://{web_addr}"),
                 timeout: Duration::from_secs(100),
                 follow_redirects: false,
+                redirect_origins: Vec::new(),
                 ca_file: None,
             },
         )]),
@@ -191,6 +192,15 @@ async fn demo_secret(store: &Store, data_dir: &Path) -> anyhow::Result<Secret> {
             .await
             .context("creating the demo tenant")?,
     };
+    // The demo tenant shows what `trace` mode reports (other tenants opt in).
+    let mut config = store.tenant_config(&tenant.id).await?;
+    if config.tracing.is_none() {
+        config.tracing = Some(true);
+        store
+            .set_tenant_config(&tenant.id, &config)
+            .await
+            .context("enabling trace mode for the demo tenant")?;
+    }
     let path = data_dir.join("demo-secret");
     if let Ok(existing) = Secret::from_file(&path)
         && store

@@ -140,12 +140,13 @@ pub async fn run(
     listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    tokio::fs::create_dir_all(&config.body_store.path)
-        .await
-        .map_err(|source| ServerError::BodyStore {
+    relay_core::files::create_private_dir(&config.body_store.path).map_err(|source| {
+        ServerError::BodyStore {
             path: config.body_store.path.display().to_string(),
             source,
-        })?;
+        }
+    })?;
+    relay_core::files::warn_if_exposed("body directory", [config.body_store.path.as_path()]);
     let tenants = Arc::new(TenantDirectory::new(store.clone(), config.relay.clone()));
     let count = tenants.reload().await?;
     tracing::info!(tenants = count, "Tenants loaded.");
@@ -266,6 +267,12 @@ pub async fn run(
         live,
         origin_stop.clone(),
     ));
+    if state.config.public_url.is_none() {
+        tracing::warn!(
+            "public_url is not set: the discovery document names the tunnel endpoint after \
+             each client's Host header; set public_url in production."
+        );
+    }
     let addr = listeners.public.local_addr().ok();
     tracing::info!(addr = ?addr, origin = %state.origin_id, "Relay server listening.");
     // Listeners are bound (by the caller), the database answered (tenants loaded) and the

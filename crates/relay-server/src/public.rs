@@ -93,7 +93,15 @@ async fn route(
     match (req.method(), path.as_str()) {
         (&Method::GET, relay_proto::TUNNEL_PATH) => crate::tunnel::accept(state, req, remote).await,
         (&Method::GET, relay_proto::DISCOVERY_PATH) => {
-            json(StatusCode::OK, &discovery(state, &req))
+            let mut response = json(StatusCode::OK, &discovery(state, &req));
+            if state.config.public_url.is_none() {
+                // Built from the client's `Host`: never let a cache serve it to anyone else.
+                response.headers_mut().insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-store"),
+                );
+            }
+            response
         }
         (&Method::GET, "/health/live") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/health/ready") => ready(state).await,

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use relay_proto::headers;
 
 use crate::AppState;
-use crate::body::{BodyBytes, LimitedBody};
+use crate::body::{BodyBytes, Forwarded, LimitedBody, Progress};
 use crate::registry::TunnelBody;
 use crate::responses::{Body, error};
 use crate::tenants::TenantEntry;
@@ -79,6 +79,25 @@ pub async fn handle(
     if !relay_proto::is_valid_tenant_name(path.tenant) {
         return unknown_tenant();
     }
+    if let Err(e) = relay_proto::path::check_rest(path.rest) {
+        return error(StatusCode::BAD_REQUEST, "path-invalid", e.reason());
+    }
+    if let Some(coding) = unsupported_coding(&req) {
+        return error(
+            StatusCode::NOT_IMPLEMENTED,
+            "transfer-coding-unsupported",
+            format!("transfer coding '{coding}' is not supported (only chunked)"),
+        );
+    }
+    if let Some(host) = req.headers().get(header::HOST)
+        && !headers::is_valid_host(host.as_bytes())
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "host-invalid",
+            "the Host header is not a host[:port]",
+        );
+    }
     if !relay_proto::is_valid_name(path.target) {
         return error(
             StatusCode::NOT_FOUND,
@@ -108,8 +127,15 @@ pub async fn handle(
     {
         return too_large(limit);
     }
+    // Trace headers disclose the connector's machine and version: only where the tenant's
+    // `tracing` setting allows them.
+    let mode = if mode == Mode::Trace && !tenant.tracing {
+        Mode::Relay
+    } else {
+        mode
+    };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let Some((tripped, request)) = to_tunnel_request(
+    let Some((progress, request)) = to_tunnel_request(
         req,
         &path,
         &Client {
@@ -130,7 +156,7 @@ pub async fn handle(
     if mode == Mode::Queue {
         return match &state.cross {
             Some(cross) => cross.enqueue(&tenant, request, &request_id, deadline).await,
-            None => crate::spool::enqueue(state, &tenant, request, request_id, tripped).await,
+            None => crate::spool::enqueue(state, &tenant, request, request_id, progress).await,
         };
     }
     let wait = state.config.relay.connector_wait.min(tenant.request_expiry);
@@ -169,15 +195,46 @@ pub async fn handle(
     }
     let _inflight = tunnel.begin();
     let mut sender = tunnel.sender.clone();
-    let response = match tokio::time::timeout_at(deadline, sender.send_request(request)).await {
+    let mut send = std::pin::pin!(sender.send_request(request));
+    // The expiry counts from the end of the request body: while it streams, only a stall
+    // (no byte for `body_idle_timeout`) ends the request, so big slow uploads work.
+    let idle = state.config.relay.body_idle_timeout;
+    let sent = tokio::select! {
+        result = send.as_mut() => Some(result),
+        forwarded = progress.forwarded(idle) => match forwarded {
+            Forwarded::Done => None,
+            Forwarded::Stalled => {
+                tracing::info!(tenant = %tenant.key, request_id = %request_id, ?idle, "Request body stalled; request ended.");
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    format!("no byte of the request body for {}s", idle.as_secs_f64()),
+                );
+            }
+        },
+    };
+    let sent = match sent {
+        Some(result) => Ok(result),
+        None => tokio::time::timeout(tenant.request_expiry, send).await,
+    };
+    let response = match sent {
         Err(_) => return expired(&tenant),
         Ok(Err(e)) => {
             if tenant.ack_mode == relay_store::AckMode::Manual {
                 // No delivery to settle here; the acknowledge URL just stops answering 204.
                 state.acks.release(&request_id);
             }
-            if tripped.load(Ordering::Acquire) {
+            if progress.too_large() {
                 return too_large(tenant.max_body_bytes.unwrap_or_default());
+            }
+            if progress.client_error() {
+                // The client's framing, not the tunnel: a client error, logged as such.
+                tracing::info!(tenant = %tenant.key, request_id = %request_id, error = %e, "Client request body broken.");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body-invalid",
+                    "the request body was malformed or ended early",
+                );
             }
             tracing::info!(tenant = %tenant.key, target = %path.target, request_id = %request_id, error = %e, "Tunnel request failed.");
             return error(
@@ -223,7 +280,7 @@ fn to_tunnel_request(
     request_id: &str,
     mode: Mode,
     tenant: &TenantEntry,
-) -> Option<(Arc<std::sync::atomic::AtomicBool>, Request<TunnelBody>)> {
+) -> Option<(Arc<Progress>, Request<TunnelBody>)> {
     let (mut parts, body) = req.into_parts();
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -260,8 +317,8 @@ fn to_tunnel_request(
         h.insert(headers::TRACE, HeaderValue::from_static("1"));
     }
     let counter = parts.extensions.remove::<BodyBytes>();
-    let (body, tripped) = LimitedBody::new(body, tenant.max_body_bytes, counter);
-    Some((tripped, Request::from_parts(parts, body.boxed())))
+    let (body, progress) = LimitedBody::new(body, tenant.max_body_bytes, counter);
+    Some((progress, Request::from_parts(parts, body.boxed())))
 }
 
 async fn check_client_token(
@@ -309,6 +366,17 @@ async fn check_client_token(
         )),
         _ => Some(denied()),
     }
+}
+
+/// A `Transfer-Encoding` coding other than `chunked` (the relay would drop it silently).
+fn unsupported_coding(req: &Request<Incoming>) -> Option<String> {
+    req.headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .find(|c| !c.eq_ignore_ascii_case("chunked"))
+        .map(|c| c.chars().take(32).collect())
 }
 
 fn content_length(req: &Request<Incoming>) -> Option<u64> {

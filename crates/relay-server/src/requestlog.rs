@@ -33,6 +33,8 @@ use crate::relay::Mode;
 use crate::responses::Body;
 
 /// Entries written in one transaction at most.
+/// Longest path stored (characters); longer ones are cut.
+const MAX_LOGGED_PATH: usize = 256;
 const BATCH: usize = 500;
 /// Longest time an entry waits in the writer before its batch is written.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -139,13 +141,18 @@ pub(crate) async fn relay(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let outcome = head_outcome(response.status().as_u16(), code.as_deref());
-    let tenant_id = state.tenants.cached_key(&tenant).map(|t| t.id.clone());
+    // Requests that name no existing tenant are counted in metrics, not stored: anybody can
+    // send them, as many as they like.
+    let Some(tenant_id) = state.tenants.cached_key(&tenant).map(|t| t.id.clone()) else {
+        return response;
+    };
+    let tenant_id = Some(tenant_id);
     let entry = RequestLogEntry {
         id: uuid::Uuid::now_v7().to_string(),
         tenant: tenant.chars().take(64).collect(),
         target: target.chars().take(64).collect(),
         method: method.chars().take(16).collect(),
-        path: path.chars().take(2048).collect(),
+        path: path.chars().take(MAX_LOGGED_PATH).collect(),
         status: i64::from(response.status().as_u16()),
         request_bytes: None,
         response_bytes: None,

@@ -7,7 +7,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::TryStreamExt;
 use http::{Request, Response, StatusCode};
@@ -27,7 +26,7 @@ pub async fn enqueue(
     tenant: &Arc<TenantEntry>,
     request: Request<TunnelBody>,
     request_id: String,
-    tripped: Arc<AtomicBool>,
+    progress: Arc<crate::body::Progress>,
 ) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
     let path = state
@@ -36,7 +35,8 @@ pub async fn enqueue(
         .path
         .join(format!("{request_id}.body"));
     let written = async {
-        let mut file = tokio::fs::File::create(&path)
+        let mut file = relay_core::files::private_write_options()
+            .open(&path)
             .await
             .map_err(Failure::Store)?;
         while let Some(frame) = body.frame().await {
@@ -51,7 +51,7 @@ pub async fn enqueue(
     if let Err(failure) = written {
         let _ = tokio::fs::remove_file(&path).await;
         return match failure {
-            Failure::Client if tripped.load(Ordering::Acquire) => {
+            Failure::Client if progress.too_large() => {
                 crate::relay::too_large(tenant.max_body_bytes.unwrap_or_default())
             }
             Failure::Client => error(

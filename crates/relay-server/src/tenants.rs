@@ -37,6 +37,9 @@ pub struct TenantEntry {
     pub concurrency_limit: u16,
     /// When a request's broker delivery is settled (see `ack`).
     pub ack_mode: AckMode,
+    /// Whether `/trace/…` adds diagnostic headers (connector machine and version, timings);
+    /// otherwise `trace` behaves like `relay`.
+    pub tracing: bool,
 }
 
 impl TenantEntry {
@@ -60,6 +63,7 @@ impl TenantEntry {
                 .and_then(|v| u16::try_from(v).ok())
                 .unwrap_or(defaults.concurrency_limit),
             ack_mode: config.ack_mode.unwrap_or(AckMode::ConnectorFinished),
+            tracing: config.tracing.unwrap_or(false),
         }
     }
 }

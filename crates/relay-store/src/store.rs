@@ -246,9 +246,18 @@ async fn connect_sqlite(url: &str, path: &str) -> Result<DbPool, StoreError> {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
     {
-        tokio::fs::create_dir_all(dir)
-            .await
+        relay_core::files::create_private_dir(dir).map_err(|e| connect_error(url, e))?;
+    }
+    if !in_memory {
+        // SQLite gives `-wal` and `-shm` the database file's mode: create it private.
+        relay_core::files::create_private_file(Path::new(path))
             .map_err(|e| connect_error(url, e))?;
+        let wal = format!("{path}-wal");
+        let shm = format!("{path}-shm");
+        relay_core::files::warn_if_exposed(
+            "configuration database (it holds the token signing keys)",
+            [Path::new(path), Path::new(&wal), Path::new(&shm)],
+        );
     }
     let mut config = ManagerConfig::<SyncConnectionWrapper<SqliteConnection>>::default();
     config.custom_setup = Box::new(|path| {

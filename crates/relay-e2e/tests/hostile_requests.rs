@@ -1,0 +1,547 @@
+//! Hostile requests on the relay path (issue 17): clients that lie about paths and hosts,
+//! break their framing, stall their uploads or probe for diagnostics, and targets that
+//! redirect elsewhere. The relay and connector run in this process (`relay_e2e::Stack`);
+//! raw sockets where an HTTP client would tidy the request up. 127.0.0.1 only. Connection
+//! level attacks (idle sockets, floods) are in `hostile.rs`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use relay_connector::config::TargetConfig;
+use relay_e2e::Stack;
+use relay_testkit::client::{full, get, send};
+use relay_testkit::target::TestTarget;
+use relay_testkit::wait;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn target(url: String, timeout: Duration) -> TargetConfig {
+    TargetConfig {
+        url,
+        timeout,
+        follow_redirects: false,
+        redirect_origins: Vec::new(),
+        ca_file: None,
+    }
+}
+
+/// A stack with tenant `acme` and a connected connector whose target `web` is `targets`.
+async fn relaying(
+    tune: impl FnOnce(&mut relay_server::Config),
+    tenant: relay_store::TenantConfig,
+    targets: BTreeMap<String, TargetConfig>,
+) -> (Stack, relay_e2e::ConnectorHandle) {
+    let stack = Stack::start_with(tune).await;
+    let secret = stack.tenant_with("acme", tenant).await;
+    let mut connector = stack.connector_with("acme", &secret, targets);
+    connector.connected(1).await;
+    (stack, connector)
+}
+
+/// Sends `head` (and `body`) as they are and reads the answer until the server closes or
+/// `\r\n\r\n` plus the announced length arrived; returns the status and the whole text.
+async fn raw(stack: &Stack, bytes: &[u8]) -> (u16, String) {
+    let mut stream = TcpStream::connect(stack.relay_addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|l| l.trim().parse::<usize>().ok());
+                if length.is_some_and(|l| body.len() >= l) {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("an answer within 20 s");
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn header_of(text: &str, name: &str) -> Option<String> {
+    text.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 4: paths never leave a target's base path
+
+#[tokio::test]
+async fn dot_segments_and_encoded_separators_never_reach_the_target() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([(
+        "web".to_owned(),
+        target(format!("{}/base", web.url()), Duration::from_secs(10)),
+    )]);
+    let (stack, _c) = relaying(|_| {}, Default::default(), targets).await;
+    for path in [
+        "/relay/acme/web/../admin/secret.txt",
+        "/relay/acme/web/files/../../admin",
+        "/relay/acme/web/%2e%2e/admin",
+        "/relay/acme/web/.%2E/admin",
+        "/relay/acme/web/..%2fadmin",
+        "/relay/acme/web/a%5c..%5cadmin",
+        "/relay/acme/web/%252e%252e/admin",
+    ] {
+        let (status, text) = raw(
+            &stack,
+            format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert_eq!(
+            header_of(&text, "x-relay-error").as_deref(),
+            Some("path-invalid"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        web.counters.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached the target"
+    );
+    // Harmless dots still pass.
+    let (status, _) = raw(
+        &stack,
+        b"GET /relay/acme/web/status/200?x=../y HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the target answered (its /base/status/200 is unknown)"
+    );
+    assert_eq!(web.counters.requests.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 8: forwarding headers
+
+#[tokio::test]
+async fn a_host_that_is_not_an_authority_is_refused() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([("web".to_owned(), target(web.url(), Duration::from_secs(10)))]);
+    let (stack, _c) = relaying(|_| {}, Default::default(), targets).await;
+    let (status, text) = raw(
+        &stack,
+        b"GET /relay/acme/web/inspect HTTP/1.1\r\nHost: x\", for=6.6.6.6;host=\"y\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(
+        header_of(&text, "x-relay-error").as_deref(),
+        Some("host-invalid")
+    );
+    assert_eq!(web.counters.requests.load(Ordering::SeqCst), 0);
+
+    let seen = get(&stack.url("/relay/acme/web/inspect")).await;
+    let json: serde_json::Value = serde_json::from_slice(&seen.body).unwrap();
+    let forwarded: Vec<&str> = json["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "forwarded")
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        forwarded,
+        [format!(
+            "for=\"127.0.0.1\";host=\"{}\";proto=\"http\"",
+            stack.relay_addr
+        )
+        .as_str()],
+        "one element, every value quoted"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Rows 11 and 12: discovery and trace mode disclose nothing by default
+
+#[tokio::test]
+async fn discovery_built_from_the_host_header_is_not_cacheable() {
+    let stack = Stack::start().await;
+    let answer = get(&stack.url("/.well-known/relayserver-configuration")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+}
+
+#[tokio::test]
+async fn trace_mode_discloses_the_connector_only_where_the_tenant_allows_it() {
+    let (stack, _c) = relaying(|_| {}, Default::default(), BTreeMap::new()).await;
+    let plain = get(&stack.url("/trace/acme/ping")).await;
+    assert_eq!(
+        (plain.status, plain.text().as_str()),
+        (StatusCode::OK, "PONG")
+    );
+    assert_eq!(plain.header("x-relay-connector-machine"), None);
+    assert_eq!(plain.header("x-relay-connector-version"), None);
+
+    let traced = stack
+        .tenant_with(
+            "traced",
+            relay_store::TenantConfig {
+                tracing: Some(true),
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut c = stack.connector("traced", &traced, &[]);
+    c.connected(1).await;
+    let answer = get(&stack.url("/trace/traced/ping")).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.header("x-relay-connector-machine"),
+        Some("test-traced")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 9: the request log
+
+#[tokio::test]
+async fn requests_for_unknown_tenants_leave_no_rows_and_paths_are_capped() {
+    let (stack, _c) = relaying(|_| {}, Default::default(), BTreeMap::new()).await;
+    let long = "a".repeat(2000);
+    for i in 0..50 {
+        let answer = get(&stack.url(&format!("/relay/nobody{i}/{long}"))).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    }
+    let answer = get(&stack.url(&format!("/relay/acme/ping/{long}"))).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let rows = wait::until(
+        Duration::from_secs(15),
+        "the known tenant's row",
+        || async {
+            let (rows, _) = stack
+                .store
+                .list_request_log(&relay_store::RequestLogFilter {
+                    take: 1000,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            (!rows.is_empty()).then_some(rows)
+        },
+    )
+    .await;
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the known tenant's request: {:?}",
+        rows.iter().map(|r| &r.tenant).collect::<Vec<_>>()
+    );
+    assert_eq!(rows[0].tenant, "acme");
+    assert!(
+        rows[0].path.chars().count() <= 256,
+        "{} characters",
+        rows[0].path.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 13: client framing errors are client errors
+
+#[tokio::test]
+async fn a_broken_chunked_body_is_a_client_error() {
+    let (stack, _c) = relaying(|_| {}, Default::default(), BTreeMap::new()).await;
+    for body in [
+        // Not a chunk size.
+        "5\r\nhello\r\nzz\r\n",
+        // A chunk extension ended by a bare LF.
+        "5;ext\nhello\r\n0\r\n\r\n",
+    ] {
+        let (status, text) = raw(
+            &stack,
+            format!(
+                "POST /relay/acme/echo HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{body}"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{body:?}: {text}");
+        assert_ne!(
+            header_of(&text, "x-relay-error").as_deref(),
+            Some("connector-lost")
+        );
+    }
+}
+
+#[tokio::test]
+async fn transfer_codings_other_than_chunked_get_501() {
+    let (stack, _c) = relaying(|_| {}, Default::default(), BTreeMap::new()).await;
+    let (status, text) = raw(
+        &stack,
+        b"POST /relay/acme/echo HTTP/1.1\r\nHost: relay\r\nTransfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 501, "{text}");
+    assert_eq!(
+        header_of(&text, "x-relay-error").as_deref(),
+        Some("transfer-coding-unsupported")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 14: long uploads are not cut by the target timeout or the request expiry
+
+/// A body of `chunks` pieces of 1 KiB, one every `every`.
+fn slow_body(chunks: usize, every: Duration) -> relay_testkit::client::TestBody {
+    use http_body_util::BodyExt;
+    let stream = futures_util::stream::unfold(0usize, move |i| async move {
+        if i == chunks {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+        Some((
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(vec![
+                b'x';
+                1024
+            ]))),
+            i + 1,
+        ))
+    });
+    http_body_util::StreamBody::new(stream)
+        .map_err(|e| match e {})
+        .boxed()
+}
+
+#[tokio::test]
+async fn an_upload_longer_than_the_target_timeout_and_the_expiry_succeeds() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([("web".to_owned(), target(web.url(), Duration::from_secs(1)))]);
+    let (stack, _c) = relaying(
+        |c| c.relay.request_expiry = Duration::from_secs(1),
+        Default::default(),
+        targets,
+    )
+    .await;
+    // About 2.5 s of upload: longer than both limits; the target answers right after it.
+    let answer = send(
+        Request::post(stack.url("/relay/acme/web/sha256"))
+            .body(slow_body(25, Duration::from_millis(100)))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(answer.text().starts_with("25600 "), "{}", answer.text());
+}
+
+#[tokio::test]
+async fn an_upload_that_stalls_gets_408() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([("web".to_owned(), target(web.url(), Duration::from_secs(60)))]);
+    let (stack, _c) = relaying(
+        |c| c.relay.body_idle_timeout = Duration::from_millis(500),
+        Default::default(),
+        targets,
+    )
+    .await;
+    let (status, text) = raw(
+        &stack,
+        b"POST /relay/acme/web/sha256 HTTP/1.1\r\nHost: relay\r\nContent-Length: 100\r\nConnection: close\r\n\r\nonly ten b",
+    )
+    .await;
+    assert_eq!(status, 408, "{text}");
+    assert_eq!(
+        header_of(&text, "x-relay-error").as_deref(),
+        Some("body-timeout")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 7: redirects stay on their origin
+
+/// A target that answers every request with a redirect to `location`.
+async fn redirecting_to(location: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let location = location.clone();
+            let service = hyper::service::service_fn(move |_req| {
+                let location = location.clone();
+                async move {
+                    let mut r =
+                        http::Response::new(http_body_util::Full::new(Bytes::from("moved")));
+                    *r.status_mut() = StatusCode::FOUND;
+                    r.headers_mut()
+                        .insert(http::header::LOCATION, location.parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn redirects_to_another_origin_pass_through_and_an_allowed_one_gets_no_credentials() {
+    let elsewhere = TestTarget::start().await;
+    let redirector = redirecting_to(format!("{}/inspect", elsewhere.url())).await;
+    let mut following = target(redirector.clone(), Duration::from_secs(10));
+    following.follow_redirects = true;
+    let mut allowed = following.clone();
+    allowed.redirect_origins = vec![elsewhere.url()];
+    let targets = BTreeMap::from([
+        ("web".to_owned(), following),
+        ("allowed".to_owned(), allowed),
+    ]);
+    let (stack, _c) = relaying(|_| {}, Default::default(), targets).await;
+    let with_credentials = |path: &str| {
+        Request::get(stack.url(path))
+            .header("authorization", "Bearer for-the-target-only")
+            .header("cookie", "session=for-the-target-only")
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    let passed = send(with_credentials("/relay/acme/web/x")).await;
+    assert_eq!(
+        passed.status,
+        StatusCode::FOUND,
+        "not followed to another origin"
+    );
+    assert_eq!(elsewhere.counters.requests.load(Ordering::SeqCst), 0);
+
+    let followed = send(with_credentials("/relay/acme/allowed/x")).await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.text());
+    let text = followed.text();
+    assert!(
+        !text.contains("for-the-target-only"),
+        "credentials followed the redirect: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 6: private files
+
+#[tokio::test]
+async fn the_database_and_spooled_bodies_are_private() {
+    let stack = Stack::start().await;
+    stack.tenant("acme").await;
+    // No connector: `queue` mode spools the body on this single node.
+    let queued = send(
+        Request::post(stack.url("/queue/acme/web/x"))
+            .body(full("spooled"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(queued.status, StatusCode::ACCEPTED);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let db = stack.scratch.0.join("relay.db");
+    assert_eq!(mode(&db), 0o600, "{}", db.display());
+    for suffix in ["-wal", "-shm"] {
+        let side = stack.scratch.0.join(format!("relay.db{suffix}"));
+        if side.exists() {
+            assert_eq!(mode(&side), 0o600, "{}", side.display());
+        }
+    }
+    let bodies = stack.scratch.0.join("bodies");
+    assert_eq!(mode(&bodies), 0o700);
+    let files: Vec<_> = std::fs::read_dir(&bodies).unwrap().flatten().collect();
+    assert!(!files.is_empty(), "a spooled body");
+    for file in files {
+        assert_eq!(mode(&file.path()), 0o600, "{}", file.path().display());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Row 10: no query strings or credentials in the logs
+
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let buffer = buffer.clone();
+            move || Capture(buffer.clone())
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_writer(writer)
+            .with_ansi(false)
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            b.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn secrets_in_queries_headers_and_bodies_stay_out_of_the_logs() {
+    let logs = captured_logs();
+    // A target that is down: the connector logs the failed call.
+    let down = format!("http://127.0.0.1:{}", relay_e2e::free_port());
+    let targets = BTreeMap::from([("web".to_owned(), target(down, Duration::from_secs(5)))]);
+    let (stack, _c) = relaying(|_| {}, Default::default(), targets).await;
+    let answer = send(
+        Request::post(stack.url("/relay/acme/web/x?access_token=QUERY-SECRET-1"))
+            .header("authorization", "Bearer HEADER-SECRET-2")
+            .header("cookie", "session=COOKIE-SECRET-3")
+            .body(full("BODY-SECRET-4"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    let unknown = get(&stack.url("/relay/nobody/x?access_token=QUERY-SECRET-5")).await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    wait::until(
+        Duration::from_secs(10),
+        "the failed target call logged",
+        || async {
+            let text = String::from_utf8_lossy(&logs.lock().ok()?.clone()).to_string();
+            text.contains("Target call failed.").then_some(())
+        },
+    )
+    .await;
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    for secret in ["SECRET-1", "SECRET-2", "SECRET-3", "SECRET-4", "SECRET-5"] {
+        assert!(!text.contains(secret), "{secret} in the logs:\n{text}");
+    }
+}
