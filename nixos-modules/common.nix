@@ -62,6 +62,12 @@ in
         cp "$config" "$out"
       '';
 
+    # `LimitNOFILE` of a unit serving `listeners` listeners capped by `[connections]`
+    # `max_connections` (default 16384): every listener full, plus room for the database,
+    # the broker, body files and the metrics listener; never below 65536.
+    nofileFor = listeners: settings:
+      lib.max 65536 (listeners * ((settings.connections or { }).max_connections or 16384) + 4096);
+
     # The sandbox every Relay unit runs in. Services add ReadWritePaths for anything outside
     # their StateDirectory (the shared body store).
     hardening = {

@@ -122,6 +122,8 @@ in
           serviceConfig = relay.hardening // relay.notify // {
             ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
             Restart = "always";
+            # Requests to targets in flight, each with a connection.
+            LimitNOFILE = 65536;
             StateDirectory = unit;
             StateDirectoryMode = "0700";
             WorkingDirectory = "/var/lib/${unit}";

@@ -139,6 +139,7 @@ in
       serviceConfig = relay.hardening // relay.notify // {
         ExecStart = "${lib.getExe cfg.package} --config ${configFile}"
           + lib.optionalString cfg.database.migrate " --migrate";
+        LimitNOFILE = relay.nofileFor 1 cfg.settings;
         StateDirectory = unit;
         StateDirectoryMode = "0700";
         WorkingDirectory = stateDir;

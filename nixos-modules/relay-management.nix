@@ -128,6 +128,7 @@ in
       requires = optional cfg.database.createLocally "postgresql.target";
       serviceConfig = relay.hardening // relay.notify // {
         ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
+        LimitNOFILE = relay.nofileFor 1 cfg.settings;
         StateDirectory = unit;
         StateDirectoryMode = "0700";
         WorkingDirectory = stateDir;

@@ -250,6 +250,8 @@ in
       serviceConfig = relay.hardening // relay.notify // {
         ExecStartPre = optional cfg.database.migrate migrate;
         ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
+        # The public listener and the token service it may run in process.
+        LimitNOFILE = relay.nofileFor 2 cfg.settings;
         StateDirectory = unit;
         StateDirectoryMode = "0700";
         WorkingDirectory = stateDir;
