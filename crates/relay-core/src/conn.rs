@@ -635,9 +635,10 @@ mod tests {
         assert!(third.is_some());
         assert!(gate.admit(b).is_none(), "over the listener cap");
         drop(first);
-        assert!(gate.admit(a).is_some());
+        let again = gate.admit(a);
+        assert!(again.is_some());
         assert_eq!(gate.open(), 3);
-        drop((second, third));
+        drop((second, third, again));
         assert_eq!(gate.open(), 0);
         assert!(gate.sources.lock().map(|s| s.is_empty()).unwrap_or(false));
     }
