@@ -34,8 +34,10 @@ pub enum Ended {
 
 /// HTTP/2 tuning of the tunnel: large frames and windows for bulk bodies, bounded memory.
 const MAX_FRAME_SIZE: u32 = 1 << 20;
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
+/// A stream (an upload a target does not read) may hold at most 1/32 of the connection
+/// window, so stalled uploads cannot block the tunnel's other requests.
+const STREAM_WINDOW: u32 = 2 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
 const MAX_STREAMS: u32 = 2048;
 
 /// Opens a tunnel to `relay_url` and serves it until it ends. `settings` is updated from the

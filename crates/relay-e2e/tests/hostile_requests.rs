@@ -545,3 +545,81 @@ async fn secrets_in_queries_headers_and_bodies_stay_out_of_the_logs() {
         assert!(!text.contains(secret), "{secret} in the logs:\n{text}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Row 3: clients that never read cannot stall the tunnel
+
+/// Opens `n` connections that each ask for a 64 MiB download and never read it.
+async fn stalled_downloads(stack: &Stack, n: usize) -> Vec<TcpStream> {
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let mut stream = TcpStream::connect(stack.relay_addr).await.unwrap();
+        stream
+            .write_all(b"GET /relay/acme/web/bytes/67108864 HTTP/1.1\r\nHost: relay\r\n\r\n")
+            .await
+            .unwrap();
+        streams.push(stream);
+    }
+    streams
+}
+
+async fn ping_answers(stack: &Stack, within: Duration) {
+    let answer = tokio::time::timeout(within, get(&stack.url("/relay/acme/ping")))
+        .await
+        .unwrap_or_else(|_| panic!("the tenant's other requests stalled for {within:?}"));
+    assert_eq!(
+        (answer.status, answer.text().as_str()),
+        (StatusCode::OK, "PONG")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_stalled_downloads_leave_the_tunnel_room() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([("web".to_owned(), target(web.url(), Duration::from_secs(60)))]);
+    let (stack, _c) = relaying(|_| {}, Default::default(), targets).await;
+    let _stalled = stalled_downloads(&stack, 8).await;
+    // Give the stalled streams time to fill whatever they can.
+    wait::until(
+        Duration::from_secs(20),
+        "all eight downloads started",
+        || async { (web.counters.requests.load(Ordering::SeqCst) >= 8).then_some(()) },
+    )
+    .await;
+    for _ in 0..5 {
+        ping_answers(&stack, Duration::from_secs(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_are_reset_after_the_client_write_timeout() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([("web".to_owned(), target(web.url(), Duration::from_secs(60)))]);
+    let (stack, _c) = relaying(
+        |c| c.relay.client_write_timeout = Duration::from_millis(500),
+        Default::default(),
+        targets,
+    )
+    .await;
+    let mut stalled = stalled_downloads(&stack, 1).await.remove(0);
+    // The stall itself: four times the write timeout without reading.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await
+    .expect("the reset response ended");
+    assert!(
+        total < 64 << 20,
+        "the whole 64 MiB arrived ({total} bytes): not reset"
+    );
+    // The tunnel serves on.
+    ping_answers(&stack, Duration::from_secs(10)).await;
+}

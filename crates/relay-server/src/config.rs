@@ -128,6 +128,10 @@ pub struct RelayConfig {
     /// the end of the body, so long uploads are not cut by it.
     #[serde(with = "humantime_serde")]
     pub body_idle_timeout: Duration,
+    /// A client that takes no frame of a (large) response for this long has its stream reset,
+    /// so stalled readers cannot hold the tunnel's connection window.
+    #[serde(with = "humantime_serde")]
+    pub client_write_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -139,6 +143,7 @@ impl Default for RelayConfig {
             retry_after_secs: 5,
             concurrency_limit: 64,
             body_idle_timeout: Duration::from_secs(30),
+            client_write_timeout: Duration::from_secs(30),
         }
     }
 }

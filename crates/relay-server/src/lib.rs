@@ -30,6 +30,7 @@ mod registry;
 mod relay;
 pub mod requestlog;
 mod responses;
+mod slowreader;
 mod spool;
 mod tenants;
 mod tunnel;

@@ -260,7 +260,12 @@ pub async fn handle(
     } else {
         parts.headers.remove(headers::TARGET_DURATION);
     }
-    Response::from_parts(parts, body.map_err(Into::into).boxed())
+    let body = crate::slowreader::watch(
+        body.map_err(Into::into).boxed(),
+        state.config.relay.client_write_timeout,
+        request_id,
+    );
+    Response::from_parts(parts, body)
 }
 
 /// Where a client request came from.

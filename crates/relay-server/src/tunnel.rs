@@ -16,8 +16,10 @@ use crate::registry::{Tunnel, TunnelAuth, TunnelBody};
 use crate::responses::{Body, error};
 
 const MAX_FRAME_SIZE: u32 = 1 << 20;
-const STREAM_WINDOW: u32 = 4 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
+/// A stream may hold at most 1/32 of the connection window: responses whose clients stall
+/// (until `client_write_timeout` resets them) leave the tunnel room for everybody else.
+const STREAM_WINDOW: u32 = 2 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
 
 /// `GET /connector`: checks the bearer token and answers `101`, then serves the tunnel in
 /// the background.
