@@ -135,6 +135,38 @@ async fn public_idle_h2c_connection_is_closed_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn public_h2c_connection_gets_keep_alive_pings() {
+    let stack = stack_with(ConnectionLimits {
+        header_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(30),
+        keep_alive_interval: Duration::from_secs(1),
+        keep_alive_timeout: Duration::from_secs(30),
+        ..short_limits()
+    })
+    .await;
+    let mut conn = TcpStream::connect(stack.relay_addr).await.unwrap();
+    // Client preface and an empty SETTINGS frame, then silence.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + CLOSE_DEADLINE;
+    loop {
+        let mut head = [0u8; 9];
+        tokio::time::timeout_at(deadline, conn.read_exact(&mut head))
+            .await
+            .expect("a PING from the server in time")
+            .expect("connection open");
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0u8; len];
+        conn.read_exact(&mut payload).await.unwrap();
+        // PING (type 6) without the ACK flag: the server's own keep-alive probe.
+        if head[3] == 6 && head[4] & 1 == 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
 async fn public_per_source_cap_refuses_the_next_connection_and_frees_places_on_close() {
     const CAP: usize = 6;
     let stack = stack_with(ConnectionLimits {
