@@ -623,3 +623,78 @@ async fn stalled_readers_are_reset_after_the_client_write_timeout() {
     // The tunnel serves on.
     ping_answers(&stack, Duration::from_secs(10)).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Row 5: the queue spool is bounded
+
+fn body_files(stack: &Stack) -> usize {
+    std::fs::read_dir(stack.scratch.0.join("bodies"))
+        .map(|d| d.flatten().count())
+        .unwrap_or(0)
+}
+
+async fn queue(stack: &Stack, bytes: usize) -> relay_testkit::client::Answer {
+    send(
+        Request::post(stack.url("/queue/acme/web/x"))
+            .body(full(vec![b'q'; bytes]))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn queue_mode_has_a_default_body_limit() {
+    let stack = Stack::start_with(|c| c.relay.queue_max_body_bytes = 1000).await;
+    stack.tenant("acme").await;
+    let answer = queue(&stack, 2000).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(body_files(&stack), 0, "nothing half-written left");
+    assert_eq!(queue(&stack, 500).await.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_spool_more_than_its_quota() {
+    let stack = Stack::start_with(|c| c.relay.spool_quota_bytes = 3000).await;
+    stack.tenant("acme").await;
+    assert_eq!(queue(&stack, 1200).await.status, StatusCode::ACCEPTED);
+    assert_eq!(queue(&stack, 1200).await.status, StatusCode::ACCEPTED);
+    let refused = queue(&stack, 1200).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("x-relay-error"), Some("spool-quota"));
+    assert_eq!(body_files(&stack), 2, "the refused body was removed");
+    // Another tenant has a quota of its own.
+    stack.tenant("beta").await;
+    let other = send(
+        Request::post(stack.url("/queue/beta/web/x"))
+            .body(full(vec![b'q'; 1200]))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
+async fn queue_requests_are_refused_below_the_free_disk_floor() {
+    let stack = Stack::start_with(|c| c.relay.spool_min_free_bytes = u64::MAX).await;
+    stack.tenant("acme").await;
+    let refused = queue(&stack, 10).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("x-relay-error"), Some("spool-full"));
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(body_files(&stack), 0);
+}

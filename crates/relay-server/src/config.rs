@@ -132,6 +132,12 @@ pub struct RelayConfig {
     /// so stalled readers cannot hold the tunnel's connection window.
     #[serde(with = "humantime_serde")]
     pub client_write_timeout: Duration,
+    /// Largest request body `queue` mode stores (it is written to disk before `202`).
+    pub queue_max_body_bytes: u64,
+    /// Bytes of request bodies one tenant may have spooled at once (single-node `queue`).
+    pub spool_quota_bytes: u64,
+    /// Free space the body directory must keep; below it `queue` requests get `503`.
+    pub spool_min_free_bytes: u64,
 }
 
 impl Default for RelayConfig {
@@ -144,6 +150,9 @@ impl Default for RelayConfig {
             concurrency_limit: 64,
             body_idle_timeout: Duration::from_secs(30),
             client_write_timeout: Duration::from_secs(30),
+            queue_max_body_bytes: 16 << 20,
+            spool_quota_bytes: 256 << 20,
+            spool_min_free_bytes: 1 << 30,
         }
     }
 }

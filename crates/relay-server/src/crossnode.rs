@@ -236,9 +236,10 @@ impl CrossNode {
         {
             Ok(body) => body,
             Err(StoreBodyError::Source(e)) if e.is::<crate::body::TooLarge>() => {
-                return Err(Box::new(crate::relay::too_large(
-                    tenant.max_body_bytes.unwrap_or_default(),
-                )));
+                let limit = e
+                    .downcast_ref::<crate::body::TooLarge>()
+                    .map_or(0, |t| t.0);
+                return Err(Box::new(crate::relay::too_large(limit)));
             }
             Err(StoreBodyError::Source(_)) => {
                 return Err(Box::new(error(

@@ -58,6 +58,8 @@ pub(crate) struct AppState {
     validator: relay_token::Validator,
     /// Whether the credentials behind client tokens are still valid (short cache).
     secrets: credentials::SecretStates,
+    /// Bytes of `queue` bodies spooled per tenant on this node (`relay.spool_quota_bytes`).
+    spool: Arc<spool::Usage>,
     /// Scheme clients use to reach the relay, for `X-Forwarded-Proto`.
     client_proto: &'static str,
     /// This node's id (an origin in multi-node set-ups).
@@ -221,6 +223,7 @@ pub async fn run(
                 .map_err(ServerError::IdentityCa)?,
         ),
         secrets: credentials::SecretStates::default(),
+        spool: Arc::default(),
         cross,
         acks,
         origin_id,

@@ -122,7 +122,8 @@ pub async fn handle(
     {
         return denied;
     }
-    if let (Some(limit), Some(length)) = (tenant.max_body_bytes, content_length(&req))
+    let body_limit = body_limit(&state.config.relay, &tenant, mode);
+    if let (Some(limit), Some(length)) = (body_limit, content_length(&req))
         && length > limit
     {
         return too_large(limit);
@@ -145,6 +146,7 @@ pub async fn handle(
         &request_id,
         mode,
         &tenant,
+        body_limit,
     ) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -225,7 +227,7 @@ pub async fn handle(
                 state.acks.release(&request_id);
             }
             if progress.too_large() {
-                return too_large(tenant.max_body_bytes.unwrap_or_default());
+                return too_large(body_limit.unwrap_or_default());
             }
             if progress.client_error() {
                 // The client's framing, not the tunnel: a client error, logged as such.
@@ -285,6 +287,7 @@ fn to_tunnel_request(
     request_id: &str,
     mode: Mode,
     tenant: &TenantEntry,
+    body_limit: Option<u64>,
 ) -> Option<(Arc<Progress>, Request<TunnelBody>)> {
     let (mut parts, body) = req.into_parts();
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -322,7 +325,7 @@ fn to_tunnel_request(
         h.insert(headers::TRACE, HeaderValue::from_static("1"));
     }
     let counter = parts.extensions.remove::<BodyBytes>();
-    let (body, progress) = LimitedBody::new(body, tenant.max_body_bytes, counter);
+    let (body, progress) = LimitedBody::new(body, body_limit, counter);
     Some((progress, Request::from_parts(parts, body.boxed())))
 }
 
@@ -370,6 +373,16 @@ async fn check_client_token(
             "token authority unreachable",
         )),
         _ => Some(denied()),
+    }
+}
+
+/// The largest request body accepted: the tenant's limit, and in `queue` mode (which stores
+/// the body) also `relay.queue_max_body_bytes`.
+pub fn body_limit(config: &crate::config::RelayConfig, tenant: &TenantEntry, mode: Mode) -> Option<u64> {
+    match (mode, tenant.max_body_bytes) {
+        (Mode::Queue, Some(own)) => Some(own.min(config.queue_max_body_bytes)),
+        (Mode::Queue, None) => Some(config.queue_max_body_bytes),
+        (_, own) => own,
     }
 }
 

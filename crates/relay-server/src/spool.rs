@@ -29,19 +29,44 @@ pub async fn enqueue(
     progress: Arc<crate::body::Progress>,
 ) -> Response<Body> {
     let (parts, mut body) = request.into_parts();
+    let relay = &state.config.relay;
+    if let Some(refused) = disk_floor(state) {
+        return refused;
+    }
     let path = state
         .config
         .body_store
         .path
         .join(format!("{request_id}.body"));
+    // Bytes counted against the tenant's quota while the body is written and until the
+    // delivery ends; released by `Drop`, also on every failure below.
+    let mut reserved = Reservation {
+        usage: state.spool.clone(),
+        tenant: tenant.id.clone(),
+        bytes: 0,
+    };
     let written = async {
         let mut file = relay_core::files::private_write_options()
             .open(&path)
             .await
             .map_err(Failure::Store)?;
+        let mut since_check = 0u64;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| Failure::Client)?;
             if let Some(data) = frame.data_ref() {
+                let n = data.len() as u64;
+                if !reserved.take(n, relay.spool_quota_bytes) {
+                    return Err(Failure::Quota);
+                }
+                since_check += n;
+                if since_check >= FREE_CHECK_EVERY {
+                    since_check = 0;
+                    if free_bytes(&state.config.body_store.path)
+                        .is_some_and(|free| free < relay.spool_min_free_bytes)
+                    {
+                        return Err(Failure::DiskFull);
+                    }
+                }
                 file.write_all(data).await.map_err(Failure::Store)?;
             }
         }
@@ -49,16 +74,27 @@ pub async fn enqueue(
     }
     .await;
     if let Err(failure) = written {
+        // Nothing half-written stays behind.
         let _ = tokio::fs::remove_file(&path).await;
         return match failure {
-            Failure::Client if progress.too_large() => {
-                crate::relay::too_large(tenant.max_body_bytes.unwrap_or_default())
-            }
+            Failure::Client if progress.too_large() => crate::relay::too_large(
+                crate::relay::body_limit(relay, tenant, crate::relay::Mode::Queue)
+                    .unwrap_or_default(),
+            ),
             Failure::Client => error(
                 StatusCode::BAD_REQUEST,
                 "body-incomplete",
                 "the request body ended early",
             ),
+            Failure::Quota => error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "spool-quota",
+                format!(
+                    "the tenant's queued bodies would exceed {} bytes; retry when they were delivered",
+                    relay.spool_quota_bytes
+                ),
+            ),
+            Failure::DiskFull => disk_full(state),
             Failure::Store(e) => {
                 tracing::error!(path = %path.display(), error = %e, "Cannot spool request body.");
                 error(
@@ -76,6 +112,7 @@ pub async fn enqueue(
         parts,
         path,
         request_id: request_id.clone(),
+        _reserved: reserved,
     };
     state.tasks.spawn(delivery.run(deadline));
     accepted(&request_id)
@@ -95,7 +132,77 @@ pub fn accepted(request_id: &str) -> Response<Body> {
 
 enum Failure {
     Client,
+    Quota,
+    DiskFull,
     Store(std::io::Error),
+}
+
+/// How often (in bytes written) the free space is checked again while a body is spooled.
+const FREE_CHECK_EVERY: u64 = 8 << 20;
+
+/// Bytes spooled per tenant id on this node.
+#[derive(Default)]
+pub struct Usage(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+/// A tenant's share of [`Usage`], given back on drop.
+struct Reservation {
+    usage: Arc<Usage>,
+    tenant: String,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Counts `n` more bytes unless that would pass `quota`.
+    fn take(&mut self, n: u64, quota: u64) -> bool {
+        let Ok(mut usage) = self.usage.0.lock() else {
+            return false;
+        };
+        let used = usage.entry(self.tenant.clone()).or_default();
+        if used.saturating_add(n) > quota {
+            return false;
+        }
+        *used += n;
+        self.bytes += n;
+        true
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Ok(mut usage) = self.usage.0.lock()
+            && let Some(used) = usage.get_mut(&self.tenant)
+        {
+            *used = used.saturating_sub(self.bytes);
+            if *used == 0 {
+                usage.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// Free bytes for unprivileged users on the file system of `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// `503` when the body directory is below its free-space floor, before anything is written.
+fn disk_floor(state: &AppState) -> Option<Response<Body>> {
+    let free = free_bytes(&state.config.body_store.path)?;
+    (free < state.config.relay.spool_min_free_bytes).then(|| disk_full(state))
+}
+
+fn disk_full(state: &AppState) -> Response<Body> {
+    tracing::warn!(path = %state.config.body_store.path.display(), min_free = state.config.relay.spool_min_free_bytes, "Body directory below its free-space floor; queue requests refused.");
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "spool-full",
+        "the relay cannot store queued requests right now",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("30"));
+    response
 }
 
 struct Delivery {
@@ -104,6 +211,8 @@ struct Delivery {
     parts: http::request::Parts,
     path: PathBuf,
     request_id: String,
+    /// The body's bytes stay counted against the tenant's quota until the delivery ends.
+    _reserved: Reservation,
 }
 
 impl Delivery {
