@@ -74,11 +74,12 @@ async fn handle(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OAuthError> {
-    // Without a peer address (the TLS listener does not pass one on) only the other limits apply.
+    // Without a peer address (a router served without `ConnectInfo`) only the other limits
+    // apply. Rejections in a flood are logged at debug: one line per request would flood the log.
     if let Some(ip) = source
         && let Err(retry_after) = state.limiter().check_source(ip, Instant::now())
     {
-        tracing::info!(source = %ip, reason = "rate limited (source address)", "Token request rejected.");
+        tracing::debug!(source = %ip, reason = "rate limited (source address)", "Token request rejected.");
         return Err(OAuthError::rate_limited(retry_after));
     }
     if !is_form(headers) {
@@ -179,7 +180,7 @@ where
     match state.hash_pool().run(lane, check).await {
         Ok(checked) => Ok(checked),
         Err(HashError::Busy) => {
-            tracing::info!(reason = "secret checks busy", "Token request rejected.");
+            tracing::debug!(reason = "secret checks busy", "Token request rejected.");
             Err(OAuthError::busy())
         }
         Err(HashError::Failed) => {
@@ -208,10 +209,12 @@ async fn unknown_client(
             .run(Lane::Unknown, move || relay_store::verify_dummy(&secret))
             .await
             .is_ok();
-    if !hashed {
+    if hashed {
+        tracing::info!(%client_id, reason = "bad credentials", "Token request rejected.");
+    } else {
         tokio::time::sleep_until(started + state.hash_pool().typical_check()).await;
+        tracing::debug!(%client_id, reason = "unknown client, limited", "Token request rejected.");
     }
-    tracing::info!(%client_id, reason = "bad credentials", "Token request rejected.");
     OAuthError::invalid_client(basic)
 }
 
