@@ -152,7 +152,15 @@ async fn postgres_over_tls_verifies_the_server_certificate() {
     let deadline = Instant::now() + Duration::from_secs(30);
 
     // Plain connections are refused by the server (hostssl only): TLS is what gets us in.
-    let plain = Store::connect(&base).await.expect_err("plain is refused");
+    // The port opens before the server accepts sessions ("the database system is starting
+    // up"): wait, with a deadline, until it answers for real.
+    let plain = loop {
+        let refused = Store::connect(&base).await.expect_err("plain is refused");
+        if !error_chain(&refused).contains("starting up") || Instant::now() > deadline {
+            break refused;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         error_chain(&plain).contains("no encryption"),
         "{}",
