@@ -389,3 +389,90 @@ async fn metrics_silent_connection_is_closed_after_the_first_byte_timeout() {
     );
     assert!(started.elapsed() >= Duration::from_secs(9));
 }
+
+/// The real `relay-server --dev` with its file limit lowered (`prlimit`) until accept fails
+/// with EMFILE: the accept loop backs off (one warning per episode, not one per 50 ms) and
+/// serves again once descriptors are free.
+#[tokio::test]
+async fn public_accept_loop_backs_off_on_emfile_and_recovers() {
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("prlimit (util-linux) not found; skipping");
+        return;
+    }
+    let scratch = Scratch::new("hostile-emfile");
+    let relay_port = relay_e2e::free_port().to_string();
+    let relay_addr = format!("127.0.0.1:{relay_port}");
+    let identity_addr = format!("127.0.0.1:{}", relay_e2e::free_port());
+    let management_addr = format!("127.0.0.1:{}", relay_e2e::free_port());
+    let data_dir = scratch.0.join("dev");
+    let server = relay_testkit::process::Proc::spawn(
+        "relay-server",
+        &[
+            "--dev",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--relay-addr",
+            &relay_addr,
+            "--identity-addr",
+            &identity_addr,
+            "--management-addr",
+            &management_addr,
+        ],
+        &[],
+        &scratch.0,
+    );
+    let ping = format!("http://{relay_addr}/relay/demo/ping");
+    let pong = || async {
+        use http_body_util::BodyExt;
+        let answer = relay_testkit::client::client()
+            .get(ping.parse().unwrap())
+            .await
+            .ok()?;
+        let body = answer.into_body().collect().await.ok()?.to_bytes();
+        (body.as_ref() == b"PONG").then_some(())
+    };
+    until(Duration::from_secs(60), "dev server answering", pong).await;
+    let pid = server.pid();
+    let open_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open_fds + 32;
+    let lowered = std::process::Command::new("prlimit")
+        .args([format!("--pid={pid}"), format!("--nofile={limit}:{limit}")])
+        .status()
+        .unwrap();
+    assert!(lowered.success());
+    let warnings = || {
+        std::fs::read_to_string(&server.log)
+            .unwrap_or_default()
+            .matches("Accept failed")
+            .count()
+    };
+    let before = warnings();
+    // More silent connections than free descriptors: the rest wait in the backlog.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(TcpStream::connect(&relay_addr).await.unwrap());
+    }
+    until(
+        Duration::from_secs(10),
+        "accept failing with EMFILE",
+        || async { (warnings() > before).then_some(()) },
+    )
+    .await;
+    // An observation window: the old loop logged a warning every 50 ms (about 40 here).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let logged = warnings() - before;
+    assert!(logged <= 2, "{logged} accept warnings in 2 s");
+    drop(silent);
+    until(
+        Duration::from_secs(20),
+        "ping after the sockets closed",
+        pong,
+    )
+    .await;
+}
