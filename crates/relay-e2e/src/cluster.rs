@@ -249,8 +249,12 @@ impl Cluster {
             .to_owned();
         let store = relay_store::Store::connect(&db).await.unwrap();
         let tenant = store.tenant_by_name("acme").await.unwrap().unwrap();
+        // Tests tell which connector served a request by its `trace` headers, which only
+        // tenants with `tracing` get.
+        let mut tenant_config = options.tenant_config.clone();
+        tenant_config.tracing.get_or_insert(true);
         store
-            .set_tenant_config(&tenant.id, &options.tenant_config)
+            .set_tenant_config(&tenant.id, &tenant_config)
             .await
             .unwrap();
         std::fs::create_dir_all(dir.join("bodies")).unwrap();

@@ -504,6 +504,15 @@ async fn a_re_created_tenant_is_never_served_by_the_old_connector() {
         .call("POST", "/management/tenants/acme/secrets", Some(json!({})))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
+    // Trace headers (which connector served) are for tenants with tracing only.
+    let (status, body) = management
+        .call(
+            "PUT",
+            "/management/tenants/acme/config",
+            Some(json!({"tracing": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let new_target = TestTarget::start().await;
     let new = cluster.connector_as(
         "new-owner",

@@ -830,6 +830,19 @@ async fn journal_entries_carry_tenant_target_request_id_and_node() {
         return;
     };
     let site = Site::new("journald");
+    // The request id comes back in `trace` headers, which only tenants with tracing get.
+    let store = relay_store::Store::connect(&site.db).await.unwrap();
+    let acme = store.tenant_by_name("acme").await.unwrap().unwrap();
+    store
+        .set_tenant_config(
+            &acme.id,
+            &relay_store::TenantConfig {
+                tracing: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let server_config = site.server_config("");
     // A target nobody listens on (port 1, which no test binds, unlike a port that was free a
     // moment ago): the connector logs the failed call with its request id.

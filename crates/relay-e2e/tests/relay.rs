@@ -98,7 +98,15 @@ async fn redirects_and_multiple_cookies_pass_through() {
 #[tokio::test]
 async fn trace_mode_adds_diagnostics_and_relay_mode_does_not() {
     let stack = Stack::start().await;
-    let secret = stack.tenant("acme").await;
+    let secret = stack
+        .tenant_with(
+            "acme",
+            relay_store::TenantConfig {
+                tracing: Some(true),
+                ..Default::default()
+            },
+        )
+        .await;
     let mut c = stack.connector("acme", &secret, &[]);
     c.connected(1).await;
 
