@@ -547,7 +547,7 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(
             h[header::FORWARDED],
-            "for=192.0.2.7;host=\"relay.example.com\";proto=https"
+            "for=\"192.0.2.7\";host=\"relay.example.com\";proto=\"https\""
         );
     }
 }
