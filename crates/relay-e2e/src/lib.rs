@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod logs;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -6,10 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -481,41 +479,9 @@ async fn the_database_and_spooled_bodies_are_private() {
 // ---------------------------------------------------------------------------------------
 // Row 10: no query strings or credentials in the logs
 
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let buffer = buffer.clone();
-            move || Capture(buffer.clone())
-        };
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_writer(writer)
-            .with_ansi(false)
-            .try_init();
-        buffer
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn secrets_in_queries_headers_and_bodies_stay_out_of_the_logs() {
-    let logs = captured_logs();
+    let logs = relay_e2e::logs::captured("info");
     // A target that is down: the connector logs the failed call.
     let down = format!("http://127.0.0.1:{}", relay_e2e::free_port());
     let targets = BTreeMap::from([("web".to_owned(), target(down, Duration::from_secs(5)))]);

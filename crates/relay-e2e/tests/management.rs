@@ -4,8 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use relay_e2e::{Scratch, Stack, free_port, relayctl};
@@ -16,41 +15,11 @@ use tokio::net::TcpListener;
 
 /// Log lines of this test process (connector included), to see what the connector received.
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buffer = Arc::new(Mutex::new(Vec::new()));
-        let writer = {
-            let buffer = buffer.clone();
-            move || Capture(buffer.clone())
-        };
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("relay_connector=info,relay_server=info")
-            .with_writer(writer)
-            .with_ansi(false)
-            .try_init();
-        buffer
-    })
-    .clone()
-}
-
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            b.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    relay_e2e::logs::captured("relay_connector=info,relay_server=info")
 }
 
 fn logs_contain(logs: &Arc<Mutex<Vec<u8>>>, needle: &str) -> bool {
-    logs.lock()
-        .map(|b| String::from_utf8_lossy(&b).contains(needle))
-        .unwrap_or(false)
+    relay_e2e::logs::contain(logs, needle)
 }
 
 /// Starts the management API in this process against the stack's database and identity.
