@@ -327,6 +327,29 @@ async fn assert_half_head_closed(addr: SocketAddr, what: &str) {
 }
 
 #[tokio::test]
+async fn the_in_process_token_service_has_the_servers_connection_limits() {
+    let stack = stack_with(ConnectionLimits {
+        max_per_source: 1,
+        first_byte_timeout: Duration::from_secs(30),
+        ..ConnectionLimits::default()
+    })
+    .await;
+    let _first = TcpStream::connect(stack.identity_addr).await.unwrap();
+    // Give the listener a moment to count the first one: retry until the second is refused.
+    let refused_fast = relay_testkit::wait::until(
+        Duration::from_secs(10),
+        "a second connection refused by the cap",
+        || async {
+            let mut second = TcpStream::connect(stack.identity_addr).await.ok()?;
+            let (after, _) = closed_within(&mut second, "second connection").await;
+            (after < Duration::from_secs(5)).then_some(after)
+        },
+    )
+    .await;
+    assert!(refused_fast < Duration::from_secs(5));
+}
+
+#[tokio::test]
 async fn identity_silent_connection_is_closed_after_the_first_byte_timeout() {
     let limits = ConnectionLimits {
         header_timeout: Duration::from_secs(30),

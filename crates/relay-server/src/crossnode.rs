@@ -236,9 +236,7 @@ impl CrossNode {
         {
             Ok(body) => body,
             Err(StoreBodyError::Source(e)) if e.is::<crate::body::TooLarge>() => {
-                let limit = e
-                    .downcast_ref::<crate::body::TooLarge>()
-                    .map_or(0, |t| t.0);
+                let limit = e.downcast_ref::<crate::body::TooLarge>().map_or(0, |t| t.0);
                 return Err(Box::new(crate::relay::too_large(limit)));
             }
             Err(StoreBodyError::Source(_)) => {

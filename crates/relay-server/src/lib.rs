@@ -367,6 +367,8 @@ async fn start_identity(
     identity.listen.public = addr;
     identity.public_url = Some(config.identity.authority.clone());
     identity.log = config.log.clone();
+    // The in-process token service faces the same clients: the same connection limits.
+    identity.connections = config.connections.clone();
     if config.listen.identity_tls {
         identity.tls = config.tls.clone();
     }

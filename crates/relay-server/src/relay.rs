@@ -378,7 +378,11 @@ async fn check_client_token(
 
 /// The largest request body accepted: the tenant's limit, and in `queue` mode (which stores
 /// the body) also `relay.queue_max_body_bytes`.
-pub fn body_limit(config: &crate::config::RelayConfig, tenant: &TenantEntry, mode: Mode) -> Option<u64> {
+pub fn body_limit(
+    config: &crate::config::RelayConfig,
+    tenant: &TenantEntry,
+    mode: Mode,
+) -> Option<u64> {
     match (mode, tenant.max_body_bytes) {
         (Mode::Queue, Some(own)) => Some(own.min(config.queue_max_body_bytes)),
         (Mode::Queue, None) => Some(config.queue_max_body_bytes),

@@ -199,9 +199,10 @@ fn disk_full(state: &AppState) -> Response<Body> {
         "spool-full",
         "the relay cannot store queued requests right now",
     );
-    response
-        .headers_mut()
-        .insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("30"));
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("30"),
+    );
     response
 }
 
