@@ -368,7 +368,7 @@ async fn start_identity(
     identity.public_url = Some(config.identity.authority.clone());
     identity.log = config.log.clone();
     // The in-process token service faces the same clients: the same connection limits.
-    identity.connections = config.connections.clone();
+    identity.connections = config.connections;
     if config.listen.identity_tls {
         identity.tls = config.tls.clone();
     }
