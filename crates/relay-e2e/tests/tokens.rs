@@ -209,3 +209,97 @@ async fn name_binding_accepts_a_token_without_a_tenant_id() {
         opened.text()
     );
 }
+
+/// A hand-made tunnel for `token` that names `replaces` in `x-relay-replaces`; it answers
+/// every relayed request with `204` and stays open while the task runs.
+async fn raw_tunnel(stack: &Stack, token: &str, replaces: &str) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(stack.relay_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "GET /connector HTTP/1.1\r\nHost: relay\r\nConnection: upgrade\r\nUpgrade: relay-tunnel/1\r\n\
+         Authorization: Bearer {token}\r\nx-relay-replaces: {replaces}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(tcp.read(&mut byte).await.unwrap(), 1, "tunnel answer ended");
+        answer.push(byte[0]);
+    }
+    assert!(
+        answer.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    tokio::spawn(async move {
+        let service = hyper::service::service_fn(|_req| async {
+            let mut r = http::Response::new(http_body_util::Empty::<Bytes>::new());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            Ok::<_, std::convert::Infallible>(r)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+            .await;
+    })
+}
+
+async fn open_tunnels_of(stack: &Stack, tenant: &str) -> Vec<String> {
+    let id = stack
+        .store
+        .tenant_by_name(tenant)
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    stack
+        .store
+        .list_connections(true)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.tenant_id == id)
+        .map(|c| c.id)
+        .collect()
+}
+
+/// `x-relay-replaces` lets a connector retire its own old tunnel; a token of tenant A naming
+/// tenant B's tunnel must not drain it.
+#[tokio::test]
+async fn a_tunnel_can_only_replace_a_tunnel_of_its_own_tenant() {
+    let stack = Stack::start().await;
+    let secret_a = stack.tenant("alpha").await;
+    let secret_b = stack.tenant("beta").await;
+    let mut a = stack.connector("alpha", &secret_a, &[]);
+    let mut b = stack.connector("beta", &secret_b, &[]);
+    a.connected(1).await;
+    b.connected(1).await;
+    let wait_rows = |tenant: &'static str, n: usize| {
+        let stack = &stack;
+        async move {
+            relay_testkit::wait::until(Duration::from_secs(20), "tunnels recorded", || async {
+                let open = open_tunnels_of(stack, tenant).await;
+                (open.len() == n).then_some(open)
+            })
+            .await
+        }
+    };
+    let b_tunnel = wait_rows("beta", 1).await.remove(0);
+    let a_tunnel = wait_rows("alpha", 1).await.remove(0);
+    let token_a = access_token(&token(&stack, "alpha", &secret_a, "connector").await);
+
+    // Tenant A's tunnel names B's: ignored.
+    let _hostile = raw_tunnel(&stack, &token_a, &b_tunnel).await;
+    wait_rows("alpha", 2).await;
+    // Control: naming A's own connector's tunnel drains it, and the connector reconnects.
+    let _own = raw_tunnel(&stack, &token_a, &a_tunnel).await;
+    let after = wait_rows("alpha", 3).await;
+    assert!(
+        !after.contains(&a_tunnel),
+        "A's own old tunnel was drained: {after:?}"
+    );
+    // By now a drain of B's tunnel would have taken effect the same way.
+    assert_eq!(open_tunnels_of(&stack, "beta").await, [b_tunnel]);
+    assert_eq!(get(&stack.url("/relay/beta/ping")).await.text(), "PONG");
+}
