@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
@@ -110,11 +109,7 @@ pub async fn handle(
         Ok(None) => return unknown_tenant(),
         Err(e) => {
             state.tenants.health.note(Err(&e));
-            return error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                "configuration store unavailable; retry later",
-            );
+            return store_unavailable();
         }
     };
     if tenant.require_client_auth
@@ -347,13 +342,6 @@ async fn check_client_token(
     let Some(token) = crate::tunnel::bearer_token(req) else {
         return Some(denied());
     };
-    let unavailable = || {
-        Some(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store-unavailable",
-            "configuration store unavailable; retry later",
-        ))
-    };
     match state.validator.validate(token).await {
         // A connector credential's token has scope `connector` only: it is never a client
         // token. The token must name this tenant's id, and its credential be still valid.
@@ -363,7 +351,7 @@ async fn check_client_token(
                 Ok(false) => Some(denied()),
                 Err(e) => {
                     state.tenants.health.note(Err(&e));
-                    unavailable()
+                    Some(store_unavailable())
                 }
             }
         }
@@ -425,6 +413,14 @@ pub fn expired(tenant: &TenantEntry) -> Response<Body> {
             "request expired after {}s in the relay",
             tenant.request_expiry.as_secs_f64()
         ),
+    )
+}
+
+fn store_unavailable() -> Response<Body> {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        "configuration store unavailable; retry later",
     )
 }
 
