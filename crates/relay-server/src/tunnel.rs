@@ -154,6 +154,12 @@ pub async fn accept(
         let tenant_key = tenant.key.clone();
         record_opened(&state2, &tunnel, &tenant.name);
         state2.registry.add(tunnel.clone());
+        // A tunnel whose upgrade was accepted just before shutdown began may register after
+        // `drain_all` took its list: it drains itself, instead of holding the shutdown for
+        // the whole grace period.
+        if state2.draining.is_cancelled() {
+            drain(&tunnel, relay_proto::Drain::default());
+        }
         if let Some(cross) = &state2.cross {
             cross.tunnel_up(&state2, &tenant);
         }
