@@ -294,11 +294,15 @@ async fn a_tunnel_can_only_replace_a_tunnel_of_its_own_tenant() {
     wait_rows("alpha", 2).await;
     // Control: naming A's own connector's tunnel drains it, and the connector reconnects.
     let _own = raw_tunnel(&stack, &token_a, &a_tunnel).await;
-    let after = wait_rows("alpha", 3).await;
-    assert!(
-        !after.contains(&a_tunnel),
-        "A's own old tunnel was drained: {after:?}"
-    );
+    relay_testkit::wait::until(
+        Duration::from_secs(20),
+        "A's old tunnel drained and A reconnected",
+        || async {
+            let open = open_tunnels_of(&stack, "alpha").await;
+            (!open.contains(&a_tunnel) && open.len() == 3).then_some(())
+        },
+    )
+    .await;
     // By now a drain of B's tunnel would have taken effect the same way.
     assert_eq!(open_tunnels_of(&stack, "beta").await, [b_tunnel]);
     assert_eq!(get(&stack.url("/relay/beta/ping")).await.text(), "PONG");
