@@ -68,44 +68,10 @@ in
     nofileFor = listeners: settings:
       lib.max 65536 (listeners * ((settings.connections or { }).max_connections or 16384) + 4096);
 
-    # The sandbox every Relay unit runs in. Services add ReadWritePaths for anything outside
-    # their StateDirectory (the shared body store).
-    hardening = {
-      DynamicUser = true;
-      # One dynamic user for every Relay service on a host: a local PostgreSQL role of the
-      # same name then authenticates all of them by peer authentication.
-      User = "relay";
-      Group = "relay";
-      UMask = "0077";
-      NoNewPrivileges = true;
-      ProtectSystem = "strict";
-      ProtectHome = true;
-      PrivateTmp = true;
-      PrivateDevices = true;
-      PrivateUsers = true;
-      ProtectHostname = true;
-      ProtectClock = true;
-      ProtectKernelTunables = true;
-      ProtectKernelModules = true;
-      ProtectKernelLogs = true;
-      ProtectControlGroups = true;
-      ProtectProc = "invisible";
-      # No ProcSubset=pid: the connector reads /proc/sys/kernel/hostname for machine_name.
-      RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" ];
-      RestrictNamespaces = true;
-      RestrictRealtime = true;
-      RestrictSUIDSGID = true;
-      RemoveIPC = true;
-      LockPersonality = true;
-      MemoryDenyWriteExecute = true;
-      SystemCallArchitectures = "native";
-      SystemCallFilter = [ "@system-service" "~@privileged" ];
-      SystemCallErrorNumber = "EPERM";
-      CapabilityBoundingSet = "";
-      AmbientCapabilities = "";
-      DevicePolicy = "closed";
-      KeyringMode = "private";
-    };
+    # The sandbox every Relay unit runs in (nixos-modules/hardening.nix, shared with the
+    # Debian package's unit). Services add ReadWritePaths for anything outside their
+    # StateDirectory (the shared body store) and their own User.
+    hardening = import ./hardening.nix;
 
     # Type=notify: the services send READY=1 once listeners are bound and the database
     # (and broker) answer, WATCHDOG=1 while healthy, STOPPING=1 on SIGTERM.
