@@ -11,10 +11,11 @@
       version = (lib.importTOML ./Cargo.toml).workspace.package.version;
       binaries = [ "relay-server" "relay-identity" "relay-management" "relay-connector" "relayctl" ];
 
-      # Only what cargo needs; examples/ is read by the config tests.
+      # Only what cargo needs; the tests read examples/ and docs/ (the configuration
+      # reference is checked against the code).
       src = lib.fileset.toSource {
         root = ./.;
-        fileset = lib.fileset.unions [ ./Cargo.toml ./Cargo.lock ./crates ./examples ];
+        fileset = lib.fileset.unions [ ./Cargo.toml ./Cargo.lock ./crates ./examples ./docs ];
       };
 
       # One workspace build of every deployable. The test suite runs in checks.cargo-test:
@@ -45,15 +46,15 @@
         let ws = workspace pkgs;
         in lib.genAttrs binaries (split pkgs ws) // { workspace = ws; };
 
-      # Each module gets its package from this flake unless the configuration sets one.
-      withPackages = file: { pkgs, ... }:
-        let own = self.packages.${pkgs.stdenv.hostPlatform.system};
-        in {
-          imports = [ file ];
-          config.services.relay.packages = lib.mkDefault {
-            inherit (own) relay-server relay-identity relay-management relay-connector relayctl;
-          };
-        };
+      # The modules take their packages from the host's `pkgs` (`pkgs.relay-server`, …);
+      # the flake's modules add this overlay. Its `key` makes the module system import it
+      # once, however many of the flake's modules a host imports.
+      withOverlay = file: {
+        imports = [
+          file
+          { key = "relay-overlay"; nixpkgs.overlays = [ self.overlays.default ]; }
+        ];
+      };
     in
     {
       packages = forAllSystems (pkgs:
@@ -71,12 +72,15 @@
             (lib.mapAttrsToList (name: path: { name = "${name}.tar.gz"; inherit path; }) images);
         });
 
+      # pkgs.relay-server, relay-identity, relay-management, relay-connector and relayctl.
+      overlays.default = final: _prev: removeAttrs (relayPackages final) [ "workspace" ];
+
       nixosModules = {
-        relay-server = withPackages ./nixos-modules/relay-server.nix;
-        relay-identity = withPackages ./nixos-modules/relay-identity.nix;
-        relay-management = withPackages ./nixos-modules/relay-management.nix;
-        relay-connector = withPackages ./nixos-modules/relay-connector.nix;
-        default = withPackages ./nixos-modules;
+        relay-server = withOverlay ./nixos-modules/relay-server.nix;
+        relay-identity = withOverlay ./nixos-modules/relay-identity.nix;
+        relay-management = withOverlay ./nixos-modules/relay-management.nix;
+        relay-connector = withOverlay ./nixos-modules/relay-connector.nix;
+        default = withOverlay ./nixos-modules;
       };
 
       checks = forAllSystems (pkgs:
@@ -89,16 +93,21 @@
             doCheck = false;
             installPhase = "touch $out";
           };
-          vmTest = file: import file { inherit pkgs; relayModule = self.nixosModules.default; };
+          vmTest = file: import file { inherit pkgs; relayModules = self.nixosModules; };
         in
         {
           # Tests that need PostgreSQL or RabbitMQ skip themselves here; the VM tests below
-          # cover the deployed topology.
-          cargo-test = p.workspace.overrideAttrs {
+          # cover the deployed topology. A debug build: the release profile's fat LTO would
+          # build every test binary twice as slowly, for nothing.
+          cargo-test = pkgs.rustPlatform.buildRustPackage {
             pname = "relay-cargo-test";
-            doCheck = true;
+            inherit version src;
+            cargoLock.lockFile = ./Cargo.lock;
+            buildType = "debug";
+            checkType = "debug";
             cargoBuildFlags = [ "--workspace" ];
             cargoTestFlags = [ "--workspace" ];
+            installPhase = "touch $out";
           };
           clippy = cargoCheck "clippy" [ pkgs.clippy ] ''
             cargo clippy --workspace --all-targets --locked --offline -- -D warnings
@@ -114,6 +123,7 @@
             touch $out
           '';
           vm-single-node = vmTest ./tests/single-node.nix;
+          vm-single-host = vmTest ./tests/single-host.nix;
           vm-multi-node = vmTest ./tests/multi-node.nix;
           vm-image = import ./tests/image.nix {
             inherit pkgs;

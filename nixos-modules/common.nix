@@ -1,36 +1,43 @@
-# Shared by every Relay module: the package set the modules default to, the systemd
-# hardening block, and helpers for secrets and build-time configuration checks.
-{ config, lib, pkgs, ... }:
+# Shared by every Relay module: option types, the database options of the three services
+# that use one, the systemd hardening block, and helpers for secrets and configuration
+# checks. Packages come from the host's `pkgs` (the flake's `overlays.default` adds them).
+{ lib, pkgs, ... }:
 
 let
-  inherit (lib) mkOption types;
+  inherit (lib) mkOption optional types;
   settingsFormat = pkgs.formats.toml { };
+
+  # Peer authentication maps each service's own (dynamic) OS user to the database role.
+  identMapName = "relay";
+
+  # "host:port", "[v6]:port"; the port is what the firewall options need.
+  listenAddress = types.strMatching "([^]:[]+|\\[[0-9A-Fa-f:.]+])(:[0-9]{1,5})" // {
+    description = "listen address `host:port` (`0.0.0.0:5000`, `[::]:5000`)";
+  };
+
+  # `scheme://user:password@host…`: a URL with a password in it.
+  hasPassword = url: builtins.isString url && builtins.match "[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@.*" url != null;
 in
 {
-  options.services.relay = {
-    packages = mkOption {
-      type = types.attrsOf types.package;
-      default = { };
-      description = ''
-        Relay packages by binary name (`relay-server`, `relay-identity`, `relay-management`,
-        `relay-connector`, `relayctl`). The flake's modules fill this in; each service's
-        `package` option defaults to the entry of its binary.
-      '';
-    };
-
-    lib = mkOption {
-      type = types.raw;
-      internal = true;
-      readOnly = true;
-      description = "Helpers shared by the Relay modules.";
-    };
+  options.services.relay.lib = mkOption {
+    type = types.raw;
+    internal = true;
+    readOnly = true;
+    description = "Helpers shared by the Relay modules.";
   };
 
   config.services.relay.lib = rec {
-    # The package a service runs, unless its `package` option says otherwise.
-    defaultPackage = name:
-      config.services.relay.packages.${name} or (throw
-        "Relay: set the package of ${name} (services.relay.packages.${name} or the service's `package` option).");
+    inherit settingsFormat;
+
+    # A listener option: "0.0.0.0:5000", "[::]:5000".
+    listenOption = { default, description, example ? null }: mkOption ({
+      type = if default == null then types.nullOr listenAddress else listenAddress;
+      inherit default;
+      description = "${description} (`host:port`).";
+    } // lib.optionalAttrs (example != null) { inherit example; });
+
+    # "0.0.0.0:5000" / "[::]:5000" -> 5000.
+    portOf = address: lib.toInt (lib.last (lib.splitString ":" address));
 
     # TOML cannot hold null; typed options use null for "not set".
     toToml = name: settings:
@@ -39,28 +46,144 @@ in
     # Where systemd exposes a `LoadCredential=NAME:PATH` file to the service.
     credentialPath = unit: name: "/run/credentials/${unit}.service/${name}";
 
-    # A secret given as a Nix path would be copied into the world-readable store.
-    notInStore = option: path: {
-      assertion = path == null || !lib.hasPrefix builtins.storeDir (toString path);
-      message = "${option} must not be in the Nix store (it is world-readable): ${toString path}";
+    checkConfigOption = binary: mkOption {
+      type = types.bool;
+      default = true;
+      description = ''
+        Check the generated configuration with `${binary} check-config` when the system is
+        built (a derivation in `system.checks`; skipped when cross-compiling).
+      '';
     };
 
-    # "0.0.0.0:5000" / "[::]:5000" -> 5000.
-    portOf = address: lib.toInt (lib.last (lib.splitString ":" address));
+    # `system.checks` entry: the service's own `check-config` on the generated file. `env`
+    # sets overrides the check needs (a stand-in for a secret file that only exists at run
+    # time). Nothing when the check is off or the build platform cannot run the binary.
+    configCheck = { enable, name, package, binary, configFile, env ? { } }:
+      optional (enable && pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform)
+        (pkgs.runCommand "${name}-config-check" { nativeBuildInputs = [ package ]; } ''
+          ${lib.concatStrings (lib.mapAttrsToList (k: v: "export ${k}=${lib.escapeShellArg v}\n") env)}
+          echo placeholder > placeholder-secret
+          ${binary} check-config --config ${configFile}
+          touch "$out"
+        '');
 
-    # The generated file, validated by the service's own `check-config` at build time.
-    # `env` sets overrides the check needs (e.g. a stand-in for a secret file the check reads).
-    checkedConfig = { name, package, binary, settings, env ? { } }:
-      pkgs.runCommand "${name}-checked.toml"
-        {
-          nativeBuildInputs = [ package ];
-          config = toToml "${name}.toml" settings;
-        } ''
-        ${lib.concatStrings (lib.mapAttrsToList (k: v: "export ${k}=${lib.escapeShellArg v}\n") env)}
-        echo placeholder > placeholder-secret
-        ${binary} check-config --config "$config"
-        cp "$config" "$out"
+    # A secret put straight into the (world-readable) Nix store by way of the settings.
+    inlineSecret = { option, fileOption, value }: {
+      assertion = !(hasPassword value);
+      message = "${option} holds a password, and the generated configuration is world-readable in the Nix store; put the URL in a file and set ${fileOption}.";
+    };
+
+    # `database.*` options of relay-server, relay-identity and relay-management.
+    databaseOptions = { unit, migrate ? null }: {
+      urlFile = mkOption {
+        type = types.nullOr types.externalPath;
+        default = null;
+        example = "/run/keys/relay-database-url";
+        description = ''
+          File holding the database URL (`postgres://relay:PASSWORD@db/relay`). Passed with
+          `LoadCredential`, so it may be readable by root only. Must not be in the Nix store.
+        '';
+      };
+      createLocally = mkOption {
+        type = types.bool;
+        default = false;
+        description = ''
+          Create a PostgreSQL database and role on this host and connect over the unix
+          socket with peer authentication (no password). Every Relay service on the host
+          with `createLocally` shares the one database; each runs as its own user, mapped to
+          the role by `services.postgresql.identMap` (map `${identMapName}`).
+        '';
+      };
+      name = mkOption {
+        type = types.str;
+        default = "relay";
+        description = "Database name with `createLocally`.";
+      };
+      user = mkOption {
+        type = types.str;
+        default = "relay";
+        description = ''
+          Database role with `createLocally` (it owns the database, so it must equal `name`).
+          The service's OS user `${unit}` is mapped to it.
+        '';
+      };
+    } // lib.optionalAttrs (migrate != null) {
+      migrate = mkOption {
+        type = types.bool;
+        default = true;
+        description = migrate;
+      };
+    };
+
+    # `settings.database.url` of the same three services.
+    databaseUrlOption = unit: mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      description = ''
+        Database URL without a password (a password belongs in `database.urlFile`).
+        Defaults to the local PostgreSQL socket with `database.createLocally`, else to a
+        SQLite file in /var/lib/${unit}.
       '';
+    };
+
+    # What the database options set: the settings' URL, the credential, PostgreSQL, and the
+    # assertions. `db` is the service's `database` option set.
+    databaseConfig = { svc, unit, db, settings, required }:
+      let
+        option = "services.relay.${svc}";
+        ownSqlite = "sqlite:///var/lib/${unit}/relay.db";
+        # The URL defaults to the service's own SQLite file, which no other service can read.
+        configured = db.createLocally || db.urlFile != null || settings.database.url != ownSqlite;
+      in
+      {
+        assertions = [
+          {
+            assertion = db.urlFile == null || settings.database.url == null;
+            message = "${option}: set ${option}.database.urlFile or ${option}.settings.database.url, not both.";
+          }
+          {
+            assertion = !db.createLocally || db.name == db.user;
+            message = "${option}.database.createLocally needs ${option}.database.name == ${option}.database.user (the role owns the database).";
+          }
+          {
+            assertion = !required || configured;
+            message = "${option} needs the configuration database the relay servers use: set ${option}.database.createLocally (on the relay server's host), ${option}.database.urlFile or ${option}.settings.database.url. Its own SQLite file would hold no tenants.";
+          }
+          (inlineSecret {
+            option = "${option}.settings.database.url";
+            fileOption = "${option}.database.urlFile";
+            value = settings.database.url;
+          })
+        ];
+
+        settings.database = {
+          url = lib.mkIf (db.urlFile == null) (lib.mkDefault
+            (if db.createLocally
+            then "postgres:///${db.name}?host=/run/postgresql&user=${db.user}"
+            else ownSqlite));
+          url_file = lib.mkIf (db.urlFile != null) (credentialPath unit "database-url");
+        };
+
+        postgresql = lib.mkIf db.createLocally {
+          enable = true;
+          ensureDatabases = [ db.name ];
+          ensureUsers = [{ name = db.user; ensureDBOwnership = true; }];
+          identMap = ''
+            ${identMapName} ${unit} ${db.user}
+            ${identMapName} root ${db.user}
+          '';
+          # Before the default `local all all peer`: the first matching line wins.
+          authentication = lib.mkBefore ''
+            local ${db.name} ${db.user} peer map=${identMapName}
+          '';
+        };
+
+        unit = {
+          after = optional db.createLocally "postgresql.target";
+          requires = optional db.createLocally "postgresql.target";
+          loadCredential = optional (db.urlFile != null) "database-url:${toString db.urlFile}";
+        };
+      };
 
     # `LimitNOFILE` of a unit serving `listeners` listeners capped by `[connections]`
     # `max_connections` (default 16384): every listener full, plus room for the database,
@@ -69,12 +192,13 @@ in
       lib.max 65536 (listeners * ((settings.connections or { }).max_connections or 16384) + 4096);
 
     # The sandbox every Relay unit runs in (nixos-modules/hardening.nix, shared with the
-    # Debian package's unit). Services add ReadWritePaths for anything outside their
-    # StateDirectory (the shared body store) and their own User.
+    # Debian package's unit). Each service adds its own `User` (its unit name, so no two
+    # services share a user) and ReadWritePaths for anything outside its StateDirectory.
     hardening = import ./hardening.nix;
 
     # Type=notify: the services send READY=1 once listeners are bound and the database
-    # (and broker) answer, WATCHDOG=1 while healthy, STOPPING=1 on SIGTERM.
+    # (and broker) answer (the connector: once its configuration is loaded), WATCHDOG=1
+    # while healthy, STOPPING=1 on SIGTERM.
     notify = {
       Type = "notify";
       NotifyAccess = "main";

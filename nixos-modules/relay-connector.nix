@@ -6,9 +6,12 @@ let
   inherit (lib) mkOption types;
   cfg = config.services.relay.connector;
   relay = config.services.relay.lib;
-  settingsFormat = pkgs.formats.toml { };
   enabled = lib.filterAttrs (_: i: i.enable) cfg.instances;
   unitOf = name: "relay-connector-${name}";
+  configFileOf = name:
+    let unit = unitOf name;
+    in relay.toToml "${unit}.toml"
+      (cfg.instances.${name}.settings // { secret_file = relay.credentialPath unit "secret"; });
 
   instanceModule = { name, ... }: {
     options = {
@@ -19,7 +22,7 @@ let
       };
 
       secretFile = mkOption {
-        type = types.path;
+        type = types.externalPath;
         example = "/run/keys/relay-acme.secret";
         description = ''
           File with the tenant's client secret (`relayctl secret create TENANT`), passed with
@@ -30,11 +33,12 @@ let
       settings = mkOption {
         default = { };
         description = ''
-          relay-connector configuration (docs/configuration.md), checked with
-          `relay-connector check-config` at build time. `secret_file` is set by the module.
+          relay-connector configuration (docs/configuration.md), written to a TOML file in
+          the Nix store (checked with `relay-connector check-config`, see `checkConfig`).
+          `secret_file` is set by the module; the secret itself belongs in `secretFile`.
         '';
         type = types.submodule {
-          freeformType = settingsFormat.type;
+          freeformType = relay.settingsFormat.type;
           options = {
             relay_url = mkOption {
               type = types.either types.str (types.nonEmptyListOf types.str);
@@ -49,7 +53,7 @@ let
             };
             targets = mkOption {
               type = types.attrsOf (types.submodule {
-                freeformType = settingsFormat.type;
+                freeformType = relay.settingsFormat.type;
                 options.url = mkOption {
                   type = types.str;
                   example = "http://127.0.0.1:8080";
@@ -69,12 +73,9 @@ in
   imports = [ ./common.nix ];
 
   options.services.relay.connector = {
-    package = mkOption {
-      type = types.package;
-      default = relay.defaultPackage "relay-connector";
-      defaultText = lib.literalExpression "config.services.relay.packages.relay-connector";
-      description = "The relay-connector package.";
-    };
+    package = lib.mkPackageOption pkgs "relay-connector" { };
+
+    checkConfig = relay.checkConfigOption "relay-connector";
 
     instances = mkOption {
       type = types.attrsOf (types.submodule instanceModule);
@@ -95,22 +96,37 @@ in
   };
 
   config = lib.mkIf (enabled != { }) {
-    assertions = lib.mapAttrsToList
-      (name: i: relay.notInStore "services.relay.connector.instances.${name}.secretFile" i.secretFile)
-      enabled;
+    assertions = lib.concatLists (lib.mapAttrsToList
+      (name: i:
+        let option = "services.relay.connector.instances.${name}";
+        in [
+          {
+            assertion = !(i.settings ? secret);
+            message = "${option}.settings.secret would put the secret into the world-readable Nix store; put it in a file and set ${option}.secretFile.";
+          }
+          (relay.inlineSecret {
+            option = "${option}.settings.proxy";
+            fileOption = "the proxy's environment (HTTPS_PROXY in systemd.services.${unitOf name}.serviceConfig.EnvironmentFile)";
+            value = i.settings.proxy or null;
+          })
+        ])
+      enabled);
+
+    system.checks = lib.concatLists (lib.mapAttrsToList
+      (name: _: relay.configCheck {
+        enable = cfg.checkConfig;
+        name = unitOf name;
+        inherit (cfg) package;
+        binary = "relay-connector";
+        configFile = configFileOf name;
+        # check-config reads the secret; the real one only exists at run time.
+        env.RELAY_CONNECTOR__SECRET_FILE = "placeholder-secret";
+      })
+      enabled);
 
     systemd.services = lib.mapAttrs'
       (name: instance:
-        let
-          unit = unitOf name;
-          configFile = relay.checkedConfig {
-            name = unit;
-            inherit (cfg) package;
-            binary = "relay-connector";
-            settings = instance.settings // { secret_file = relay.credentialPath unit "secret"; };
-            # check-config reads the secret; the real one only exists at run time.
-            env.RELAY_CONNECTOR__SECRET_FILE = "placeholder-secret";
-          };
+        let unit = unitOf name;
         in
         lib.nameValuePair unit {
           description = "Relay connector ${name} (tenant ${instance.settings.tenant})";
@@ -120,8 +136,12 @@ in
           # A connector keeps trying for as long as the host runs.
           startLimitIntervalSec = 0;
           serviceConfig = relay.hardening // relay.notify // {
-            ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
+            # Each instance its own user: one tenant's connector cannot read another's secret.
+            User = unit;
+            ExecStart = "${lib.getExe cfg.package} --config ${configFileOf name}";
             Restart = "always";
+            # Ready as soon as the configuration is loaded; tunnels come up in the background.
+            TimeoutStartSec = "30s";
             # Requests to targets in flight, each with a connection.
             LimitNOFILE = 65536;
             StateDirectory = unit;

@@ -3,18 +3,18 @@
 { config, lib, pkgs, ... }:
 
 let
-  inherit (lib) mkEnableOption mkIf mkOption optional types;
+  inherit (lib) mkEnableOption mkIf mkOption types;
   cfg = config.services.relay.identity;
   relay = config.services.relay.lib;
-  settingsFormat = pkgs.formats.toml { };
   unit = "relay-identity";
-  stateDir = "/var/lib/${unit}";
-
-  configFile = relay.checkedConfig {
-    name = unit;
-    inherit (cfg) package settings;
-    binary = "relay-identity";
+  db = relay.databaseConfig {
+    svc = "identity";
+    inherit unit;
+    inherit (cfg) settings;
+    db = cfg.database;
+    required = true;
   };
+  configFile = relay.toToml "${unit}.toml" cfg.settings;
 in
 {
   imports = [ ./common.nix ];
@@ -22,12 +22,9 @@ in
   options.services.relay.identity = {
     enable = mkEnableOption "the Relay token service (relay-identity)";
 
-    package = mkOption {
-      type = types.package;
-      default = relay.defaultPackage "relay-identity";
-      defaultText = lib.literalExpression "config.services.relay.packages.relay-identity";
-      description = "The relay-identity package.";
-    };
+    package = lib.mkPackageOption pkgs "relay-identity" { };
+
+    checkConfig = relay.checkConfigOption "relay-identity";
 
     openFirewall = mkOption {
       type = types.bool;
@@ -35,46 +32,20 @@ in
       description = "Open the port of `listen.public`.";
     };
 
-    database = {
-      urlFile = mkOption {
-        type = types.nullOr types.path;
-        default = null;
-        example = "/run/keys/relay-database-url";
-        description = ''
-          File holding the database URL (`postgres://relay:PASSWORD@db/relay`), passed with
-          `LoadCredential`. Must not be in the Nix store.
-        '';
-      };
-      createLocally = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Create a local PostgreSQL database and role; connect by peer authentication.";
-      };
-      name = mkOption {
-        type = types.str;
-        default = "relay";
-        description = "Database name with `createLocally`.";
-      };
-      user = mkOption {
-        type = types.str;
-        default = "relay";
-        description = "Role with `createLocally`; equals the services' dynamic user `relay`.";
-      };
-      migrate = mkOption {
-        type = types.bool;
-        default = true;
-        description = "Start with `--migrate` (apply pending migrations; safe on several instances).";
-      };
+    database = relay.databaseOptions {
+      inherit unit;
+      migrate = "Start with `--migrate` (apply pending migrations; safe on several instances).";
     };
 
     settings = mkOption {
       default = { };
       description = ''
-        relay-identity configuration (docs/configuration.md), checked with
-        `relay-identity check-config` at build time. No secrets here: the file is in the store.
+        relay-identity configuration (docs/configuration.md), written to a TOML file (checked
+        with `relay-identity check-config`, see `checkConfig`). No secrets here: the file is
+        in the Nix store.
       '';
       type = types.submodule {
-        freeformType = settingsFormat.type;
+        freeformType = relay.settingsFormat.type;
         options = {
           public_url = mkOption {
             type = types.nullOr types.str;
@@ -85,65 +56,46 @@ in
               their `identity.authority`.
             '';
           };
-          listen.public = mkOption {
-            type = types.str;
+          listen.public = relay.listenOption {
             default = "0.0.0.0:5002";
-            description = "Token, discovery, JWKS and health endpoints.";
+            description = "Token, discovery, JWKS and health endpoints";
           };
-          database.url = mkOption {
-            type = types.nullOr types.str;
-            default = null;
-            description = ''
-              Database URL without a password. Defaults to the local PostgreSQL socket with
-              `database.createLocally`, else to a SQLite file in ${stateDir}.
-            '';
-          };
+          database.url = relay.databaseUrlOption unit;
         };
       };
     };
   };
 
   config = mkIf cfg.enable {
-    assertions = [
-      (relay.notInStore "services.relay.identity.database.urlFile" cfg.database.urlFile)
-      {
-        assertion = cfg.database.urlFile == null || cfg.settings.database.url == null;
-        message = "services.relay.identity: set database.urlFile or settings.database.url, not both.";
-      }
-      {
-        assertion = !cfg.database.createLocally || cfg.database.name == cfg.database.user;
-        message = "services.relay.identity.database: createLocally needs name == user.";
-      }
-    ];
+    assertions = db.assertions;
 
-    services.relay.identity.settings.database = {
-      url = mkIf (cfg.database.urlFile == null) (lib.mkDefault
-        (if cfg.database.createLocally
-        then "postgres:///${cfg.database.name}?host=/run/postgresql&user=${cfg.database.user}"
-        else "sqlite://${stateDir}/relay.db"));
-      url_file = mkIf (cfg.database.urlFile != null) (relay.credentialPath unit "database-url");
-    };
+    services.relay.identity.settings = db.settings;
 
-    services.postgresql = mkIf cfg.database.createLocally {
-      enable = true;
-      ensureDatabases = [ cfg.database.name ];
-      ensureUsers = [{ name = cfg.database.user; ensureDBOwnership = true; }];
+    services.postgresql = db.postgresql;
+
+    system.checks = relay.configCheck {
+      enable = cfg.checkConfig;
+      name = unit;
+      inherit (cfg) package;
+      binary = "relay-identity";
+      inherit configFile;
     };
 
     systemd.services.${unit} = {
       description = "Relay token service";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
-      after = [ "network-online.target" ] ++ optional cfg.database.createLocally "postgresql.target";
-      requires = optional cfg.database.createLocally "postgresql.target";
+      after = [ "network-online.target" ] ++ db.unit.after;
+      inherit (db.unit) requires;
       serviceConfig = relay.hardening // relay.notify // {
+        User = unit;
         ExecStart = "${lib.getExe cfg.package} --config ${configFile}"
           + lib.optionalString cfg.database.migrate " --migrate";
         LimitNOFILE = relay.nofileFor 1 cfg.settings;
         StateDirectory = unit;
         StateDirectoryMode = "0700";
-        WorkingDirectory = stateDir;
-        LoadCredential = optional (cfg.database.urlFile != null) "database-url:${toString cfg.database.urlFile}";
+        WorkingDirectory = "/var/lib/${unit}";
+        LoadCredential = db.unit.loadCredential;
       };
     };
 

@@ -2,18 +2,18 @@
 { config, lib, pkgs, ... }:
 
 let
-  inherit (lib) mkEnableOption mkIf mkOption optional types;
+  inherit (lib) mkEnableOption mkIf mkOption types;
   cfg = config.services.relay.management;
   relay = config.services.relay.lib;
-  settingsFormat = pkgs.formats.toml { };
   unit = "relay-management";
-  stateDir = "/var/lib/${unit}";
-
-  configFile = relay.checkedConfig {
-    name = unit;
-    inherit (cfg) package settings;
-    binary = "relay-management";
+  db = relay.databaseConfig {
+    svc = "management";
+    inherit unit;
+    inherit (cfg) settings;
+    db = cfg.database;
+    required = true;
   };
+  configFile = relay.toToml "${unit}.toml" cfg.settings;
 in
 {
   imports = [ ./common.nix ];
@@ -21,12 +21,9 @@ in
   options.services.relay.management = {
     enable = mkEnableOption "the Relay management API (relay-management)";
 
-    package = mkOption {
-      type = types.package;
-      default = relay.defaultPackage "relay-management";
-      defaultText = lib.literalExpression "config.services.relay.packages.relay-management";
-      description = "The relay-management package.";
-    };
+    package = lib.mkPackageOption pkgs "relay-management" { };
+
+    checkConfig = relay.checkConfigOption "relay-management";
 
     openFirewall = mkOption {
       type = types.bool;
@@ -34,55 +31,24 @@ in
       description = "Open the port of `listen.public` (operators only: prefer a VPN or a proxy).";
     };
 
-    database = {
-      urlFile = mkOption {
-        type = types.nullOr types.path;
-        default = null;
-        example = "/run/keys/relay-database-url";
-        description = ''
-          File holding the database URL, passed with `LoadCredential`. Must not be in the
-          Nix store.
-        '';
-      };
-      createLocally = mkOption {
-        type = types.bool;
-        default = false;
-        description = "Create a local PostgreSQL database and role; connect by peer authentication.";
-      };
-      name = mkOption {
-        type = types.str;
-        default = "relay";
-        description = "Database name with `createLocally`.";
-      };
-      user = mkOption {
-        type = types.str;
-        default = "relay";
-        description = "Role with `createLocally`; equals the services' dynamic user `relay`.";
-      };
-    };
+    # No `migrate`: relay-server (relayctl) or relay-identity migrates the shared database.
+    database = relay.databaseOptions { inherit unit; };
 
     settings = mkOption {
       default = { };
       description = ''
-        relay-management configuration, checked with `relay-management check-config` at
-        build time. No secrets here: the file is in the store.
+        relay-management configuration, written to a TOML file (checked with
+        `relay-management check-config`, see `checkConfig`). No secrets here: the file is in
+        the Nix store.
       '';
       type = types.submodule {
-        freeformType = settingsFormat.type;
+        freeformType = relay.settingsFormat.type;
         options = {
-          listen.public = mkOption {
-            type = types.str;
+          listen.public = relay.listenOption {
             default = "127.0.0.1:5004";
-            description = "The management API (`/management/...`).";
+            description = "The management API (`/management/...`)";
           };
-          database.url = mkOption {
-            type = types.nullOr types.str;
-            default = null;
-            description = ''
-              Database URL without a password. Defaults to the local PostgreSQL socket with
-              `database.createLocally`, else to a SQLite file in ${stateDir}.
-            '';
-          };
+          database.url = relay.databaseUrlOption unit;
           identity.authority = mkOption {
             type = types.str;
             default = "http://127.0.0.1:5002";
@@ -94,45 +60,34 @@ in
   };
 
   config = mkIf cfg.enable {
-    assertions = [
-      (relay.notInStore "services.relay.management.database.urlFile" cfg.database.urlFile)
-      {
-        assertion = cfg.database.urlFile == null || cfg.settings.database.url == null;
-        message = "services.relay.management: set database.urlFile or settings.database.url, not both.";
-      }
-      {
-        assertion = !cfg.database.createLocally || cfg.database.name == cfg.database.user;
-        message = "services.relay.management.database: createLocally needs name == user.";
-      }
-    ];
+    assertions = db.assertions;
 
-    services.relay.management.settings.database = {
-      url = mkIf (cfg.database.urlFile == null) (lib.mkDefault
-        (if cfg.database.createLocally
-        then "postgres:///${cfg.database.name}?host=/run/postgresql&user=${cfg.database.user}"
-        else "sqlite://${stateDir}/relay.db"));
-      url_file = mkIf (cfg.database.urlFile != null) (relay.credentialPath unit "database-url");
-    };
+    services.relay.management.settings = db.settings;
 
-    services.postgresql = mkIf cfg.database.createLocally {
-      enable = true;
-      ensureDatabases = [ cfg.database.name ];
-      ensureUsers = [{ name = cfg.database.user; ensureDBOwnership = true; }];
+    services.postgresql = db.postgresql;
+
+    system.checks = relay.configCheck {
+      enable = cfg.checkConfig;
+      name = unit;
+      inherit (cfg) package;
+      binary = "relay-management";
+      inherit configFile;
     };
 
     systemd.services.${unit} = {
       description = "Relay management API";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
-      after = [ "network-online.target" ] ++ optional cfg.database.createLocally "postgresql.target";
-      requires = optional cfg.database.createLocally "postgresql.target";
+      after = [ "network-online.target" ] ++ db.unit.after;
+      inherit (db.unit) requires;
       serviceConfig = relay.hardening // relay.notify // {
+        User = unit;
         ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
         LimitNOFILE = relay.nofileFor 1 cfg.settings;
         StateDirectory = unit;
         StateDirectoryMode = "0700";
-        WorkingDirectory = stateDir;
-        LoadCredential = optional (cfg.database.urlFile != null) "database-url:${toString cfg.database.urlFile}";
+        WorkingDirectory = "/var/lib/${unit}";
+        LoadCredential = db.unit.loadCredential;
       };
     };
 

@@ -5,19 +5,20 @@ let
   inherit (lib) mkEnableOption mkIf mkOption optional optionals types;
   cfg = config.services.relay.server;
   relay = config.services.relay.lib;
-  settingsFormat = pkgs.formats.toml { };
   unit = "relay-server";
   stateDir = "/var/lib/${unit}";
-  localPostgres = "postgres:///${cfg.database.name}?host=/run/postgresql&user=${cfg.database.user}";
   amqpUrlFile =
     if cfg.rabbitmq.createLocally then "/var/lib/relay-rabbitmq/amqp-url" else cfg.bus.urlFile;
   bodyPath = cfg.settings.body_store.path;
-
-  configFile = relay.checkedConfig {
-    name = unit;
-    inherit (cfg) package settings;
-    binary = "relay-server";
+  db = relay.databaseConfig {
+    svc = "server";
+    inherit unit;
+    inherit (cfg) settings;
+    db = cfg.database;
+    required = false;
   };
+
+  configFile = relay.toToml "${unit}.toml" cfg.settings;
 
   # relay-server does not migrate; relayctl does, serialised across nodes by an advisory lock.
   migrate = pkgs.writeShellScript "relay-server-migrate" ''
@@ -35,19 +36,13 @@ in
   options.services.relay.server = {
     enable = mkEnableOption "the Relay server (public relay and connector endpoint)";
 
-    package = mkOption {
-      type = types.package;
-      default = relay.defaultPackage "relay-server";
-      defaultText = lib.literalExpression "config.services.relay.packages.relay-server";
-      description = "The relay-server package.";
+    package = lib.mkPackageOption pkgs "relay-server" { };
+
+    relayctlPackage = lib.mkPackageOption pkgs "relayctl" {
+      extraDescription = "Migrates the database before start.";
     };
 
-    relayctlPackage = mkOption {
-      type = types.package;
-      default = relay.defaultPackage "relayctl";
-      defaultText = lib.literalExpression "config.services.relay.packages.relayctl";
-      description = "The relayctl package, used to migrate the database before start.";
-    };
+    checkConfig = relay.checkConfigOption "relay-server";
 
     openFirewall = mkOption {
       type = types.bool;
@@ -55,49 +50,16 @@ in
       description = "Open the ports of `listen.public` and `listen.identity`.";
     };
 
-    database = {
-      urlFile = mkOption {
-        type = types.nullOr types.path;
-        default = null;
-        example = "/run/keys/relay-database-url";
-        description = ''
-          File holding the database URL (`postgres://relay:PASSWORD@db/relay`). Passed with
-          `LoadCredential`, so it may be readable by root only. Must not be in the Nix store.
-        '';
-      };
-      createLocally = mkOption {
-        type = types.bool;
-        default = false;
-        description = ''
-          Create a PostgreSQL database and role on this host and connect over the unix
-          socket with peer authentication (no password).
-        '';
-      };
-      name = mkOption {
-        type = types.str;
-        default = "relay";
-        description = "Database name with `createLocally`.";
-      };
-      user = mkOption {
-        type = types.str;
-        default = "relay";
-        description = ''
-          Role with `createLocally`. Peer authentication maps the service's (dynamic) user to
-          it, so it must equal the unit's `User` (`relay` for every Relay service).
-        '';
-      };
-      migrate = mkOption {
-        type = types.bool;
-        default = true;
-        description = ''
-          Run `relayctl migrate` before each start. Safe on several nodes at once (an
-          advisory lock serialises it); turn it off when migrations are run by hand.
-        '';
-      };
+    database = relay.databaseOptions {
+      inherit unit;
+      migrate = ''
+        Run `relayctl migrate` before each start. Safe on several nodes at once (an
+        advisory lock serialises it); turn it off when migrations are run by hand.
+      '';
     };
 
     bus.urlFile = mkOption {
-      type = types.nullOr types.path;
+      type = types.nullOr types.externalPath;
       default = null;
       example = "/run/keys/relay-amqp-url";
       description = ''
@@ -111,19 +73,20 @@ in
       default = false;
       description = ''
         Run RabbitMQ on this host with a vhost and user `relay` (random password, kept in
-        /var/lib/relay-rabbitmq) and use it as the bus.
+        /var/lib/relay-rabbitmq) and use it as the bus. The user is created again whenever
+        the broker lacks it (a wiped broker), with a new password.
       '';
     };
 
     settings = mkOption {
       default = { };
       description = ''
-        relay-server configuration (docs/configuration.md), written to a TOML file checked
-        with `relay-server check-config` at build time. Secrets belong in the `*File`
+        relay-server configuration (docs/configuration.md), written to a TOML file (checked
+        with `relay-server check-config`, see `checkConfig`). Secrets belong in the `*File`
         options, never here: this file is in the Nix store.
       '';
       type = types.submodule {
-        freeformType = settingsFormat.type;
+        freeformType = relay.settingsFormat.type;
         options = {
           public_url = mkOption {
             type = types.nullOr types.str;
@@ -131,32 +94,23 @@ in
             example = "http://relay1.internal:5000";
             description = "This node's own base URL (its tunnel endpoint), not the load balancer's.";
           };
-          listen.public = mkOption {
-            type = types.str;
+          listen.public = relay.listenOption {
             default = "0.0.0.0:5000";
-            description = "Relay paths, `/connector`, discovery and health.";
+            description = "Relay paths, `/connector`, discovery and health";
           };
-          listen.identity = mkOption {
-            type = types.nullOr types.str;
+          listen.identity = relay.listenOption {
             default = null;
             example = "0.0.0.0:5002";
-            description = "Run the token service in this process on this address.";
+            description = "Run the token service in this process on this address";
           };
-          database.url = mkOption {
-            type = types.nullOr types.str;
-            default = null;
-            description = ''
-              Database URL without a password. Defaults to the local PostgreSQL socket with
-              `database.createLocally`, else to a SQLite file in ${stateDir}.
-            '';
-          };
+          database.url = relay.databaseUrlOption unit;
           identity.authority = mkOption {
             type = types.str;
             default = "http://127.0.0.1:5002";
             description = "Token authority (relay-identity `public_url`), the same on every node.";
           };
           body_store.path = mkOption {
-            type = types.str;
+            type = types.externalPath;
             default = "${stateDir}/bodies";
             example = "/srv/relay/bodies";
             description = ''
@@ -176,43 +130,36 @@ in
   };
 
   config = mkIf cfg.enable {
-    assertions = [
-      (relay.notInStore "services.relay.server.database.urlFile" cfg.database.urlFile)
-      (relay.notInStore "services.relay.server.bus.urlFile" cfg.bus.urlFile)
-      {
-        assertion = cfg.database.urlFile == null || cfg.settings.database.url == null;
-        message = "services.relay.server: set database.urlFile or settings.database.url, not both.";
-      }
+    assertions = db.assertions ++ [
       {
         assertion = cfg.settings.bus.kind == "memory" || amqpUrlFile != null || cfg.settings.bus ? url;
-        message = "services.relay.server: bus.kind = rabbitmq needs bus.urlFile, settings.bus.url or rabbitmq.createLocally.";
+        message = "services.relay.server: bus.kind = rabbitmq needs services.relay.server.bus.urlFile, settings.bus.url or rabbitmq.createLocally.";
       }
-      {
-        assertion = !cfg.database.createLocally || cfg.database.name == cfg.database.user;
-        message = "services.relay.server.database: createLocally needs name == user (the role owns the database).";
-      }
-    ];
+    ] ++ map
+      (url: relay.inlineSecret {
+        option = "services.relay.server.settings.bus.url";
+        fileOption = "services.relay.server.bus.urlFile";
+        value = url;
+      })
+      (lib.toList (cfg.settings.bus.url or [ ]));
 
-    services.relay.server.settings = {
-      database.url = mkIf (cfg.database.urlFile == null) (lib.mkDefault
-        (if cfg.database.createLocally then localPostgres else "sqlite://${stateDir}/relay.db"));
-      database.url_file = mkIf (cfg.database.urlFile != null) (relay.credentialPath unit "database-url");
+    services.relay.server.settings = db.settings // {
       bus.url_file = mkIf (amqpUrlFile != null) (relay.credentialPath unit "amqp-url");
     };
 
-    services.postgresql = mkIf cfg.database.createLocally {
-      enable = true;
-      ensureDatabases = [ cfg.database.name ];
-      ensureUsers = [{ name = cfg.database.user; ensureDBOwnership = true; }];
-    };
+    services.postgresql = db.postgresql;
 
     services.rabbitmq.enable = mkIf cfg.rabbitmq.createLocally true;
 
+    # Creates the vhost and the user whenever the broker lacks them: part of the broker's
+    # unit, so it runs again after every broker (re)start.
     systemd.services.relay-rabbitmq-setup = mkIf cfg.rabbitmq.createLocally {
       description = "Relay: RabbitMQ vhost and user";
-      requires = [ "rabbitmq.service" ];
+      wantedBy = [ "rabbitmq.service" ];
+      bindsTo = [ "rabbitmq.service" ];
+      partOf = [ "rabbitmq.service" ];
       after = [ "rabbitmq.service" ];
-      path = [ config.services.rabbitmq.package pkgs.coreutils pkgs.gnugrep ];
+      path = [ config.services.rabbitmq.package pkgs.coreutils pkgs.gnugrep pkgs.gnused ];
       environment.HOME = config.services.rabbitmq.dataDir;
       serviceConfig = {
         Type = "oneshot";
@@ -223,31 +170,46 @@ in
         StateDirectoryMode = "0700";
         UMask = "0077";
       };
+      # Keyed on the broker's user list, not on the file: a wiped broker gets the user back
+      # (with the password the relay already has), a changed password is set back.
       script = ''
         url_file=/var/lib/relay-rabbitmq/amqp-url
-        rabbitmqctl list_vhosts --silent | grep -qx relay || rabbitmqctl add_vhost relay
-        if [ ! -s "$url_file" ]; then
+        if [ -s "$url_file" ]; then
+          password="$(sed -E 's#^amqp://relay:([^@]*)@.*#\1#' "$url_file")"
+        else
           password="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-          rabbitmqctl delete_user relay >/dev/null 2>&1 || true
-          rabbitmqctl add_user relay "$password"
-          rabbitmqctl set_permissions -p relay relay '.*' '.*' '.*'
           echo "amqp://relay:$password@127.0.0.1:${toString config.services.rabbitmq.port}/relay" > "$url_file.tmp"
           mv "$url_file.tmp" "$url_file"
         fi
+        rabbitmqctl list_vhosts --silent | grep -qx relay || rabbitmqctl add_vhost relay
+        if ! rabbitmqctl list_users --silent | cut -f1 | grep -qx relay; then
+          rabbitmqctl add_user relay "$password"
+        elif ! rabbitmqctl authenticate_user relay "$password" >/dev/null 2>&1; then
+          rabbitmqctl change_password relay "$password"
+        fi
+        rabbitmqctl set_permissions -p relay relay '.*' '.*' '.*'
       '';
+    };
+
+    system.checks = relay.configCheck {
+      enable = cfg.checkConfig;
+      name = unit;
+      inherit (cfg) package;
+      binary = "relay-server";
+      inherit configFile;
     };
 
     systemd.services.${unit} = {
       description = "Relay server";
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
-      after = [ "network-online.target" ]
-        ++ optional cfg.database.createLocally "postgresql.target"
+      after = [ "network-online.target" ] ++ db.unit.after
         ++ optional cfg.rabbitmq.createLocally "relay-rabbitmq-setup.service";
-      requires = optional cfg.database.createLocally "postgresql.target"
+      requires = db.unit.requires
         ++ optional cfg.rabbitmq.createLocally "relay-rabbitmq-setup.service";
       unitConfig.RequiresMountsFor = [ bodyPath ];
       serviceConfig = relay.hardening // relay.notify // {
+        User = unit;
         ExecStartPre = optional cfg.database.migrate migrate;
         ExecStart = "${lib.getExe cfg.package} --config ${configFile}";
         # The public listener and the token service it may run in process.
@@ -255,9 +217,8 @@ in
         StateDirectory = unit;
         StateDirectoryMode = "0700";
         WorkingDirectory = stateDir;
-        LoadCredential =
-          optional (cfg.database.urlFile != null) "database-url:${toString cfg.database.urlFile}"
-            ++ optional (amqpUrlFile != null) "amqp-url:${toString amqpUrlFile}";
+        LoadCredential = db.unit.loadCredential
+          ++ optional (amqpUrlFile != null) "amqp-url:${toString amqpUrlFile}";
         ReadWritePaths = optional (!lib.hasPrefix "${stateDir}/" bodyPath) bodyPath;
       };
     };

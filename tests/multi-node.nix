@@ -2,7 +2,7 @@
 # nodes, relay-identity, relay-management, a connector host with a private target, and a
 # client. Checks both nodes, a 100 MiB body across nodes, a crashed node, and a connector
 # whose network is cut and restored.
-{ pkgs, relayModule }:
+{ pkgs, relayModules }:
 
 let
   marker = "RELAY-MULTI-NODE-b41e07";
@@ -20,7 +20,7 @@ let
   };
 
   relayNode = name: { pkgs, ... }: {
-    imports = [ relayModule secretFiles ];
+    imports = [ relayModules.default secretFiles ];
     virtualisation.fileSystems."/srv/relay/bodies" = {
       device = "nfs:/srv/relay-bodies";
       fsType = "nfs";
@@ -50,10 +50,12 @@ let
 in
 pkgs.testers.runNixOSTest {
   name = "relay-multi-node";
+  # The flake's modules add the package overlay to the nodes' nixpkgs, as on a real host.
+  node.pkgsReadOnly = false;
 
   nodes = {
-    db = { config, ... }: {
-      imports = [ relayModule ];
+    db = { pkgs, ... }: {
+      imports = [ relayModules.default ];
       services.postgresql = {
         enable = true;
         enableTCPIP = true;
@@ -62,7 +64,7 @@ pkgs.testers.runNixOSTest {
         authentication = "host relay relay samenet scram-sha-256";
       };
       networking.firewall.allowedTCPPorts = [ 5432 ];
-      environment.systemPackages = [ config.services.relay.packages.relayctl ];
+      environment.systemPackages = [ pkgs.relayctl ];
     };
 
     mq = {
@@ -90,7 +92,7 @@ pkgs.testers.runNixOSTest {
     relay2 = relayNode "relay2";
 
     identity = {
-      imports = [ relayModule secretFiles ];
+      imports = [ relayModules.default secretFiles ];
       services.relay.identity = {
         enable = true;
         openFirewall = true;
@@ -100,7 +102,7 @@ pkgs.testers.runNixOSTest {
     };
 
     management = {
-      imports = [ relayModule secretFiles ];
+      imports = [ relayModules.default secretFiles ];
       services.relay.management = {
         enable = true;
         openFirewall = true;
@@ -113,7 +115,7 @@ pkgs.testers.runNixOSTest {
     };
 
     connector = { pkgs, ... }: {
-      imports = [ relayModule ];
+      imports = [ relayModules.default ];
       services.relay.connector.instances = {
         # One tunnel to each node.
         acme = {

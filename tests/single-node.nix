@@ -1,16 +1,18 @@
 # One relay node on the embedded default (SQLite, in-process bus and token service) and a
 # connector on a second machine that reaches a private target.
-{ pkgs, relayModule }:
+{ pkgs, relayModules }:
 
 let
   marker = "RELAY-SINGLE-NODE-7f3a9c";
 in
 pkgs.testers.runNixOSTest {
   name = "relay-single-node";
+  # The flake's modules add the package overlay to the nodes' nixpkgs, as on a real host.
+  node.pkgsReadOnly = false;
 
   nodes = {
     relay = { config, pkgs, ... }: {
-      imports = [ relayModule ];
+      imports = [ relayModules.default ];
       services.relay.server = {
         enable = true;
         openFirewall = true;
@@ -27,7 +29,7 @@ pkgs.testers.runNixOSTest {
     };
 
     connector = { pkgs, ... }: {
-      imports = [ relayModule ];
+      imports = [ relayModules.default ];
       services.relay.connector.instances.acme = {
         secretFile = "/var/lib/relay-secrets/acme";
         settings = {
@@ -53,7 +55,7 @@ pkgs.testers.runNixOSTest {
           # As the service's dynamic user, so the SQLite files keep their owner.
           return relay.succeed(
               "systemd-run --quiet --wait --pipe --collect"
-              " -p DynamicUser=yes -p User=relay -p Group=relay -p StateDirectory=relay-server"
+              " -p DynamicUser=yes -p User=relay-server -p StateDirectory=relay-server"
               f" ${relayctl} --database-url sqlite:///var/lib/relay-server/relay.db {args}"
           )
 
