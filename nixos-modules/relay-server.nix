@@ -135,6 +135,13 @@ in
         assertion = cfg.settings.bus.kind == "memory" || amqpUrlFile != null || cfg.settings.bus ? url;
         message = "services.relay.server: bus.kind = rabbitmq needs services.relay.server.bus.urlFile, settings.bus.url or rabbitmq.createLocally.";
       }
+      {
+        # Both modules default to port 5002.
+        assertion = cfg.settings.listen.identity == null
+          || !(config.services.relay.identity.enable or false)
+          || relay.portOf cfg.settings.listen.identity != relay.portOf config.services.relay.identity.settings.listen.public;
+        message = "services.relay.server.settings.listen.identity and services.relay.identity.settings.listen.public use the same port on this host; run the token service once (drop listen.identity, or disable services.relay.identity).";
+      }
     ] ++ map
       (url: relay.inlineSecret {
         option = "services.relay.server.settings.bus.url";
