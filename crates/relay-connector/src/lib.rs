@@ -48,8 +48,9 @@ pub(crate) struct Shared {
     live: watch::Sender<usize>,
     /// Tunnels the connector keeps (relay URLs × `tunnels_per_relay`), for `STATUS=`.
     tunnels_wanted: usize,
-    /// Whether `READY=1` was sent (after the first tunnel came up).
-    ready: std::sync::atomic::AtomicBool,
+    /// Whether this connector speaks for its process to systemd (`READY=1`, `STATUS=`); off
+    /// for a connector embedded in another service (`relay-server --dev`, tests).
+    notify: bool,
     /// The tenant's tunnel settings as last pushed by a relay node. They outrank the
     /// discovery document (server defaults) on every later connection.
     pushed: std::sync::Mutex<Option<TunnelSettings>>,
@@ -69,7 +70,7 @@ impl Shared {
         }
     }
 
-    /// Counts a tunnel as up; the first one makes the connector ready for systemd.
+    /// Counts a tunnel as up and says so in `STATUS=`.
     fn tunnel_up(&self, relay_url: &str) {
         metrics::TUNNELS_UP.add(1);
         metrics::CONNECTS[0].inc();
@@ -78,14 +79,15 @@ impl Shared {
             *n += 1;
             now = *n;
         });
-        let line = format!(
+        self.status(&format!(
             "connected to {relay_url} ({now} of {} tunnels up)",
             self.tunnels_wanted
-        );
-        if !self.ready.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            relay_core::notify::ready_with_status(&line);
-        } else {
-            relay_core::notify::status(&line);
+        ));
+    }
+
+    fn status(&self, line: &str) {
+        if self.notify {
+            relay_core::notify::status(line);
         }
     }
 
@@ -97,7 +99,7 @@ impl Shared {
     /// `STATUS=retrying …` while a tunnel cannot be opened.
     fn retrying(&self, relay_url: &str, reason: &dyn std::fmt::Display) {
         let up = *self.live.borrow();
-        relay_core::notify::status(&format!(
+        self.status(&format!(
             "retrying {relay_url}: {reason} ({up} of {} tunnels up)",
             self.tunnels_wanted
         ));
@@ -106,7 +108,10 @@ impl Shared {
 
 /// A configured connector, ready to run.
 pub struct Connector {
-    shared: Arc<Shared>,
+    shared: Shared,
+    /// Distinct relay URLs configured.
+    relays: usize,
+    /// One entry per tunnel: each relay URL `tunnels_per_relay` times.
     relay_urls: Vec<String>,
     metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -134,13 +139,14 @@ impl Connector {
             live,
             tunnels_wanted: config.relay_url.as_slice().len()
                 * usize::from(config.tunnels_per_relay),
-            ready: std::sync::atomic::AtomicBool::new(false),
+            notify: false,
             pushed: std::sync::Mutex::new(None),
             background: TaskTracker::new(),
         };
         Ok(Connector {
             metrics_listen: config.metrics.listen,
-            shared: Arc::new(shared),
+            relays: config.relay_url.as_slice().len(),
+            shared,
             relay_urls: config
                 .relay_url
                 .as_slice()
@@ -152,6 +158,14 @@ impl Connector {
         })
     }
 
+    /// Makes [`Connector::run`] notify systemd for this process: `READY=1` at start and
+    /// `STATUS=` lines about its tunnels (no-ops without `NOTIFY_SOCKET`). For the
+    /// `relay-connector` binary, not for a connector embedded in another service.
+    pub fn notify_systemd(mut self) -> Connector {
+        self.shared.notify = true;
+        self
+    }
+
     /// The number of tunnels currently up; changes are observable.
     pub fn live_tunnels(&self) -> watch::Receiver<usize> {
         self.shared.live.subscribe()
@@ -159,6 +173,11 @@ impl Connector {
 
     /// Keeps `tunnels_per_relay` tunnels per relay URL up until `shutdown` fires, then lets in-flight requests
     /// finish within the shutdown grace.
+    ///
+    /// With [`Connector::notify_systemd`], sends `READY=1` once the metrics listener (if any)
+    /// is bound, before any tunnel: a connector is a running service while its relays are
+    /// unreachable (it retries for as long as it runs), so `systemctl start` must not wait
+    /// for, or fail on, the network. Tunnels show in `STATUS=` and `relay_connector_tunnels`.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
         if let Some(addr) = self.metrics_listen {
@@ -174,15 +193,24 @@ impl Connector {
                 Err(e) => tracing::error!(error = %e, "Metrics listener not started."),
             }
         }
+        // Before the tunnel loops start, so no tunnel's STATUS line comes before READY=1.
+        metrics::TUNNELS_WANTED.set(i64::try_from(self.relay_urls.len()).unwrap_or(i64::MAX));
+        if self.shared.notify {
+            relay_core::notify::ready_with_status(&connecting_line(
+                self.relays,
+                self.relay_urls.len(),
+            ));
+        }
+        let shared = Arc::new(self.shared);
         for url in self.relay_urls {
-            let shared = self.shared.clone();
+            let shared = shared.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move { keep_tunnel(shared, url, shutdown).await });
         }
         tracker.close();
         tracker.wait().await;
-        self.shared.background.close();
-        self.shared.background.wait().await;
+        shared.background.close();
+        shared.background.wait().await;
     }
 }
 
@@ -263,6 +291,13 @@ async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: Cancellat
     }
 }
 
+/// `STATUS=` from `READY=1` until the first tunnel is up (or fails to open).
+fn connecting_line(relays: usize, tunnels: usize) -> String {
+    let relay_word = if relays == 1 { "relay" } else { "relays" };
+    let tunnel_word = if tunnels == 1 { "tunnel" } else { "tunnels" };
+    format!("connecting to {relays} {relay_word} ({tunnels} {tunnel_word})…")
+}
+
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
@@ -270,4 +305,19 @@ fn host_name() -> String {
         .filter(|s| !s.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "unknown".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connecting_line_counts_relays_and_tunnels() {
+        assert_eq!(
+            super::connecting_line(1, 1),
+            "connecting to 1 relay (1 tunnel)…"
+        );
+        assert_eq!(
+            super::connecting_line(2, 4),
+            "connecting to 2 relays (4 tunnels)…"
+        );
+    }
 }

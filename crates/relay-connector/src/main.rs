@@ -42,10 +42,11 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let connector = Connector::new(&config).context("preparing the connector")?;
+        let connector = Connector::new(&config)
+            .context("preparing the connector")?
+            .notify_systemd();
         let shutdown = relay_core::lifecycle::shutdown_on_signal();
         relay_core::notify::spawn_watchdog(tokio_util::sync::CancellationToken::new());
-        relay_core::notify::status("starting: opening tunnels");
         tracing::info!(tenant = %config.tenant, relays = ?config.relay_url.as_slice(), "Connector starting.");
         connector.run(shutdown).await;
         tracing::info!("Connector stopped.");

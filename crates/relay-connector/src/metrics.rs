@@ -12,6 +12,8 @@ static REQUESTS: [Counter; 5] = [const { Counter::new() }; 5];
 static LATENCY: Histogram = Histogram::new();
 /// Tunnels currently up.
 pub(crate) static TUNNELS_UP: Gauge = Gauge::new();
+/// Tunnels the connector keeps open (relay URLs × `tunnels_per_relay`).
+pub(crate) static TUNNELS_WANTED: Gauge = Gauge::new();
 /// Tunnel attempts by result: 0 = established, 1 = failed to open.
 pub(crate) static CONNECTS: [Counter; 2] = [const { Counter::new() }; 2];
 /// Tunnels that ended without being asked to (connection lost).
@@ -54,6 +56,12 @@ pub(crate) fn render() -> String {
         "gauge",
         "Tunnels currently up.",
         TUNNELS_UP.get(),
+    );
+    e.single(
+        "relay_connector_tunnels_wanted",
+        "gauge",
+        "Tunnels the connector keeps open (relay URLs times tunnels_per_relay).",
+        TUNNELS_WANTED.get(),
     );
     e.describe(
         "relay_connector_tunnel_connects_total",

@@ -177,10 +177,15 @@ async fn server_and_connector_notify_systemd_in_order() {
     let connector_notify = NotifySocket::bind(site.dir(), "connector");
     let server_config = site.server_config("");
     // Two tunnels: the server's status still counts one connector.
-    let connector_config =
-        site.connector_config(&site.relay_url(), &target.url(), "tunnels_per_relay = 2\n");
+    let connector_metrics = free_port();
+    let connector_config = site.connector_config(
+        &site.relay_url(),
+        &target.url(),
+        &format!("tunnels_per_relay = 2\n[metrics]\nlisten = \"127.0.0.1:{connector_metrics}\"\n"),
+    );
 
-    // The connector starts first: it retries and says so, and is not ready.
+    // The connector starts first, with its relay unreachable: it is ready at once (systemctl
+    // start returns), says it is connecting, then retries and says so.
     let mut connector = spawn(
         "relay-connector",
         &connector_config,
@@ -191,11 +196,33 @@ async fn server_and_connector_notify_systemd_in_order() {
         site.dir(),
     );
     connector_notify
+        .wait_for(Duration::from_secs(10), |l| l == "READY=1")
+        .await;
+    let lines = connector_notify.lines();
+    let ready = index_of(&lines, |l| l == "READY=1").unwrap();
+    // READY=1 and its STATUS come in one datagram, before any tunnel's line.
+    assert_eq!(
+        lines.get(ready + 1).map(String::as_str),
+        Some("STATUS=connecting to 1 relay (2 tunnels)…"),
+        "{lines:?}"
+    );
+    assert!(
+        index_of(&lines, |l| l.starts_with("STATUS=retrying")).is_none_or(|r| r > ready),
+        "{lines:?}"
+    );
+    connector_notify
         .wait_for(Duration::from_secs(10), |l| {
             l.starts_with("STATUS=retrying http://127.0.0.1")
         })
         .await;
-    assert!(!connector_notify.lines().iter().any(|l| l == "READY=1"));
+    let c = scrape(connector_metrics).await;
+    assert_eq!(
+        (
+            c["relay_connector_tunnels"],
+            c["relay_connector_tunnels_wanted"]
+        ),
+        (0.0, 2.0)
+    );
 
     let started = Instant::now();
     let mut server = spawn(
@@ -222,14 +249,18 @@ async fn server_and_connector_notify_systemd_in_order() {
         })
         .await;
 
-    connector_notify
-        .wait_for(Duration::from_secs(20), |l| l == "READY=1")
-        .await;
-    connector_notify
-        .wait_for(Duration::from_secs(5), |l| {
-            l.starts_with(&format!("STATUS=connected to {}", site.relay_url()))
-        })
-        .await;
+    // Once the relay is up, the status counts the tunnels, and so do the metrics.
+    for up in ["1 of 2", "2 of 2"] {
+        connector_notify
+            .wait_for(Duration::from_secs(20), |l| {
+                l == format!("STATUS=connected to {} ({up} tunnels up)", site.relay_url())
+            })
+            .await;
+    }
+    assert_eq!(
+        scrape(connector_metrics).await["relay_connector_tunnels"],
+        2.0
+    );
     wait_relaying(&site, &[&server, &connector]).await;
     // The refreshed status counts the connector.
     server_notify
