@@ -84,10 +84,12 @@ pkgs.testers.runNixOSTest {
         host.succeed("systemctl stop relay-server.service")
         # `systemctl restart` waits for READY=1: it returns although no tunnel can open.
         host.succeed("timeout 60 systemctl restart relay-connector-acme.service")
-        host.succeed("systemctl show -p StatusText --value relay-connector-acme | grep -i connecting")
+        # "connecting to 1 relay (2 tunnels)…", then "retrying …: … (0 of 2 tunnels up)".
+        host.succeed("systemctl show -p StatusText --value relay-connector-acme | grep -E '^(connecting|retrying)'")
         host.succeed("systemctl start relay-server.service")
         host.wait_until_succeeds(
-            "systemctl show -p StatusText --value relay-connector-acme | grep -i 'tunnel.* up'", timeout=60
+            "systemctl show -p StatusText --value relay-connector-acme | grep -E '[1-9][0-9]* of [0-9]+ tunnels up'",
+            timeout=60,
         )
 
     with subtest("requests reach the private target"):
