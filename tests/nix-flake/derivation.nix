@@ -64,7 +64,16 @@ let
       named = if spec.accepted == null then args else check.arguments fn spec.accepted args;
       valid = (spec.validate or lib.id) (check.dependencies fn dependencyLists named);
 
-      meta = check.names fn "meta attribute" accepted.meta (args.meta or { });
+      # What check-meta.nix adds to every package's meta, then the package's own.
+      meta = {
+        inherit name;
+        outputsToInstall = [ "out" ];
+        available = true;
+        broken = false;
+        insecure = false;
+        unfree = false;
+        unsupported = false;
+      } // check.names fn "meta attribute" accepted.meta (args.meta or { });
       name = args.name or (
         if args ? pname && args ? version then "${args.pname}-${args.version}"
         else throw "${fn}: set `name`, or `pname` and `version`"

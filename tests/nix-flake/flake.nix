@@ -4,9 +4,13 @@
 {
   description = "Stand-in nixpkgs: real lib, argument-checking stand-in packages";
 
-  outputs = _:
+  outputs = { self }:
     let
-      lib = (import ./lib).extend (import ./lib-compat.nix);
+      # As nixpkgs' flake does: lib.version carries the source's date and revision.
+      versioned = lib0:
+        if builtins.pathExists ./lib/flake-version-info.nix
+        then lib0.extend (import ./lib/flake-version-info.nix self) else lib0;
+      lib = (versioned (import ./lib)).extend (import ./lib-compat.nix);
     in
     {
       inherit lib;
