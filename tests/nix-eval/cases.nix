@@ -136,6 +136,33 @@ let
       };
     };
 
+    # The third way to name the database: a URL without a password in the settings.
+    identity-database-url = {
+      modules = [
+        identity
+        {
+          services.relay.identity = {
+            enable = true;
+            settings.database.url = "postgres://relay@db.internal/relay";
+            database.migrate = false;
+          };
+        }
+      ];
+      expect = {
+        units = [ "relay-identity.service" ];
+        checks = 1;
+        postgresql = false;
+      };
+    };
+
+    connector-all-instances-off = {
+      modules = [ connector { services.relay.connector.instances.acme = acme // { enable = false; }; } ];
+      expect = {
+        units = [ ];
+        checks = 0;
+      };
+    };
+
     server-cluster-node = {
       modules = [
         server

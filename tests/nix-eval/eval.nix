@@ -52,6 +52,31 @@ let
       ++ lib.optional ((s.serviceConfig.DynamicUser or false) != true) "${name}.service has no DynamicUser=true")
     relayServices);
 
+  # The configuration file each Relay unit is started with, rebuilt from its settings
+  # option with the module's own toToml and kept only if it is the very file the unit names
+  # (same store path): ./run gives it to the binary's check-config when one is built.
+  relay = cfg.services.relay.lib;
+  configFiles = lib.filterAttrs (_: c: c != null) (lib.mapAttrs
+    (name: s:
+      let
+        connector = lib.removePrefix "relay-connector-" name;
+        isConnector = connector != name;
+        settings =
+          if isConnector
+          then cfg.services.relay.connector.instances.${connector}.settings
+            // { secret_file = relay.credentialPath name "secret"; }
+          else cfg.services.relay.${lib.removePrefix "relay-" name}.settings;
+        file = relay.toToml "${name}.toml" settings;
+      in
+      if lib.hasInfix (builtins.unsafeDiscardStringContext file.outPath)
+        (builtins.unsafeDiscardStringContext (toString (s.serviceConfig.ExecStart or "")))
+      then {
+        binary = if isConnector then "relay-connector" else name;
+        toml = file.tomlValue;
+      }
+      else null)
+    relayServices);
+
   checks = map (d: d.name) cfg.system.checks;
   tcpPorts = cfg.networking.firewall.allowedTCPPorts;
 
@@ -72,7 +97,7 @@ in
 if failed != [ ]
 then throw "\nFailed assertions:\n${lib.concatMapStringsSep "\n" (m: "- ${m}") failed}"
 else {
-  inherit units checks tcpPorts referenced;
+  inherit units checks tcpPorts referenced configFiles;
   inherit (cfg) warnings;
   provided = cfg.systemd.providedUnits;
   problems = dangling ++ ownUsers ++ expectations;

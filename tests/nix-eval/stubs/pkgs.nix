@@ -66,6 +66,8 @@ let
         fake name {
           value = builtins.toJSON value;
           passAsFile = [ "value" ];
+          # What the file would hold, for ./run's check-config with built binaries.
+          passthru.tomlValue = value;
         };
   };
 
