@@ -11,8 +11,9 @@ let
   identMapName = "relay";
 
   # "host:port", "[v6]:port"; the port is what the firewall options need.
-  listenAddress = types.strMatching "([^]:[]+|\\[[0-9A-Fa-f:.]+])(:[0-9]{1,5})" // {
-    description = "listen address `host:port` (`0.0.0.0:5000`, `[::]:5000`)";
+  listenAddress = types.addCheck (types.strMatching "([^]:[]+|\\[[0-9A-Fa-f:.]+]):[0-9]{1,5}")
+    (address: lib.toInt (lib.last (lib.splitString ":" address)) <= 65535) // {
+    description = "listen address `host:port` (`0.0.0.0:5000`, `[::]:5000`, port at most 65535)";
   };
 
   # `scheme://user:password@host…`: a URL with a password in it.
