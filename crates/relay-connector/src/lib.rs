@@ -8,6 +8,7 @@
 //! - `backoff`: jittered reconnect delays.
 //! - `dial`: outbound connections: TLS (system roots or `ca_file`) and HTTP `CONNECT` proxies.
 //! - `metrics`: the Prometheus metrics (`[metrics] listen`).
+//! - [`setup`]: `relay-connector setup NAME`, an instance of the packaged systemd unit.
 //!
 //! One tunnel loop runs per configured relay URL, so a connector given several relay nodes
 //! keeps a tunnel to each.
@@ -15,6 +16,7 @@
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod setup;
 pub mod targets;
 
 mod backoff;

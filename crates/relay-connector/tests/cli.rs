@@ -1,4 +1,9 @@
-//! The `relay-connector` binary's command line.
+//! The `relay-connector` binary's command line, and the systemd unit it is packaged with.
+
+#[path = "cli/setup.rs"]
+mod setup;
+#[path = "cli/unit.rs"]
+mod unit;
 
 use std::process::Command;
 
