@@ -1,7 +1,7 @@
 # Shared by every Relay module: option types, the database options of the three services
 # that use one, the systemd hardening block, and helpers for secrets and configuration
 # checks. Packages come from the host's `pkgs` (the flake's `overlays.default` adds them).
-{ lib, pkgs, ... }:
+{ config, lib, pkgs, ... }:
 
 let
   inherit (lib) mkOption optional types;
@@ -16,8 +16,21 @@ let
     description = "listen address `host:port` (`0.0.0.0:5000`, `[::]:5000`, port at most 65535)";
   };
 
-  # `scheme://user:password@host…`: a URL with a password in it.
-  hasPassword = url: builtins.isString url && builtins.match "[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@.*" url != null;
+  # A URL with a password in it: `scheme://user:password@host…` (the password may hold
+  # `/`, the last `@` ends it) or a `password=` query parameter (libpq style).
+  hasPassword = url: builtins.isString url && (
+    builtins.match "[A-Za-z][A-Za-z0-9+.-]*://[^@]*:[^@]*@.*" url != null
+      || builtins.match ".*[?&]password=.*" url != null
+  );
+
+  # The services on this host whose database `createLocally` is on (one database for all).
+  # Only the modules this host imports are looked at.
+  localDatabases = lib.filter ({ svc, ... }: svc.enable && svc.database.createLocally)
+    (lib.concatMap
+      (name: lib.optional (config.services.relay ? ${name})
+        { unit = "relay-${name}"; svc = config.services.relay.${name}; })
+      [ "server" "identity" "management" ]);
+  localRoles = lib.unique (map ({ svc, ... }: { inherit (svc.database) name user; }) localDatabases);
 in
 {
   options.services.relay.lib = mkOption {
@@ -25,6 +38,20 @@ in
     internal = true;
     readOnly = true;
     description = "Helpers shared by the Relay modules.";
+  };
+
+  # PostgreSQL for every service with `database.createLocally`, once however many there are.
+  config.services.postgresql = lib.mkIf (localDatabases != [ ]) {
+    enable = true;
+    ensureDatabases = lib.unique (map (r: r.name) localRoles);
+    ensureUsers = map (r: { name = r.user; ensureDBOwnership = true; }) localRoles;
+    identMap = lib.concatMapStrings (line: line + "\n") (lib.unique (lib.concatMap
+      ({ unit, svc }: [ "${identMapName} ${unit} ${svc.database.user}" "${identMapName} root ${svc.database.user}" ])
+      localDatabases));
+    # Before the default `local all all peer`: the first matching line wins.
+    authentication = lib.mkBefore (lib.concatMapStrings
+      (r: "local ${r.name} ${r.user} peer map=${identMapName}\n")
+      localRoles);
   };
 
   config.services.relay.lib = rec {
@@ -163,20 +190,6 @@ in
             then "postgres:///${db.name}?host=/run/postgresql&user=${db.user}"
             else ownSqlite));
           url_file = lib.mkIf (db.urlFile != null) (credentialPath unit "database-url");
-        };
-
-        postgresql = lib.mkIf db.createLocally {
-          enable = true;
-          ensureDatabases = [ db.name ];
-          ensureUsers = [{ name = db.user; ensureDBOwnership = true; }];
-          identMap = ''
-            ${identMapName} ${unit} ${db.user}
-            ${identMapName} root ${db.user}
-          '';
-          # Before the default `local all all peer`: the first matching line wins.
-          authentication = lib.mkBefore ''
-            local ${db.name} ${db.user} peer map=${identMapName}
-          '';
         };
 
         unit = {

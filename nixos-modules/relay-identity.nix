@@ -71,8 +71,6 @@ in
 
     services.relay.identity.settings = db.settings;
 
-    services.postgresql = db.postgresql;
-
     system.checks = relay.configCheck {
       enable = cfg.checkConfig;
       name = unit;

@@ -64,8 +64,6 @@ in
 
     services.relay.management.settings = db.settings;
 
-    services.postgresql = db.postgresql;
-
     system.checks = relay.configCheck {
       enable = cfg.checkConfig;
       name = unit;

@@ -154,8 +154,6 @@ in
       bus.url_file = mkIf (amqpUrlFile != null) (relay.credentialPath unit "amqp-url");
     };
 
-    services.postgresql = db.postgresql;
-
     services.rabbitmq.enable = mkIf cfg.rabbitmq.createLocally true;
 
     # Creates the vhost and the user whenever the broker lacks them: part of the broker's

@@ -141,6 +141,12 @@ lib.mergeAttrsList [
   (perDatabaseService "database-url-password"
     ({ settings.database.url = "postgres://relay:hunter2@db.internal/relay"; })
     [ "services.relay.@.database.urlFile" ])
+  (perDatabaseService "database-url-query-password"
+    ({ settings.database.url = "postgres://relay@db.internal/relay?sslmode=require&password=hunter2"; })
+    [ "services.relay.@.database.urlFile" ])
+  (perDatabaseService "database-url-password-with-slash"
+    ({ settings.database.url = "postgres://relay:hun/ter2@db.internal/relay"; })
+    [ "services.relay.@.database.urlFile" ])
   (perDatabaseService "urlfile-and-url"
     ({
       database.urlFile = "/run/keys/relay-database-url";
