@@ -107,6 +107,12 @@
             checkType = "debug";
             cargoBuildFlags = [ "--workspace" ];
             cargoTestFlags = [ "--workspace" ];
+            # These compare the Debian package's unit with nixos-modules/hardening.nix through
+            # nix-instantiate, which the build sandbox does not have; scripts/test runs them.
+            checkFlags = [
+              "--skip=unit::packaged_unit_has_the_nixos_hardening"
+              "--skip=unit::drift_is_found_in_either_file"
+            ];
             installPhase = "touch $out";
           };
           clippy = cargoCheck "clippy" [ pkgs.clippy ] ''
