@@ -91,7 +91,10 @@ in
           };
         }
       '';
-      description = "Connector instances; each becomes the unit `relay-connector-<name>`.";
+      description = ''
+        Connector instances; each becomes the unit `relay-connector-<name>`, running as its
+        own dynamic user of that name. A name is 1-15 letters, digits, `_` or `-`.
+      '';
     };
   };
 
@@ -100,6 +103,12 @@ in
       (name: i:
         let option = "services.relay.connector.instances.${name}";
         in [
+          {
+            # The unit's dynamic user is named after it, and systemd takes only user names
+            # of at most 31 characters of letters, digits, '_' and '-'.
+            assertion = builtins.match "[A-Za-z0-9_-]{1,15}" name != null;
+            message = "${option}: the instance name `${name}` must be 1-15 letters, digits, '_' or '-' (it names the unit and its dynamic user `${unitOf name}`, which systemd limits to 31 characters); the tenant may be longer, set it in ${option}.settings.tenant.";
+          }
           {
             assertion = !(i.settings ? secret);
             message = "${option}.settings.secret would put the secret into the world-readable Nix store; put it in a file and set ${option}.secretFile.";

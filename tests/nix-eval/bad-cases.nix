@@ -123,6 +123,16 @@ lib.mergeAttrsList [
     connector-no-relays.config = connector (acme // { settings.relay_url = [ ]; });
     connector-no-relays.expect = [ "services.relay.connector.instances.acme.settings.relay_url" ];
 
+    connector-name-too-long.config = {
+      services.relay.connector.instances.customer-plant-seven = acme;
+    };
+    connector-name-too-long.expect = [ "services.relay.connector.instances.customer-plant-seven" "31 characters" ];
+
+    connector-name-with-dot.config = {
+      services.relay.connector.instances."plant.7" = acme;
+    };
+    connector-name-with-dot.expect = [ "services.relay.connector.instances.plant.7" "1-15 letters" ];
+
     connector-proxy-password.config = connector (acme // {
       settings = acme.settings // { proxy = "http://user:hunter2@proxy.lan:3128"; };
     });
