@@ -30,7 +30,8 @@ enum Command {
 
 #[derive(clap::Args)]
 struct SetupArgs {
-    /// Instance name: NAME.toml, NAME.secret, relay-connector@NAME.service.
+    /// Instance name (1-15 letters, digits, _ or -): NAME.toml, NAME.secret,
+    /// relay-connector@NAME.service and its user relay-connector-NAME.
     name: String,
     /// Relay server base URL; repeat for several relay nodes.
     #[arg(long = "relay-url", required = true, value_name = "URL")]

@@ -18,6 +18,16 @@ use crate::config::{Config, ENV_PREFIX};
 /// Where the packaged unit looks for `NAME.toml` and `NAME.secret`.
 pub const DEFAULT_DIR: &str = "/etc/relay-connector";
 
+/// The unit runs as the dynamic user `relay-connector-NAME`; systemd allows user names of
+/// at most 31 characters.
+pub const MAX_INSTANCE_NAME: usize = 31 - "relay-connector-".len();
+
+/// An instance name the packaged unit can run: letters, digits, '_' and '-', short enough
+/// for its user name.
+pub fn is_valid_instance_name(name: &str) -> bool {
+    name.len() <= MAX_INSTANCE_NAME && relay_proto::is_valid_tenant_name(name)
+}
+
 /// What to write.
 #[derive(Debug, Clone)]
 pub struct Setup {
@@ -43,7 +53,7 @@ pub struct Written {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error(
-        "instance name `{0}`: must be 1-64 characters of letters, digits, '_' or '-' (it names {0}.toml and relay-connector@{0}.service)"
+        "instance name `{0}`: must be 1-{MAX_INSTANCE_NAME} letters, digits, '_' or '-' (it names {0}.toml, relay-connector@{0}.service and its user relay-connector-{0}, which systemd limits to 31 characters); a longer tenant goes in --tenant"
     )]
     Name(String),
     #[error("--target `{0}`: expected NAME=URL")]
@@ -84,7 +94,7 @@ pub struct Plan {
 /// Validates `setup` as the connector will read it, and checks that nothing would be
 /// overwritten (unless `force`). Writes nothing.
 pub fn plan(setup: &Setup) -> Result<Plan, SetupError> {
-    if !relay_proto::is_valid_tenant_name(&setup.name) {
+    if !is_valid_instance_name(&setup.name) {
         return Err(SetupError::Name(setup.name.clone()));
     }
     let dir = if setup.dir.is_absolute() {

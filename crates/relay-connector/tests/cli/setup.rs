@@ -197,6 +197,11 @@ fn setup_names_a_bad_url_and_writes_nothing() {
             &["../acme", "--relay-url", "http://relay"][..],
             "instance name `../acme`",
         ),
+        (
+            // 16 characters: relay-connector-customer-plant7 would be 32, over systemd's 31.
+            &["customer-plant7x", "--relay-url", "http://relay"][..],
+            "instance name `customer-plant7x`: must be 1-15 letters",
+        ),
     ] {
         let output = setup(&dir, args, "s3cret\n");
         assert!(!output.status.success(), "{args:?}");

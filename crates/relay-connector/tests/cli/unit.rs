@@ -22,6 +22,7 @@ const HARDENING: &str = concat!(
 /// `[Service]` keys of the unit that are not part of the sandbox.
 const SERVICE_KEYS: &[&str] = &[
     "Type",
+    "User",
     "NotifyAccess",
     "WatchdogSec",
     "ExecStart",
@@ -185,4 +186,20 @@ fn drift_is_found_in_either_file() {
             .iter()
             .any(|p| p.starts_with("ProtectHostname"))
     );
+}
+
+/// Without `User=`, DynamicUser names the user after the template (`relay-connector`) and
+/// every instance runs as the same UID, able to read the others' credentials.
+#[test]
+fn each_instance_runs_as_its_own_user() {
+    let unit = std::fs::read_to_string(UNIT).expect("unit file");
+    let users: Vec<String> = service_section(&unit)
+        .into_iter()
+        .filter(|(k, _)| k == "User")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(users, ["relay-connector-%i"], "{UNIT}");
+    // The longest instance name setup accepts still gives a user name systemd takes.
+    let longest = "x".repeat(relay_connector::setup::MAX_INSTANCE_NAME);
+    assert!(format!("relay-connector-{longest}").len() <= 31);
 }
