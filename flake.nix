@@ -11,11 +11,11 @@
       version = (lib.importTOML ./Cargo.toml).workspace.package.version;
       binaries = [ "relay-server" "relay-identity" "relay-management" "relay-connector" "relayctl" ];
 
-      # Only what cargo needs; the tests read examples/ and docs/ (the configuration
-      # reference is checked against the code).
+      # Only what cargo needs; the tests read examples/, docs/ (the configuration reference
+      # is checked against the code) and packaging/ (the Debian package's unit).
       src = lib.fileset.toSource {
         root = ./.;
-        fileset = lib.fileset.unions [ ./Cargo.toml ./Cargo.lock ./crates ./examples ./docs ];
+        fileset = lib.fileset.unions [ ./Cargo.toml ./Cargo.lock ./crates ./examples ./docs ./packaging ];
       };
 
       # One workspace build of every deployable. The test suite runs in checks.cargo-test:
