@@ -25,6 +25,7 @@ mod metrics;
 mod tunnel;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use relay_proto::discovery::TunnelSettings;
@@ -47,9 +48,13 @@ pub(crate) struct Shared {
     tokens: TokenSource,
     targets: Targets,
     shutdown_grace: Duration,
+    /// Tunnel connections up, a renewal's overlap counted twice (as `relay_connector_tunnels`).
     live: watch::Sender<usize>,
     /// Tunnels the connector keeps (relay URLs × `tunnels_per_relay`), for `STATUS=`.
     tunnels_wanted: usize,
+    /// Of those, how many have at least one connection up: what `STATUS=` counts, so that a
+    /// renewal (new connection up before the old one drains) never shows "2 of 1".
+    slots_up: AtomicUsize,
     /// Whether this connector speaks for its process to systemd (`READY=1`, `STATUS=`); off
     /// for a connector embedded in another service (`relay-server --dev`, tests).
     notify: bool,
@@ -72,17 +77,17 @@ impl Shared {
         }
     }
 
-    /// Counts a tunnel as up and says so in `STATUS=`.
-    fn tunnel_up(&self, relay_url: &str) {
+    /// Counts a connection of tunnel `slot` as up and says so in `STATUS=`.
+    fn tunnel_up(&self, relay_url: &str, slot: &Slot) {
         metrics::TUNNELS_UP.add(1);
         metrics::CONNECTS[0].inc();
-        let mut now = 0;
-        self.live.send_modify(|n| {
-            *n += 1;
-            now = *n;
-        });
+        self.live.send_modify(|n| *n += 1);
+        if slot.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.slots_up.fetch_add(1, Ordering::SeqCst);
+        }
         self.status(&format!(
-            "connected to {relay_url} ({now} of {} tunnels up)",
+            "connected to {relay_url} ({} of {} tunnels up)",
+            self.slots_up.load(Ordering::SeqCst),
             self.tunnels_wanted
         ));
     }
@@ -93,20 +98,28 @@ impl Shared {
         }
     }
 
-    fn tunnel_down(&self) {
+    fn tunnel_down(&self, slot: &Slot) {
         metrics::TUNNELS_UP.add(-1);
         self.live.send_modify(|n| *n = n.saturating_sub(1));
+        if slot.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.slots_up.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// `STATUS=retrying …` while a tunnel cannot be opened.
     fn retrying(&self, relay_url: &str, reason: &dyn std::fmt::Display) {
-        let up = *self.live.borrow();
+        let up = self.slots_up.load(Ordering::SeqCst);
         self.status(&format!(
             "retrying {relay_url}: {reason} ({up} of {} tunnels up)",
             self.tunnels_wanted
         ));
     }
 }
+
+/// One of the tunnels the connector keeps: its connections up (two while a renewal's
+/// replacement and the drained original overlap).
+#[derive(Default)]
+pub(crate) struct Slot(AtomicUsize);
 
 /// A configured connector, ready to run.
 pub struct Connector {
@@ -141,6 +154,7 @@ impl Connector {
             live,
             tunnels_wanted: config.relay_url.as_slice().len()
                 * usize::from(config.tunnels_per_relay),
+            slots_up: AtomicUsize::new(0),
             notify: false,
             pushed: std::sync::Mutex::new(None),
             background: TaskTracker::new(),
@@ -219,6 +233,7 @@ impl Connector {
 /// Reconnect loop of one relay URL. Never gives up: an unreachable relay or refused
 /// credentials are logged and retried with back-off, since an operator may fix either.
 async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: CancellationToken) {
+    let slot = Arc::new(Slot::default());
     let mut settings = TunnelSettings::default();
     let mut backoff =
         backoff::Backoff::new(settings.reconnect_min_delay, settings.reconnect_max_delay);
@@ -232,6 +247,7 @@ async fn keep_tunnel(shared: Arc<Shared>, relay_url: String, shutdown: Cancellat
             &mut settings,
             &shutdown,
             replaces.as_deref(),
+            &slot,
         )
         .await;
         backoff.set_bounds(settings.reconnect_min_delay, settings.reconnect_max_delay);

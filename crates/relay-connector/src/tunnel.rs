@@ -14,9 +14,9 @@ use relay_proto::discovery::TunnelSettings;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
 use crate::error::ConnectorError;
 use crate::targets::{ResponseBody, relay_error};
+use crate::{Shared, Slot};
 
 /// How a served tunnel ended.
 pub enum Ended {
@@ -53,6 +53,7 @@ pub async fn connect_and_serve(
     settings: &mut TunnelSettings,
     shutdown: &CancellationToken,
     replaces: Option<&str>,
+    slot: &Arc<Slot>,
 ) -> Result<Ended, ConnectorError> {
     let doc = shared.control.discover(relay_url).await?;
     *settings = shared.pushed_settings().unwrap_or(doc.settings);
@@ -140,6 +141,7 @@ pub async fn connect_and_serve(
     serve(
         shared,
         relay_url,
+        slot,
         upgraded,
         settings,
         shutdown,
@@ -165,6 +167,7 @@ struct Renewal {
 async fn serve(
     shared: &Arc<Shared>,
     relay_url: &str,
+    slot: &Arc<Slot>,
     io: hyper::upgrade::Upgraded,
     settings: &mut TunnelSettings,
     shutdown: &CancellationToken,
@@ -192,8 +195,8 @@ async fn serve(
         .keep_alive_timeout(keep_alive)
         .serve_connection(io, service);
     let mut conn = Box::pin(conn);
-    shared.tunnel_up(relay_url);
-    let down = scopeguard(shared.clone());
+    shared.tunnel_up(relay_url, slot);
+    let down = scopeguard(shared.clone(), slot.clone());
     tracing::info!(tenant = %shared.tenant, "Tunnel established.");
     let ended = tokio::select! {
         result = conn.as_mut() => Ended::Lost(match result {
@@ -323,15 +326,15 @@ async fn body_text(response: Response<Incoming>) -> String {
     String::from_utf8_lossy(&bytes).trim().to_owned()
 }
 
-/// Decrements the live-tunnel count when a served tunnel ends, however it ends.
-struct TunnelDown(Arc<Shared>);
+/// Decrements the live-tunnel counts when a served tunnel ends, however it ends.
+struct TunnelDown(Arc<Shared>, Arc<Slot>);
 
-fn scopeguard(shared: Arc<Shared>) -> TunnelDown {
-    TunnelDown(shared)
+fn scopeguard(shared: Arc<Shared>, slot: Arc<Slot>) -> TunnelDown {
+    TunnelDown(shared, slot)
 }
 
 impl Drop for TunnelDown {
     fn drop(&mut self) {
-        self.0.tunnel_down();
+        self.0.tunnel_down(&self.1);
     }
 }

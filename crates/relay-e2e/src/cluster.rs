@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use relay_testkit::client::{self, full, get};
+use relay_testkit::notify::NotifySocket;
 use relay_testkit::process::Proc;
 use relay_testkit::target::TestTarget;
 use relay_testkit::wait;
@@ -367,7 +368,7 @@ impl Cluster {
 
     /// A connector process of tenant `acme` with one tunnel to each of the given nodes.
     pub fn connector(&self, name: &str, nodes: &[usize], target: &TestTarget) -> Proc {
-        self.connector_process(name, nodes, target, "acme", &self.secret, 1, "")
+        self.connector_process(name, nodes, target, "acme", &self.secret, 1, "", &[])
     }
 
     /// A connector process of `tenant` with `tunnels` tunnels to each of the given nodes and
@@ -382,6 +383,7 @@ impl Cluster {
         tunnels: usize,
     ) -> Connector {
         let metrics_port = free_port();
+        let notify = NotifySocket::bind(&self.scratch.0, &format!("connector-{name}"));
         let proc = self.connector_process(
             name,
             nodes,
@@ -390,8 +392,13 @@ impl Cluster {
             secret,
             tunnels,
             &format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"),
+            &[("NOTIFY_SOCKET", notify.path_str())],
         );
-        Connector { proc, metrics_port }
+        Connector {
+            proc,
+            metrics_port,
+            notify,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -404,6 +411,7 @@ impl Cluster {
         secret: &str,
         tunnels: usize,
         extra: &str,
+        envs: &[(&str, &str)],
     ) -> Proc {
         let dir = &self.scratch.0;
         let urls: Vec<String> = nodes
@@ -423,7 +431,7 @@ impl Cluster {
         Proc::spawn(
             "relay-connector",
             &["--config", path.to_str().unwrap()],
-            &[],
+            envs,
             dir,
         )
     }
@@ -535,6 +543,8 @@ async fn identity_ready(identity: &mut Proc, port: u16) {
 pub struct Connector {
     pub proc: Proc,
     pub metrics_port: u16,
+    /// What it tells systemd (`READY=1`, `STATUS=…`).
+    pub notify: NotifySocket,
 }
 
 impl Connector {

@@ -987,6 +987,26 @@ async fn renewed_before_expiry_without_a_failed_request(tunnels: usize) {
         rows.len()
     );
     eprintln!("{} tunnels opened in the minute", rows.len());
+    // What `systemctl status` showed: a renewal's overlap is still one tunnel of `tunnels`.
+    let wanted = format!(" of {tunnels} tunnels up)");
+    let status: Vec<String> = connector
+        .notify
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("STATUS="))
+        .collect();
+    let counts: Vec<usize> = status
+        .iter()
+        .filter_map(|l| l.strip_suffix(&wanted)?.rsplit('(').next()?.parse().ok())
+        .collect();
+    assert!(
+        counts.len() >= 3 * tunnels,
+        "STATUS lines with \"k{wanted}\": {status:?}"
+    );
+    assert!(
+        counts.iter().all(|&k| k <= tunnels),
+        "STATUS counted more tunnels up than there are: {status:?}"
+    );
     let now = relay_store::now_ms();
     for row in &rows {
         let open_ms = row.disconnected_at.unwrap_or(now) - row.connected_at;
