@@ -4,8 +4,28 @@
 # mkDerivation takes any name as an environment variable; the stand-ins do not, so that a
 # misspelt name fails here instead of doing nothing in the build.
 rec {
+  # mkDerivation's dependency lists (each must be a list of derivations or paths).
+  dependencyLists = [
+    "nativeBuildInputs"
+    "buildInputs"
+    "propagatedBuildInputs"
+    "propagatedNativeBuildInputs"
+    "depsBuildBuild"
+    "depsBuildBuildPropagated"
+    "depsBuildTarget"
+    "depsBuildTargetPropagated"
+    "depsHostHost"
+    "depsHostHostPropagated"
+    "depsTargetTarget"
+    "depsTargetTargetPropagated"
+    "checkInputs"
+    "nativeCheckInputs"
+    "installCheckInputs"
+    "nativeInstallCheckInputs"
+  ];
+
   # stdenv.mkDerivation (pkgs/stdenv/generic/make-derivation.nix, setup.sh).
-  mkDerivation = [
+  mkDerivation = dependencyLists ++ [
     "name"
     "pname"
     "version"
@@ -49,8 +69,6 @@ rec {
     "doCheck"
     "checkFlags"
     "checkTarget"
-    "checkInputs"
-    "nativeCheckInputs"
     "installPhase"
     "preInstall"
     "postInstall"
@@ -61,8 +79,6 @@ rec {
     "installCheckPhase"
     "preInstallCheck"
     "postInstallCheck"
-    "installCheckInputs"
-    "nativeInstallCheckInputs"
     "fixupPhase"
     "preFixup"
     "postFixup"
@@ -87,18 +103,6 @@ rec {
     "buildCommand"
     "shellHook"
     "passAsFile"
-    "nativeBuildInputs"
-    "buildInputs"
-    "propagatedBuildInputs"
-    "propagatedNativeBuildInputs"
-    "depsBuildBuild"
-    "depsBuildBuildPropagated"
-    "depsBuildTarget"
-    "depsBuildTargetPropagated"
-    "depsHostHost"
-    "depsHostHostPropagated"
-    "depsTargetTarget"
-    "depsTargetTargetPropagated"
     "strictDeps"
     "outputs"
     "setupHook"

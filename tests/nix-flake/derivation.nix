@@ -25,24 +25,7 @@ let
     "args"
   ];
 
-  dependencyLists = [
-    "nativeBuildInputs"
-    "buildInputs"
-    "propagatedBuildInputs"
-    "propagatedNativeBuildInputs"
-    "depsBuildBuild"
-    "depsBuildBuildPropagated"
-    "depsBuildTarget"
-    "depsBuildTargetPropagated"
-    "depsHostHost"
-    "depsHostHostPropagated"
-    "depsTargetTarget"
-    "depsTargetTargetPropagated"
-    "checkInputs"
-    "nativeCheckInputs"
-    "installCheckInputs"
-    "nativeInstallCheckInputs"
-  ];
+  inherit (accepted) dependencyLists;
 
   resolve = argsOrFun: final: if lib.isFunction argsOrFun then argsOrFun final else argsOrFun;
 
