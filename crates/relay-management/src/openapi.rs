@@ -164,6 +164,7 @@ pub fn document_value(authority: &str) -> Value {
                     "request_expiry": duration,
                     "max_body_bytes": {"type": "integer", "minimum": 0, "nullable": true},
                     "concurrency_limit": {"type": "integer", "minimum": 1, "maximum": 65535, "nullable": true},
+                    "max_tunnels": {"type": "integer", "minimum": 1, "maximum": 1024, "nullable": true, "description": "Tunnels the tenant may hold on one relay node; more get 429 tunnel-limit (server default 32)."},
                     "acknowledge_mode": {"type": "string", "nullable": true, "enum": ["disabled", "connector-received", "connector-finished", "manual", null]},
                     "tracing": {"type": "boolean", "nullable": true},
                     "require_client_token": {"type": "boolean", "nullable": true}}},

@@ -138,6 +138,25 @@ pub struct RelayConfig {
     pub spool_quota_bytes: u64,
     /// Free space the body directory must keep; below it `queue` requests get `503`.
     pub spool_min_free_bytes: u64,
+    /// `queue` requests one tenant may have waiting on this node (single node); more get
+    /// `429 queue-full`. Each counts its headers toward `spool_quota_bytes` too.
+    pub queue_max_requests_per_tenant: usize,
+    /// `queue` requests all tenants together may have waiting on this node; more get
+    /// `503 queue-node-full`.
+    pub queue_max_requests: usize,
+    /// Relayed requests one client connection may have open at once (an HTTP/2 client's
+    /// concurrent streams into tunnels); more get `429 stream-limit`.
+    pub max_streams_per_connection: usize,
+    /// Relayed requests one source (IPv4 address, IPv6 /64) may have open at once on this
+    /// node; more get `429 stream-limit`.
+    pub max_streams_per_source: usize,
+    /// Responses of one source whose client has stopped taking frames (for a second or more)
+    /// that may hold tunnel window at once; beyond it the longest-stalled are reset at once
+    /// instead of after `client_write_timeout`.
+    pub max_stalled_per_source: usize,
+    /// Tunnels one tenant may hold on this node unless the tenant sets `max_tunnels`; more
+    /// get `429 tunnel-limit`.
+    pub max_tunnels: usize,
 }
 
 impl Default for RelayConfig {
@@ -153,6 +172,12 @@ impl Default for RelayConfig {
             queue_max_body_bytes: 16 << 20,
             spool_quota_bytes: 256 << 20,
             spool_min_free_bytes: 1 << 30,
+            queue_max_requests_per_tenant: 1_000,
+            queue_max_requests: 10_000,
+            max_streams_per_connection: 128,
+            max_streams_per_source: 512,
+            max_stalled_per_source: 8,
+            max_tunnels: 32,
         }
     }
 }
@@ -377,6 +402,36 @@ impl Config {
             return Err(ConfigError::key(
                 "public_url",
                 "must be an http:// or https:// URL",
+            ));
+        }
+        for (key, value) in [
+            (
+                "relay.queue_max_requests_per_tenant",
+                self.relay.queue_max_requests_per_tenant,
+            ),
+            ("relay.queue_max_requests", self.relay.queue_max_requests),
+            (
+                "relay.max_streams_per_connection",
+                self.relay.max_streams_per_connection,
+            ),
+            (
+                "relay.max_streams_per_source",
+                self.relay.max_streams_per_source,
+            ),
+            (
+                "relay.max_stalled_per_source",
+                self.relay.max_stalled_per_source,
+            ),
+            ("relay.max_tunnels", self.relay.max_tunnels),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be at least 1"));
+            }
+        }
+        if self.relay.client_write_timeout.is_zero() {
+            return Err(ConfigError::key(
+                "relay.client_write_timeout",
+                "must be longer than 0 s",
             ));
         }
         if self.relay.request_expiry.is_zero() {

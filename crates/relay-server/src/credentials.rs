@@ -34,6 +34,8 @@ pub enum Refusal {
     TenantGone,
     /// The token's credential was revoked, expired or deleted.
     CredentialRevoked,
+    /// The store does not answer and the credential was not known active before.
+    CredentialUnknown,
     /// No `tenant_id` claim and name binding is not allowed.
     TenantIdMissing,
     /// The configuration store did not answer.
@@ -45,6 +47,7 @@ impl Refusal {
         match self {
             Refusal::TenantGone => "tenant-gone",
             Refusal::CredentialRevoked => "credential-revoked",
+            Refusal::CredentialUnknown => "credential-unknown",
             Refusal::TenantIdMissing => "tenant-id-missing",
             Refusal::Unavailable(_) => "store-unavailable",
         }
@@ -61,6 +64,12 @@ impl Refusal {
                 StatusCode::UNAUTHORIZED,
                 self.code(),
                 "the credential this token was issued for was revoked or has expired",
+            ),
+            Refusal::CredentialUnknown => error(
+                StatusCode::UNAUTHORIZED,
+                self.code(),
+                "the configuration store is unreachable and this token's credential was not \
+                 known to be valid before; retry when the store is back",
             ),
             Refusal::TenantIdMissing => error(
                 StatusCode::UNAUTHORIZED,
@@ -83,8 +92,11 @@ impl Refusal {
 /// cache: a tunnel is long-lived, and opening one is rare).
 ///
 /// While the store is unreachable, a tenant this node already knows may still open tunnels
-/// (as its requests keep flowing from the cache); the credential check then happens at the
-/// first poll after the store is back, which cuts the tunnel if the secret went away.
+/// (as its requests keep flowing from the cache), but only with a credential known to be
+/// active before the outage ([`TenantDirectory::known_active`]): revoked stays revoked. The
+/// next poll after the store is back checks again and cuts the tunnel if the secret went away.
+///
+/// [`TenantDirectory::known_active`]: crate::tenants::TenantDirectory::known_active
 pub async fn bind_tunnel(state: &AppState, claims: &Claims) -> Result<Arc<TenantEntry>, Refusal> {
     let looked_up = match (&claims.tenant_id, &claims.tenant) {
         (Some(id), _) => timed(state.tenants.by_id(id)).await,
@@ -114,10 +126,17 @@ pub async fn bind_tunnel(state: &AppState, claims: &Claims) -> Result<Arc<Tenant
         )
         .await
         {
-            Ok(active) if active.contains(secret) => {}
-            Ok(_) => return Err(Refusal::CredentialRevoked),
-            // Checked again by the next poll once the store answers.
-            Err(e) => state.tenants.health.note(Err(&e)),
+            Ok(active) if active.contains(secret) => state.tenants.note_secret(secret, true),
+            Ok(_) => {
+                state.tenants.note_secret(secret, false);
+                return Err(Refusal::CredentialRevoked);
+            }
+            Err(e) => {
+                state.tenants.health.note(Err(&e));
+                if !state.tenants.known_active(secret) {
+                    return Err(Refusal::CredentialUnknown);
+                }
+            }
         }
     }
     Ok(tenant)
@@ -153,7 +172,16 @@ pub async fn client_token_bound(
         return Ok(false);
     }
     match &claims.secret_id {
-        Some(secret) => timed(state.secrets.is_active(&state.store, secret)).await,
+        Some(secret) => match timed(state.secrets.is_active(&state.store, secret)).await {
+            Ok(active) => {
+                state.tenants.note_secret(secret, active);
+                Ok(active)
+            }
+            // A client known to be valid before the outage keeps working, as its tenant's
+            // tunnels do; anything else is refused, never let through.
+            Err(_) if state.tenants.known_active(secret) => Ok(true),
+            Err(e) => Err(e),
+        },
         None => Ok(true),
     }
 }

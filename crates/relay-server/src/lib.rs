@@ -15,6 +15,7 @@
 pub mod config;
 pub mod dev;
 mod devmanagement;
+mod episodes;
 
 mod ack;
 mod body;
@@ -32,6 +33,7 @@ pub mod requestlog;
 mod responses;
 mod slowreader;
 mod spool;
+mod streams;
 mod tenants;
 mod tunnel;
 
@@ -58,8 +60,16 @@ pub(crate) struct AppState {
     validator: relay_token::Validator,
     /// Whether the credentials behind client tokens are still valid (short cache).
     secrets: credentials::SecretStates,
+    /// Relayed requests open per source on this node (`relay.max_streams_per_source`).
+    streams: Arc<streams::SourceStreams>,
+    /// Resets responses whose clients stopped reading (`relay.client_write_timeout`).
+    watchdog: Arc<slowreader::Watchdog>,
     /// Bytes of `queue` bodies spooled per tenant on this node (`relay.spool_quota_bytes`).
     spool: Arc<spool::Usage>,
+    /// Queue expiries and refusals (counted; one log line per flood).
+    spool_events: spool::QueueEvents,
+    /// Tunnels refused at `max_tunnels` (one log line per tenant and flood).
+    tunnel_refusals: episodes::Episodes,
     /// Scheme clients use to reach the relay, for `X-Forwarded-Proto`.
     client_proto: &'static str,
     /// This node's id (an origin in multi-node set-ups).
@@ -223,7 +233,14 @@ pub async fn run(
                 .map_err(ServerError::IdentityCa)?,
         ),
         secrets: credentials::SecretStates::default(),
+        streams: Arc::default(),
+        watchdog: slowreader::Watchdog::new(
+            config.relay.client_write_timeout,
+            config.relay.max_stalled_per_source,
+        ),
         spool: Arc::default(),
+        spool_events: spool::QueueEvents::default(),
+        tunnel_refusals: episodes::Episodes::default(),
         cross,
         acks,
         origin_id,
@@ -236,6 +253,7 @@ pub async fn run(
         tasks: tasks.clone(),
     });
     tasks.spawn(tenants.refresh_loop(shutdown.clone()));
+    tasks.spawn(state.watchdog.clone().run(shutdown.clone()));
     if let Some(cross) = &state.cross {
         tasks.spawn(cross.clone().run_acks(state.acks.clone(), shutdown.clone()));
     }

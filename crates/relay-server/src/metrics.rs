@@ -27,7 +27,7 @@ use crate::responses::Body;
 const MODES: [&str; 3] = ["relay", "queue", "trace"];
 
 /// `x-relay-error` codes counted by name; anything else counts as `other`.
-const ERROR_CODES: [&str; 24] = [
+const ERROR_CODES: [&str; 29] = [
     "authority-unavailable",
     "body-incomplete",
     "body-store",
@@ -51,6 +51,11 @@ const ERROR_CODES: [&str; 24] = [
     "too-many-redirects",
     "bad-path",
     "content-type",
+    "stream-limit",
+    "queue-full",
+    "queue-node-full",
+    "spool-quota",
+    "spool-full",
     "other",
 ];
 
@@ -266,6 +271,31 @@ pub(crate) fn render(state: &AppState) -> String {
         "gauge",
         "Requests currently running through this node's tunnels.",
         inflight,
+    );
+    e.single(
+        "relay_stalled_responses_reset_total",
+        "counter",
+        "Responses reset because their client took no frame in time (client_write_timeout) \
+         or its source had too many stalled (max_stalled_per_source).",
+        state.watchdog.resets(),
+    );
+    e.single(
+        "relay_queue_requests",
+        "gauge",
+        "Single-node queue mode: requests waiting on this node for a connector.",
+        state.spool.requests(),
+    );
+    e.single(
+        "relay_queue_expired_total",
+        "counter",
+        "Single-node queue mode: queued requests that expired undelivered.",
+        state.spool_events.expired.load(Ordering::Relaxed),
+    );
+    e.single(
+        "relay_queue_refused_total",
+        "counter",
+        "Single-node queue mode: requests refused at queue_max_requests(_per_tenant).",
+        state.spool_events.refused.load(Ordering::Relaxed),
     );
     if state.config.metrics.tenant_label {
         e.describe(

@@ -27,7 +27,7 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
         .max_frame_size(1 << 20)
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(16 << 20)
-        .max_concurrent_streams(1024);
+        .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     let connections = TaskTracker::new();
     while let Some((stream, remote, permit)) = gate.accept(&listener, &shutdown).await {
@@ -39,9 +39,11 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
             Some(None) => continue,
         };
         let service_state = state.clone();
+        let streams = Arc::new(crate::streams::ConnStreams::default());
         let service = service_fn(move |req| {
             let state = service_state.clone();
-            async move { Ok::<_, Infallible>(route(&state, req, remote).await) }
+            let streams = streams.clone();
+            async move { Ok::<_, Infallible>(route(&state, req, remote, &streams).await) }
         });
         // Upgraded tunnels leave the connection task (and its idle watchdog) at the upgrade;
         // their own HTTP/2 PINGs keep them alive.
@@ -77,13 +79,14 @@ async fn route(
     state: &Arc<AppState>,
     req: Request<Incoming>,
     remote: SocketAddr,
+    streams: &Arc<crate::streams::ConnStreams>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let trimmed = path.trim_start_matches('/');
     let (first, after) = trimmed.split_once('/').unwrap_or((trimmed, ""));
     if let Some(mode) = Mode::parse(first) {
         let started = std::time::Instant::now();
-        let response = crate::requestlog::relay(state, mode, req, remote, after).await;
+        let response = crate::requestlog::relay(state, mode, req, remote, streams, after).await;
         let tenant = after.split('/').next().unwrap_or_default();
         return crate::metrics::finish(state, mode, tenant, started, response);
     }

@@ -128,6 +128,19 @@ struct TenantTunnels {
     list: RwLock<Vec<Arc<Tunnel>>>,
     arrived: Notify,
     next: AtomicUsize,
+    /// Tunnels accepted and not yet ended (upgrades in progress included): what
+    /// `max_tunnels` bounds.
+    slots: AtomicUsize,
+}
+
+/// A tenant's place for one tunnel on this node, from the accepted upgrade until the tunnel
+/// ends; given back on drop.
+pub struct TunnelSlot(Arc<TenantTunnels>);
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl TenantTunnels {
@@ -184,6 +197,31 @@ impl Registry {
         if let Ok(mut tenants) = self.tenants.write() {
             tenants.remove(tenant_id);
         }
+    }
+
+    /// A place for one more tunnel of the tenant, or `None` when it holds `max` already.
+    pub fn reserve(&self, tenant_id: &str, max: usize) -> Option<TunnelSlot> {
+        let tenant = self.tenant(tenant_id);
+        if tenant.slots.fetch_add(1, Ordering::AcqRel) >= max {
+            tenant.slots.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(TunnelSlot(tenant))
+    }
+
+    /// The live tunnel `id` of the tenant, when it was opened with `secret_id` and is not
+    /// already being replaced: the one tunnel a renewal may replace (and count in place of).
+    pub fn replaceable(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        secret_id: Option<&str>,
+    ) -> Option<Arc<Tunnel>> {
+        let tenant = self.tenants.read().ok()?.get(tenant_id)?.clone();
+        let list = tenant.list.read().ok()?;
+        list.iter()
+            .find(|t| t.id == id && t.auth.secret_id.as_deref() == secret_id && t.usable())
+            .cloned()
     }
 
     /// Whether this node holds any tunnel of the tenant.

@@ -14,6 +14,7 @@ use crate::AppState;
 use crate::body::{BodyBytes, Forwarded, LimitedBody, Progress};
 use crate::registry::TunnelBody;
 use crate::responses::{Body, error};
+use crate::streams::{ConnStreams, StreamPermit};
 use crate::tenants::TenantEntry;
 
 /// How the client wants its request handled.
@@ -65,6 +66,7 @@ pub async fn handle(
     mode: Mode,
     req: Request<Incoming>,
     remote: SocketAddr,
+    conn: &Arc<ConnStreams>,
     after_mode: &str,
 ) -> Response<Body> {
     let started = Instant::now();
@@ -156,6 +158,26 @@ pub async fn handle(
             None => crate::spool::enqueue(state, &tenant, request, request_id, progress).await,
         };
     }
+    let permit = match StreamPermit::take(
+        conn,
+        &state.streams,
+        remote.ip(),
+        state.config.relay.max_streams_per_connection,
+        state.config.relay.max_streams_per_source,
+    ) {
+        Ok(permit) => permit,
+        Err(refused) => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "stream-limit",
+                refused.reason(),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    };
     let wait = state.config.relay.connector_wait.min(tenant.request_expiry);
     let tunnel = match &state.cross {
         // Multi-node: a local tunnel is used directly (the shortcut), otherwise the broker
@@ -168,9 +190,12 @@ pub async fn handle(
                     if !cross.wait_for_consumer(&tenant.id, wait).await {
                         return no_connector(state);
                     }
-                    return cross
+                    let response = cross
                         .relay(&tenant, request, &request_id, mode, deadline)
                         .await;
+                    let (parts, body) = response.into_parts();
+                    let body = state.watchdog.watch(body, remote.ip(), request_id, permit);
+                    return Response::from_parts(parts, body);
                 }
             }
         }
@@ -257,10 +282,11 @@ pub async fn handle(
     } else {
         parts.headers.remove(headers::TARGET_DURATION);
     }
-    let body = crate::slowreader::watch(
+    let body = state.watchdog.watch(
         body.map_err(Into::into).boxed(),
-        state.config.relay.client_write_timeout,
+        remote.ip(),
         request_id,
+        permit,
     );
     Response::from_parts(parts, body)
 }

@@ -113,10 +113,11 @@ pub(crate) async fn relay(
     mode: Mode,
     req: Request<Incoming>,
     remote: SocketAddr,
+    conn: &Arc<crate::streams::ConnStreams>,
     after: &str,
 ) -> Response<Body> {
     let Some(log) = &state.request_log else {
-        return crate::relay::handle(state, mode, req, remote, after).await;
+        return crate::relay::handle(state, mode, req, remote, conn, after).await;
     };
     let started = Instant::now();
     let started_at = relay_store::now_ms();
@@ -134,7 +135,7 @@ pub(crate) async fn relay(
     let request_bytes = BodyBytes::default();
     let mut req = req;
     req.extensions_mut().insert(request_bytes.clone());
-    let response = crate::relay::handle(state, mode, req, remote, after).await;
+    let response = crate::relay::handle(state, mode, req, remote, conn, after).await;
     let code = response
         .headers()
         .get(relay_proto::headers::RELAY_ERROR)

@@ -40,6 +40,8 @@ pub struct TenantEntry {
     /// Whether `/trace/…` adds diagnostic headers (connector machine and version, timings);
     /// otherwise `trace` behaves like `relay`.
     pub tracing: bool,
+    /// Tunnels the tenant may hold on this node; more get `429 tunnel-limit`.
+    pub max_tunnels: usize,
 }
 
 impl TenantEntry {
@@ -64,6 +66,10 @@ impl TenantEntry {
                 .unwrap_or(defaults.concurrency_limit),
             ack_mode: config.ack_mode.unwrap_or(AckMode::ConnectorFinished),
             tracing: config.tracing.unwrap_or(false),
+            max_tunnels: config
+                .max_tunnels
+                .and_then(|v| usize::try_from(v).ok())
+                .unwrap_or(defaults.max_tunnels),
         }
     }
 }
@@ -112,6 +118,9 @@ pub struct TenantDirectory {
     missing: Mutex<HashMap<String, Instant>>,
     /// Ids that vanished in a reload (deleted tenants), until [`TenantDirectory::take_gone`].
     gone: Mutex<Vec<String>>,
+    /// Client secrets known to be active (id → expiry in unix ms), from the last reload and
+    /// every check since: all a credential may rest on while the store does not answer.
+    active_secrets: RwLock<HashMap<String, Option<i64>>>,
 }
 
 impl TenantDirectory {
@@ -123,6 +132,36 @@ impl TenantDirectory {
             known: RwLock::new(HashMap::new()),
             missing: Mutex::new(HashMap::new()),
             gone: Mutex::new(Vec::new()),
+            active_secrets: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `secret_id` was active at the last reload or check and has not expired since.
+    /// Only for when the store does not answer: revoked (or never seen) stays refused.
+    pub fn known_active(&self, secret_id: &str) -> bool {
+        let now = relay_store::now_ms();
+        self.active_secrets.read().is_ok_and(|active| {
+            active
+                .get(secret_id)
+                .is_some_and(|expiry| expiry.is_none_or(|at| at > now))
+        })
+    }
+
+    /// Records the store's answer for one secret (`expiry` unknown here: kept as it was).
+    pub fn note_secret(&self, secret_id: &str, active: bool) {
+        let unchanged = self
+            .active_secrets
+            .read()
+            .is_ok_and(|known| known.contains_key(secret_id) == active);
+        if unchanged {
+            return;
+        }
+        if let Ok(mut known) = self.active_secrets.write() {
+            if active {
+                known.entry(secret_id.to_owned()).or_insert(None);
+            } else {
+                known.remove(secret_id);
+            }
         }
     }
 
@@ -223,6 +262,13 @@ impl TenantDirectory {
             fresh.insert(entry.key.clone(), Arc::new(entry));
         }
         let count = fresh.len();
+        let secrets = self
+            .store
+            .active_secret_expiries(relay_store::now_ms())
+            .await?;
+        if let Ok(mut active) = self.active_secrets.write() {
+            *active = secrets;
+        }
         if let Ok(mut known) = self.known.write() {
             let vanished: Vec<String> = known
                 .values()

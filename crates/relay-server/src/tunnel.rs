@@ -98,6 +98,31 @@ pub async fn accept(
             return refusal.response();
         }
     };
+    // A renewal names the tunnel it replaces: only one opened with the same secret, so no
+    // other credential of the tenant can drain it. It may take a place beyond the tenant's
+    // cap, since the old tunnel gives its place back once drained.
+    let replaces = header_text(&req, &headers::TUNNEL_REPLACES);
+    let old = state
+        .registry
+        .replaceable(&tenant.id, &replaces, claims.secret_id.as_deref());
+    let cap = tenant.max_tunnels + usize::from(old.is_some());
+    let Some(slot) = state.registry.reserve(&tenant.id, cap) else {
+        if state.tunnel_refusals.begins(&tenant.id) {
+            tracing::warn!(tenant = %tenant.key, %remote, max_tunnels = tenant.max_tunnels, "Tunnel refused: the tenant holds its maximum of tunnels on this node (logged once a minute per tenant).");
+        }
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "tunnel-limit",
+            format!(
+                "the tenant already holds {} tunnels on this relay node (tenant setting max_tunnels)",
+                tenant.max_tunnels
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        return response;
+    };
     let auth = TunnelAuth {
         tenant_id: tenant.id.clone(),
         tenant_name: tenant.key.clone(),
@@ -112,7 +137,6 @@ pub async fn accept(
         0
     };
     let retire_lead = Duration::from_secs(u64::try_from((lifetime / 10).min(30)).unwrap_or(0));
-    let replaces = header_text(&req, &headers::TUNNEL_REPLACES);
     let machine = header_text(&req, &headers::CONNECTOR_MACHINE);
     let version = header_text(&req, &headers::CONNECTOR_VERSION);
     let state2 = state.clone();
@@ -120,6 +144,8 @@ pub async fn accept(
     let tunnel_id = id.clone();
     let on_upgrade = hyper::upgrade::on(req);
     state.tasks.spawn(async move {
+        // The tenant's place is held until this task ends: upgrade, handshake and tunnel.
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -164,12 +190,7 @@ pub async fn accept(
             cross.tunnel_up(&state2, &tenant);
         }
         tracing::info!(tenant = %tenant_key, tunnel = %id, %remote, %machine, %version, "Connector connected.");
-        if let Some(old) = state2
-            .registry
-            .all()
-            .into_iter()
-            .find(|t| t.id == replaces && t.tenant_id() == tenant.id)
-        {
+        if let Some(old) = old {
             tracing::info!(tenant = %tenant_key, tunnel = %old.id, by = %id, "Tunnel renewed; draining the old one.");
             drain(&old, relay_proto::Drain::default());
         }

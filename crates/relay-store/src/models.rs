@@ -41,6 +41,8 @@ pub struct TenantConfig {
     pub ack_mode: Option<AckMode>,
     pub tracing: Option<bool>,
     pub require_client_auth: Option<bool>,
+    /// Tunnels the tenant may hold on one relay node (`None`: the server default).
+    pub max_tunnels: Option<u32>,
 }
 
 /// When a request counts as delivered (the acknowledge modes of RelayServer v3).

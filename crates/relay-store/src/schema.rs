@@ -25,6 +25,7 @@ diesel::table! {
         tracing -> Nullable<Bool>,
         require_client_auth -> Nullable<Bool>,
         updated_at -> BigInt,
+        max_tunnels -> Nullable<BigInt>,
     }
 }
 

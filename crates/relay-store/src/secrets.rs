@@ -15,7 +15,7 @@ use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use rand::RngCore;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::management::ManagementClient;
 use crate::models::{CredentialScope, SecretInfo, Tenant, VerifiedSecret};
@@ -364,6 +364,24 @@ impl Store {
             .set(management_clients::last_used_at.eq(now_ms));
         with_conn!(self, |conn| touch.execute(conn).await)?;
         Ok(client)
+    }
+
+    /// Every client secret accepted at `now_ms`, with its expiry (unix ms, `None`: never):
+    /// the relay's record of what was known active, for when the store stops answering.
+    pub async fn active_secret_expiries(
+        &self,
+        now_ms: i64,
+    ) -> Result<HashMap<String, Option<i64>>, StoreError> {
+        let query = client_secrets::table
+            .filter(client_secrets::revoked_at.is_null())
+            .filter(
+                client_secrets::expires_at
+                    .is_null()
+                    .or(client_secrets::expires_at.gt(now_ms)),
+            )
+            .select((client_secrets::id, client_secrets::expires_at));
+        let rows: Vec<(String, Option<i64>)> = with_conn!(self, |conn| query.load(conn).await)?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Those of `secret_ids` that are still accepted at `now_ms`: not revoked, not expired,

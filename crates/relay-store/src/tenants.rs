@@ -60,6 +60,7 @@ struct TenantConfigRow {
     tracing: Option<bool>,
     require_client_auth: Option<bool>,
     updated_at: i64,
+    max_tunnels: Option<i64>,
 }
 
 impl TenantConfigRow {
@@ -83,6 +84,11 @@ impl TenantConfigRow {
                 .map_err(|e| invalid("ack_mode", format!("stored value: {e}")))?,
             tracing: self.tracing,
             require_client_auth: self.require_client_auth,
+            max_tunnels: self
+                .max_tunnels
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|e| invalid("max_tunnels", format!("stored value: {e}")))?,
         })
     }
 }
@@ -114,6 +120,12 @@ fn validate_config(cfg: &TenantConfig) -> Result<(), StoreError> {
     if cfg.concurrency_limit == Some(0) {
         return Err(StoreError::Invalid {
             field: "concurrency_limit",
+            message: "must be at least 1".into(),
+        });
+    }
+    if cfg.max_tunnels == Some(0) {
+        return Err(StoreError::Invalid {
+            field: "max_tunnels",
             message: "must be at least 1".into(),
         });
     }
@@ -333,6 +345,7 @@ impl Store {
             tracing: cfg.tracing,
             require_client_auth: cfg.require_client_auth,
             updated_at: now_ms(),
+            max_tunnels: cfg.max_tunnels.map(i64::from),
         };
         let query = diesel::insert_into(tenant_configs::table)
             .values(&row)

@@ -261,6 +261,9 @@ pub struct ConfigSet {
     /// true or false
     #[arg(long)]
     pub require_client_token: Option<String>,
+    /// Tunnels the tenant may hold on one relay node (1-1024; server default 32)
+    #[arg(long)]
+    pub max_tunnels: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -191,6 +191,7 @@ async fn config_set(api: &Api, json: bool, set: ConfigSet) -> anyhow::Result<()>
         ("acknowledge_mode", set.acknowledge_mode, false),
         ("tracing", set.tracing, true),
         ("require_client_token", set.require_client_token, true),
+        ("max_tunnels", set.max_tunnels, true),
     ];
     for (key, value, literal) in changes {
         let Some(value) = value else { continue };

@@ -109,5 +109,6 @@ fn config_lines(c: &TenantConfig) -> Vec<(&'static str, String)> {
         c.require_client_auth
             .map(|v| ("require_client_auth", v.to_string())),
     );
+    lines.extend(c.max_tunnels.map(|v| ("max_tunnels", v.to_string())));
     lines
 }

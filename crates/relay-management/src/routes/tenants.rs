@@ -221,7 +221,13 @@ pub(crate) struct ConfigJson {
     tracing: Option<bool>,
     #[serde(default)]
     require_client_token: Option<bool>,
+    /// Tunnels the tenant may hold on one relay node (server default: 32).
+    #[serde(default)]
+    max_tunnels: Option<u32>,
 }
+
+/// Highest `max_tunnels` a tenant may be given.
+const MAX_TUNNELS_LIMIT: u32 = 1024;
 
 fn human_ms(ms: Option<i64>) -> Option<String> {
     ms.and_then(|v| u64::try_from(v).ok())
@@ -244,6 +250,7 @@ impl From<TenantConfig> for ConfigJson {
             acknowledge_mode: c.ack_mode.map(ack_api),
             tracing: c.tracing,
             require_client_token: c.require_client_auth,
+            max_tunnels: c.max_tunnels,
         }
     }
 }
@@ -328,6 +335,15 @@ impl ConfigJson {
             },
             tracing: self.tracing,
             require_client_auth: self.require_client_token,
+            max_tunnels: match self.max_tunnels {
+                Some(n) if !(1..=MAX_TUNNELS_LIMIT).contains(&n) => {
+                    return Err(ApiError::invalid(
+                        "max_tunnels",
+                        format!("must be from 1 to {MAX_TUNNELS_LIMIT}"),
+                    ));
+                }
+                other => other,
+            },
         };
         if let (Some(min), Some(max)) =
             (config.reconnect_min_delay_ms, config.reconnect_max_delay_ms)

@@ -142,6 +142,7 @@ async fn config_defaults_and_upsert(store: Store) {
         ack_mode: Some(AckMode::ConnectorFinished),
         tracing: Some(true),
         require_client_auth: Some(false),
+        max_tunnels: Some(4),
     };
     store
         .set_tenant_config(&tenant.id, &cfg)
