@@ -591,6 +591,140 @@ async fn stalled_readers_are_reset_after_the_client_write_timeout() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Issue 22 row 1: HTTP/2 clients with a zero window cannot hold the tunnel
+
+/// One h2c connection whose streams never get a byte of window: `n` downloads of `bytes`,
+/// their heads received, their bodies never read.
+async fn window_zero_downloads(
+    stack: &Stack,
+    n: usize,
+    bytes: usize,
+) -> (
+    Vec<http::Response<hyper::body::Incoming>>,
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+) {
+    let tcp = TcpStream::connect(stack.relay_addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut pending = Vec::new();
+    for _ in 0..n {
+        let req = Request::get(format!("http://relay/relay/acme/web/bytes/{bytes}"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        pending.push(sender.send_request(req));
+    }
+    let heads = futures_util::future::join_all(pending).await;
+    let heads = heads.into_iter().map(|r| r.unwrap()).collect::<Vec<_>>();
+    for head in &heads {
+        assert_eq!(head.status(), StatusCode::OK);
+    }
+    (heads, sender)
+}
+
+async fn metric(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+    let text = get(&format!("http://{addr}/metrics")).await.text();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_zero_http2_streams_cannot_hold_the_tunnel_window() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([("web".to_owned(), target(web.url(), Duration::from_secs(60)))]);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], relay_e2e::free_port()));
+    let (stack, _c) = relaying(
+        |c| {
+            c.relay.client_write_timeout = Duration::from_secs(4);
+            c.metrics.listen = Some(metrics);
+        },
+        Default::default(),
+        targets,
+    )
+    .await;
+    // 40 streams × 4 MiB: more than the tunnel's 64 MiB window if each kept its 2 MiB.
+    let (_held, _conn) = window_zero_downloads(&stack, 40, 4 << 20).await;
+    // The streams beyond the source's share of stalled responses are reset at once, so the
+    // tenant's other requests keep flowing while the rest wait out the write timeout.
+    for _ in 0..3 {
+        ping_answers(&stack, Duration::from_secs(5)).await;
+    }
+    // No frame was ever taken: every one of them is reset by the write timeout at the latest.
+    wait::until(
+        Duration::from_secs(30),
+        "all 40 window-zero responses reset",
+        || async {
+            (metric(metrics, "relay_stalled_responses_reset_total").await? >= 40).then_some(())
+        },
+    )
+    .await;
+    ping_answers(&stack, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_responses_of_a_window_zero_client_are_reset_too() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([("web".to_owned(), target(web.url(), Duration::from_secs(60)))]);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], relay_e2e::free_port()));
+    let (stack, _c) = relaying(
+        |c| {
+            c.relay.client_write_timeout = Duration::from_secs(2);
+            c.relay.max_stalled_per_source = 100;
+            c.metrics.listen = Some(metrics);
+        },
+        Default::default(),
+        targets,
+    )
+    .await;
+    // Under the old 256 KiB threshold: such responses were never watched at all.
+    let (_held, _conn) = window_zero_downloads(&stack, 3, 200_000).await;
+    wait::until(
+        Duration::from_secs(20),
+        "the three small window-zero responses reset by the write timeout",
+        || async {
+            (metric(metrics, "relay_stalled_responses_reset_total").await? >= 3).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_cannot_open_more_relayed_streams_than_its_cap() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([("web".to_owned(), target(web.url(), Duration::from_secs(60)))]);
+    let (stack, _c) = relaying(
+        |c| c.relay.max_streams_per_connection = 4,
+        Default::default(),
+        targets,
+    )
+    .await;
+    let (_held, mut sender) = window_zero_downloads(&stack, 4, 4 << 20).await;
+    let refused = sender
+        .send_request(
+            Request::get("http://relay/relay/acme/ping")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused
+            .headers()
+            .get("x-relay-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("stream-limit")
+    );
+    assert!(refused.headers().get("retry-after").is_some());
+    // Another connection from the same source is not affected by this one's cap.
+    ping_answers(&stack, Duration::from_secs(5)).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // Row 5: the queue spool is bounded
 
 fn body_files(stack: &Stack) -> usize {
@@ -663,4 +797,85 @@ async fn queue_requests_are_refused_below_the_free_disk_floor() {
     assert_eq!(refused.header("x-relay-error"), Some("spool-full"));
     assert!(refused.header("retry-after").is_some());
     assert_eq!(body_files(&stack), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 22 row 3: queue mode is bounded by count, not only by body bytes
+
+async fn queue_empty(stack: &Stack, tenant: &str) -> relay_testkit::client::Answer {
+    send(
+        Request::post(stack.url(&format!("/queue/{tenant}/web/x")))
+            .header("x-padding", "p".repeat(4000))
+            .body(full(Vec::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn empty_queue_requests_are_bounded_per_tenant_and_per_node() {
+    let stack = Stack::start_with(|c| {
+        c.relay.queue_max_requests_per_tenant = 5;
+        c.relay.queue_max_requests = 8;
+    })
+    .await;
+    stack.tenant("acme").await;
+    stack.tenant("beta").await;
+    for i in 0..5 {
+        let answer = queue_empty(&stack, "acme").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::ACCEPTED,
+            "request {i}: {}",
+            answer.text()
+        );
+    }
+    let full_tenant = queue_empty(&stack, "acme").await;
+    assert_eq!(
+        full_tenant.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        full_tenant.text()
+    );
+    assert_eq!(full_tenant.header("x-relay-error"), Some("queue-full"));
+    assert!(full_tenant.header("retry-after").is_some());
+    // Another tenant still has room, up to the node's count.
+    for _ in 0..3 {
+        assert_eq!(
+            queue_empty(&stack, "beta").await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let full_node = queue_empty(&stack, "beta").await;
+    assert_eq!(
+        full_node.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        full_node.text()
+    );
+    assert_eq!(full_node.header("x-relay-error"), Some("queue-node-full"));
+    // Empty bodies leave no files behind.
+    assert_eq!(body_files(&stack), 0);
+}
+
+#[tokio::test]
+async fn queued_headers_count_toward_the_spool_quota() {
+    let stack = Stack::start_with(|c| c.relay.spool_quota_bytes = 12_000).await;
+    stack.tenant("acme").await;
+    assert_eq!(
+        queue_empty(&stack, "acme").await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        queue_empty(&stack, "acme").await.status,
+        StatusCode::ACCEPTED
+    );
+    let refused = queue_empty(&stack, "acme").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("x-relay-error"), Some("spool-quota"));
 }
