@@ -1168,3 +1168,59 @@ async fn a_deleted_tenants_queued_requests_are_dropped_with_its_queue() {
     let again = tenant_id(&cluster, "acme").await;
     assert_ne!(again, tenant);
 }
+
+/// Issue 22 row 7: while the configuration database does not answer, a tunnel may rest only
+/// on a secret known to be active before the outage; a revoked secret's unexpired token is
+/// refused (it used to open a tunnel after the store timeout and take the tenant's requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_a_revoked_secrets_token_opens_no_tunnel() {
+    let proxy =
+        relay_testkit::proxy::BlockableProxy::start(relay_e2e::cluster::postgres_addr()).await;
+    let Some(cluster) = Cluster::launch(Options {
+        nodes: 1,
+        identity_toml: IDENTITY.to_owned(),
+        database_via: Some(proxy.addr),
+        ..Options::multinode()
+    })
+    .await
+    else {
+        return;
+    };
+    let (revoked_id, revoked_secret) = relayctl_secret(&cluster, None).await;
+    let kept = access_token(&token(&cluster, "acme", &cluster.secret, None).await);
+    let revoked = access_token(&token(&cluster, "acme", &revoked_secret, None).await);
+    let target = TestTarget::start().await;
+    let connector = cluster.connector_as("revoked", &[0], &target, "acme", &revoked_secret, 1);
+    connector.wait_tunnels(1, Duration::from_secs(30)).await;
+    let start = Instant::now();
+    relayctl(&cluster.db, &["secret", "revoke", "acme", &revoked_id]);
+    closed_in_time(
+        &connector,
+        start,
+        "the revoked secret's tunnel closed",
+        &cluster,
+    )
+    .await;
+
+    proxy.block();
+    cluster
+        .ready_everywhere("ready (degraded: database unreachable, serving from cache)\n")
+        .await;
+    assert_eq!(
+        open_tunnel(&cluster, 0, &revoked).await,
+        (
+            StatusCode::UNAUTHORIZED,
+            Some("credential-unknown".to_owned())
+        ),
+        "a revoked secret's token during the outage\n{}",
+        cluster.logs()
+    );
+    // A secret known active before the outage still opens tunnels (fail closed, not shut).
+    assert_eq!(
+        open_tunnel(&cluster, 0, &kept).await.0,
+        StatusCode::SWITCHING_PROTOCOLS,
+        "{}",
+        cluster.logs()
+    );
+    proxy.unblock();
+}

@@ -213,6 +213,15 @@ async fn name_binding_accepts_a_token_without_a_tenant_id() {
 /// A hand-made tunnel for `token` that names `replaces` in `x-relay-replaces`; it answers
 /// every relayed request with `204` and stays open while the task runs.
 async fn raw_tunnel(stack: &Stack, token: &str, replaces: &str) -> tokio::task::JoinHandle<()> {
+    raw_tunnel_with_id(stack, token, replaces).await.0
+}
+
+/// [`raw_tunnel`], and the tunnel id the relay gave it (`x-relay-tunnel-id`).
+async fn raw_tunnel_with_id(
+    stack: &Stack,
+    token: &str,
+    replaces: &str,
+) -> (tokio::task::JoinHandle<()>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(stack.relay_addr)
         .await
@@ -233,7 +242,15 @@ async fn raw_tunnel(stack: &Stack, token: &str, replaces: &str) -> tokio::task::
         "{}",
         String::from_utf8_lossy(&answer)
     );
-    tokio::spawn(async move {
+    let id = String::from_utf8_lossy(&answer)
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-relay-tunnel-id")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    let task = tokio::spawn(async move {
         let service = hyper::service::service_fn(|_req| async {
             let mut r = http::Response::new(http_body_util::Empty::<Bytes>::new());
             *r.status_mut() = StatusCode::NO_CONTENT;
@@ -242,7 +259,8 @@ async fn raw_tunnel(stack: &Stack, token: &str, replaces: &str) -> tokio::task::
         let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
             .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
             .await;
-    })
+    });
+    (task, id)
 }
 
 async fn open_tunnels_of(stack: &Stack, tenant: &str) -> Vec<String> {
@@ -306,4 +324,99 @@ async fn a_tunnel_can_only_replace_a_tunnel_of_its_own_tenant() {
     // By now a drain of B's tunnel would have taken effect the same way.
     assert_eq!(open_tunnels_of(&stack, "beta").await, [b_tunnel]);
     assert_eq!(get(&stack.url("/relay/beta/ping")).await.text(), "PONG");
+}
+
+/// Issue 22 row 13: another credential of the same tenant must not drain a tunnel either;
+/// only a tunnel opened with the same secret can be replaced.
+#[tokio::test]
+async fn a_tunnel_can_only_replace_a_tunnel_of_its_own_secret() {
+    let logs = relay_e2e::logs::captured("info");
+    let stack = Stack::start().await;
+    let secret_a = stack.tenant("alpha").await;
+    let tenant = stack.store.tenant_by_name("alpha").await.unwrap().unwrap();
+    let (_, secret_b) = stack
+        .store
+        .create_secret(&tenant.id, None, relay_store::CredentialScope::Connector)
+        .await
+        .unwrap();
+    let mut a = stack.connector("alpha", &secret_a, &[]);
+    a.connected(1).await;
+    let wait_rows = |n: usize| {
+        let stack = &stack;
+        async move {
+            relay_testkit::wait::until(Duration::from_secs(20), "tunnels recorded", || async {
+                let open = open_tunnels_of(stack, "alpha").await;
+                (open.len() == n).then_some(open)
+            })
+            .await
+        }
+    };
+    let a_tunnel = wait_rows(1).await.remove(0);
+    let token_b = access_token(&token(&stack, "alpha", &secret_b, "connector").await);
+    let token_a = access_token(&token(&stack, "alpha", &secret_a, "connector").await);
+
+    // The other secret's tunnel names A's: ignored.
+    let (_hostile, hostile) = raw_tunnel_with_id(&stack, &token_b, &a_tunnel).await;
+    wait_rows(2).await;
+    // Control: the same secret's tunnel naming it drains it, and the connector reconnects.
+    let (_own, own) = raw_tunnel_with_id(&stack, &token_a, &a_tunnel).await;
+    relay_testkit::wait::until(
+        Duration::from_secs(20),
+        "A's old tunnel drained by a tunnel of its own secret",
+        || async {
+            let open = open_tunnels_of(&stack, "alpha").await;
+            (!open.contains(&a_tunnel) && open.len() == 3).then_some(())
+        },
+    )
+    .await;
+    let text = String::from_utf8_lossy(&logs.lock().unwrap()).to_string();
+    assert!(
+        !hostile.is_empty() && !text.contains(&format!("by={hostile}")),
+        "the other secret's tunnel drained A's:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("tunnel={a_tunnel} by={own}")),
+        "{text}"
+    );
+}
+
+/// Issue 22 row 11: one tenant's credential cannot open unbounded tunnels on a node; a
+/// renewal at the cap still gets through (it replaces a tunnel of its own secret).
+#[tokio::test]
+async fn tunnels_per_tenant_are_capped_by_max_tunnels() {
+    let stack = Stack::start().await;
+    let secret = stack
+        .tenant_with(
+            "acme",
+            relay_store::TenantConfig {
+                max_tunnels: Some(2),
+                ..Default::default()
+            },
+        )
+        .await;
+    let mut connector = stack.connector("acme", &secret, &[]);
+    connector.connected(1).await;
+    let bearer = access_token(&token(&stack, "acme", &secret, "connector").await);
+    let _second = raw_tunnel(&stack, &bearer, "none").await;
+    let refused = open_tunnel(&stack, Some(&bearer)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.header("x-relay-error"), Some("tunnel-limit"));
+    assert!(refused.header("retry-after").is_some());
+    // A renewal names the tunnel it replaces and is let in beyond the cap.
+    let open =
+        relay_testkit::wait::until(Duration::from_secs(20), "two tunnels recorded", || async {
+            let open = open_tunnels_of(&stack, "acme").await;
+            (open.len() == 2).then_some(open)
+        })
+        .await;
+    let _renewal = raw_tunnel(&stack, &bearer, &open[0]).await;
+    // Other tenants are not affected.
+    let other = stack.tenant("beta").await;
+    let other_token = access_token(&token(&stack, "beta", &other, "connector").await);
+    let _beta = raw_tunnel(&stack, &other_token, "none").await;
 }

@@ -115,7 +115,14 @@ pub async fn bind_tunnel(state: &AppState, claims: &Claims) -> Result<Arc<Tenant
                 (None, Some(name)) => state.tenants.cached(name),
                 (None, None) => None,
             };
-            return cached.ok_or(Refusal::Unavailable(e));
+            let tenant = cached.ok_or(Refusal::Unavailable(e))?;
+            // The store is down: the credential must have been known active before.
+            if let Some(secret) = &claims.secret_id
+                && !state.tenants.known_active(secret)
+            {
+                return Err(Refusal::CredentialUnknown);
+            }
+            return Ok(tenant);
         }
     };
     if let Some(secret) = &claims.secret_id {

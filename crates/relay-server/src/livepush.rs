@@ -159,6 +159,10 @@ async fn check_credentials(state: &AppState) -> Result<(), relay_store::StoreErr
         .store
         .active_secrets(&secret_ids, relay_store::now_ms())
         .await?;
+    // What a tunnel may rest on while the store does not answer: nothing revoked.
+    for id in &secret_ids {
+        state.tenants.note_secret(id, secrets.contains(id));
+    }
     for tunnel in &tunnels {
         if !tenants.contains(tunnel.tenant_id()) {
             crate::tunnel::close(tunnel, "tenant deleted");
