@@ -156,11 +156,15 @@ impl Targets {
         // The relay refuses what no target may get; only the connector knows this target's
         // policy for `%2F` and `%25`, and it never trusts the relay alone.
         if let Err(e) = relay_proto::path::check_rest_with(path, target.slashes) {
-            return relay_error(
-                StatusCode::BAD_REQUEST,
-                "path-invalid",
-                e.reason().to_owned(),
-            );
+            let reason = if relay_proto::path::check_rest_lenient(path).is_ok() {
+                format!(
+                    "{} (this target has encoded_slashes = \"reject\")",
+                    e.reason()
+                )
+            } else {
+                e.reason().to_owned()
+            };
+            return relay_error(StatusCode::BAD_REQUEST, "path-invalid", reason);
         }
         let (mut parts, body) = req.into_parts();
         let mut uri = match join(&target.base, rest) {
