@@ -8,6 +8,7 @@ use http::Uri;
 use relay_core::config::ConfigError;
 use relay_core::secret::Secret;
 use relay_core::telemetry::LogConfig;
+use relay_proto::path::EncodedSlashes;
 use serde::Deserialize;
 
 /// Prefix of environment overrides: `RELAY_CONNECTOR__TENANT=acme`.
@@ -101,6 +102,32 @@ pub struct TargetConfig {
     /// internal CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// `"reject"` (default) refuses `%2F` and `%25` in the path with `400 path-invalid`;
+    /// `"pass"` passes them byte for byte when the path is otherwise safe (GitLab-style
+    /// `group%2Fproject` ids, `100%25`).
+    #[serde(default)]
+    pub encoded_slashes: EncodedSlashes,
+    /// Keep the client's own `Forwarded`, `X-Forwarded-*` and `X-Real-IP` (the connector's
+    /// element is appended after theirs). Off by default: they are dropped, because a target
+    /// that reads the first element would see a client of the client's choosing.
+    #[serde(default)]
+    pub trust_client_forwarded: bool,
+}
+
+/// A target with every optional key at its default, for code that builds a configuration
+/// (`TargetConfig { url, ..Default::default() }`); the empty `url` fails `validate`.
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            url: String::new(),
+            timeout: default_target_timeout(),
+            follow_redirects: false,
+            redirect_origins: Vec::new(),
+            ca_file: None,
+            encoded_slashes: EncodedSlashes::default(),
+            trust_client_forwarded: false,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -248,6 +275,32 @@ mod tests {
         assert_eq!(config.targets["web"].timeout, Duration::from_secs(30));
         assert!(config.builtin_targets);
         assert_eq!(config.tunnels_per_relay, 2);
+        assert_eq!(
+            config.targets["web"].encoded_slashes,
+            EncodedSlashes::Reject
+        );
+        assert!(!config.targets["web"].trust_client_forwarded);
+    }
+
+    #[test]
+    fn target_policies_parse() {
+        let config = parse(
+            r#"
+            relay_url = "http://127.0.0.1:5000"
+            tenant = "acme"
+            secret = "s3cret"
+            [targets.gitlab]
+            url = "http://gitlab.internal/api/v4"
+            encoded_slashes = "pass"
+            trust_client_forwarded = true
+            "#,
+        )
+        .expect("valid");
+        assert_eq!(
+            config.targets["gitlab"].encoded_slashes,
+            EncodedSlashes::Pass
+        );
+        assert!(config.targets["gitlab"].trust_client_forwarded);
     }
 
     #[test]
@@ -277,6 +330,14 @@ mod tests {
             (
                 "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\n[targets.w]\nurl = \"http://a\"\ntimeout = \"soon\"\n",
                 "targets.w.timeout",
+            ),
+            (
+                "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\n[targets.w]\nurl = \"http://a\"\nencoded_slashes = \"decode\"\n",
+                "targets.w.encoded_slashes",
+            ),
+            (
+                "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\n[targets.w]\nurl = \"http://a\"\ntrust_client_forwarded = \"yes\"\n",
+                "targets.w.trust_client_forwarded",
             ),
             (
                 "relay_url = \"http://x\"\ntenant = \"t\"\nsecret = \"x\"\ntimeout = 3\n",

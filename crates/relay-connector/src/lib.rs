@@ -5,6 +5,8 @@
 //! - [`control`]: discovery document and token (client credentials) calls.
 //! - `tunnel`: one upgraded connection served as HTTP/2, with drain and keep-alive.
 //! - [`targets`]: forwarding to targets, built-in `ping` and `echo`.
+//! - `redirect`: which redirects a `follow_redirects` target has followed (origin, base path).
+//! - `forwarding`: `Forwarded`/`X-Forwarded-*` for the target; the client's own dropped.
 //! - `backoff`: jittered reconnect delays.
 //! - `dial`: outbound connections: TLS (system roots or `ca_file`) and HTTP `CONNECT` proxies.
 //! - `metrics`: the Prometheus metrics (`[metrics] listen`).
@@ -21,7 +23,9 @@ pub mod targets;
 
 mod backoff;
 mod dial;
+mod forwarding;
 mod metrics;
+mod redirect;
 mod tunnel;
 
 use std::sync::Arc;

@@ -20,6 +20,8 @@ use relay_core::https::HttpsConnector;
 use relay_proto::headers;
 
 use crate::config::TargetConfig;
+use crate::forwarding::add_forwarding_headers;
+use crate::redirect::{Hop, RedirectRules, origin};
 
 /// Body of every response the connector sends back through the tunnel.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
@@ -41,8 +43,11 @@ struct Target {
     host: HeaderValue,
     timeout: Duration,
     follow_redirects: bool,
-    /// Origins redirects may lead to besides the target's own (`scheme://host:port`).
-    redirect_origins: Vec<String>,
+    redirects: RedirectRules,
+    /// `%2F` and `%25` in the path: refused or passed.
+    slashes: relay_proto::path::EncodedSlashes,
+    /// Keep the client's own `Forwarded`/`X-Forwarded-*`/`X-Real-IP`.
+    trust_client_forwarded: bool,
     /// Shared by all targets without a `ca_file`; a target with one has its own.
     client: TargetClient,
 }
@@ -79,27 +84,34 @@ impl Targets {
                 }
                 None => shared.clone(),
             };
+            let redirect_origins = target
+                .redirect_origins
+                .iter()
+                .map(|o| {
+                    o.parse::<Uri>()
+                        .ok()
+                        .and_then(|u| origin(&u))
+                        .ok_or_else(|| {
+                            format!(
+                                "targets.{name}.redirect_origins: `{o}` is not an http(s) origin"
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?;
             by_name.insert(
                 name.to_ascii_lowercase(),
                 Target {
+                    redirects: RedirectRules::new(
+                        base.clone(),
+                        redirect_origins,
+                        target.encoded_slashes,
+                    ),
                     base,
                     host,
                     timeout: target.timeout,
                     follow_redirects: target.follow_redirects,
-                    redirect_origins: target
-                        .redirect_origins
-                        .iter()
-                        .map(|o| {
-                            o.parse::<Uri>()
-                                .ok()
-                                .and_then(|u| origin(&u))
-                                .ok_or_else(|| {
-                                    format!(
-                                        "targets.{name}.redirect_origins: `{o}` is not an http(s) origin"
-                                    )
-                                })
-                        })
-                        .collect::<Result<_, _>>()?,
+                    slashes: target.encoded_slashes,
+                    trust_client_forwarded: target.trust_client_forwarded,
                     client,
                 },
             );
@@ -141,20 +153,25 @@ impl Targets {
         req: Request<Incoming>,
     ) -> Response<ResponseBody> {
         let path = rest.split_once('?').map_or(rest, |(path, _)| path);
-        // The relay refuses these already; a connector never trusts that alone.
-        if let Err(e) = relay_proto::path::check_rest(path) {
-            return relay_error(
-                StatusCode::BAD_REQUEST,
-                "path-invalid",
-                e.reason().to_owned(),
-            );
+        // The relay refuses what no target may get; only the connector knows this target's
+        // policy for `%2F` and `%25`, and it never trusts the relay alone.
+        if let Err(e) = relay_proto::path::check_rest_with(path, target.slashes) {
+            let reason = if relay_proto::path::check_rest_lenient(path).is_ok() {
+                format!(
+                    "{} (this target has encoded_slashes = \"reject\")",
+                    e.reason()
+                )
+            } else {
+                e.reason().to_owned()
+            };
+            return relay_error(StatusCode::BAD_REQUEST, "path-invalid", reason);
         }
         let (mut parts, body) = req.into_parts();
         let mut uri = match join(&target.base, rest) {
             Ok(uri) => uri,
             Err(e) => return relay_error(StatusCode::BAD_REQUEST, "bad-path", e),
         };
-        add_forwarding_headers(&mut parts.headers);
+        add_forwarding_headers(&mut parts.headers, target.trust_client_forwarded);
         let request_id = parts.headers.get(headers::REQUEST_ID).cloned();
         let request_id = request_id
             .as_ref()
@@ -228,11 +245,14 @@ impl Targets {
             };
             // Later hops (GET and HEAD) carry no body.
             ended.finish();
-            match redirect_location(follow, &uri, &response)
-                .filter(|next| target.may_follow(&uri, next))
+            match redirect_location(follow, &response)
+                .and_then(|l| target.redirects.follow(&uri, l))
             {
-                Some(next) => {
-                    if origin(&next) != origin(&target.base) {
+                Some(Hop {
+                    uri: next,
+                    to_target,
+                }) => {
+                    if !to_target {
                         // The client's credentials were meant for the target alone.
                         for name in [
                             header::AUTHORIZATION,
@@ -381,86 +401,12 @@ fn join(base: &Uri, rest: &str) -> Result<Uri, String> {
     Uri::from_parts(parts).map_err(|e| format!("invalid path: {e}"))
 }
 
-impl Target {
-    /// Whether a redirect from `current` to `next` is followed: to the target's own origin
-    /// or a configured one, and never from `https` to `http` (otherwise the redirect is passed
-    /// to the client as it is).
-    fn may_follow(&self, current: &Uri, next: &Uri) -> bool {
-        if current.scheme_str() == Some("https") && next.scheme_str() != Some("https") {
-            return false;
-        }
-        let Some(next) = origin(next) else {
-            return false;
-        };
-        origin(&self.base).as_ref() == Some(&next) || self.redirect_origins.contains(&next)
-    }
-}
-
-/// `scheme://host:port` of an http(s) URL, with the scheme's default port filled in.
-fn origin(uri: &Uri) -> Option<String> {
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" => 80,
-        "https" => 443,
-        _ => return None,
-    };
-    let authority = uri.authority()?;
-    Some(format!(
-        "{scheme}://{}:{}",
-        authority.host().to_ascii_lowercase(),
-        authority.port_u16().unwrap_or(default_port)
-    ))
-}
-
-fn redirect_location(follow: bool, current: &Uri, response: &Response<Incoming>) -> Option<Uri> {
+/// The `Location` of a redirect the target answered, when redirects are followed.
+fn redirect_location(follow: bool, response: &Response<Incoming>) -> Option<&str> {
     if !follow || !response.status().is_redirection() {
         return None;
     }
-    let location = response.headers().get(header::LOCATION)?.to_str().ok()?;
-    let location: Uri = location.parse().ok()?;
-    if location.scheme().is_some() {
-        return matches!(location.scheme_str(), Some("http" | "https")).then_some(location);
-    }
-    let mut parts = current.clone().into_parts();
-    parts.path_and_query = location.path_and_query().cloned();
-    Uri::from_parts(parts).ok()
-}
-
-/// Turns the relay's client metadata headers into `X-Forwarded-*` and `Forwarded`.
-fn add_forwarding_headers(h: &mut http::HeaderMap) {
-    let addr = h
-        .get(headers::CLIENT_ADDR)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let host = h
-        .get(headers::CLIENT_HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let proto = h
-        .get(headers::CLIENT_PROTO)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(addr) = &addr {
-        let value = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {addr}"),
-            None => addr.clone(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert("x-forwarded-for", v);
-        }
-    }
-    if let Some(v) = host.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-        h.insert("x-forwarded-host", v);
-    }
-    if let Some(v) = proto.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-        h.insert("x-forwarded-proto", v);
-    }
-    let forwarded = headers::forwarded_element(addr.as_deref(), host.as_deref(), proto.as_deref());
-    if !forwarded.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&forwarded)
-    {
-        h.append(header::FORWARDED, v);
-    }
+    response.headers().get(header::LOCATION)?.to_str().ok()
 }
 
 fn echo(req: Request<Incoming>) -> Response<ResponseBody> {
@@ -528,26 +474,6 @@ mod tests {
         assert_eq!(
             join(&root, "?a=b").expect("joins").to_string(),
             "http://h/?a=b"
-        );
-    }
-
-    #[test]
-    fn forwarding_headers_append_to_prior_hops() {
-        let mut h = http::HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        h.insert(headers::CLIENT_ADDR, HeaderValue::from_static("192.0.2.7"));
-        h.insert(
-            headers::CLIENT_HOST,
-            HeaderValue::from_static("relay.example.com"),
-        );
-        h.insert(headers::CLIENT_PROTO, HeaderValue::from_static("https"));
-        add_forwarding_headers(&mut h);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
-        assert_eq!(h["x-forwarded-host"], "relay.example.com");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(
-            h[header::FORWARDED],
-            "for=\"192.0.2.7\";host=\"relay.example.com\";proto=\"https\""
         );
     }
 }

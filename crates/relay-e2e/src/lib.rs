@@ -231,6 +231,7 @@ impl Stack {
                         follow_redirects: false,
                         redirect_origins: Vec::new(),
                         ca_file: None,
+                        ..Default::default()
                     },
                 )
             })

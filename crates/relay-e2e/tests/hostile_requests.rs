@@ -27,6 +27,7 @@ fn target(url: String, timeout: Duration) -> TargetConfig {
         follow_redirects: false,
         redirect_origins: Vec::new(),
         ca_file: None,
+        ..Default::default()
     }
 }
 
@@ -759,7 +760,8 @@ async fn queue_mode_has_a_default_body_limit() {
 
 #[tokio::test]
 async fn a_tenant_cannot_spool_more_than_its_quota() {
-    let stack = Stack::start_with(|c| c.relay.spool_quota_bytes = 3000).await;
+    // Two bodies of 1 200 bytes and their heads (about 1.1 KB each, counted too) fit.
+    let stack = Stack::start_with(|c| c.relay.spool_quota_bytes = 5000).await;
     stack.tenant("acme").await;
     assert_eq!(queue(&stack, 1200).await.status, StatusCode::ACCEPTED);
     assert_eq!(queue(&stack, 1200).await.status, StatusCode::ACCEPTED);
@@ -878,4 +880,263 @@ async fn queued_headers_count_toward_the_spool_quota() {
         refused.text()
     );
     assert_eq!(refused.header("x-relay-error"), Some("spool-quota"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 22 rows 9 and 13: followed redirects stay under the target's base path
+
+/// A target at `/base` that redirects `/base/{name}` to the `Location` in `redirects` and
+/// serves `/base/inside` and anything ending in `/admin/secret.txt` (as a target that
+/// resolves `..` and `;` would) with the `Authorization` it got; counts secret requests.
+async fn redirecting_target(
+    redirects: Vec<(&'static str, String)>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let secrets = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = secrets.clone();
+    let redirects = std::sync::Arc::new(redirects);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let redirects = redirects.clone();
+            let counter = counter.clone();
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                let redirects = redirects.clone();
+                let counter = counter.clone();
+                async move {
+                    let path = req.uri().path().to_owned();
+                    let auth = req
+                        .headers()
+                        .get("authorization")
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                        .unwrap_or_default();
+                    let mut r = http::Response::new(http_body_util::Full::new(Bytes::new()));
+                    if path.ends_with("/admin/secret.txt") {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        *r.body_mut() = Bytes::from(format!("SECRET auth={auth}")).into();
+                    } else if path == "/base/inside" {
+                        *r.body_mut() = Bytes::from(format!("INSIDE auth={auth}")).into();
+                    } else if let Some((_, location)) = redirects
+                        .iter()
+                        .find(|(name, _)| path.strip_prefix("/base/") == Some(*name))
+                    {
+                        *r.status_mut() = StatusCode::FOUND;
+                        r.headers_mut()
+                            .insert(http::header::LOCATION, location.parse().unwrap());
+                        *r.body_mut() = Bytes::from("moved").into();
+                    } else {
+                        *r.status_mut() = StatusCode::NOT_FOUND;
+                    }
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (format!("http://{addr}"), secrets)
+}
+
+#[tokio::test]
+async fn followed_redirects_never_leave_the_base_path() {
+    let redirects = vec![
+        ("out", "/admin/secret.txt".to_owned()),
+        ("dots", "/base/../admin/secret.txt".to_owned()),
+        ("params", "/base/..;/admin/secret.txt".to_owned()),
+        ("encoded", "/base/%2e%2e;x=1/admin/secret.txt".to_owned()),
+        (
+            "schemeless",
+            "//elsewhere.invalid/admin/secret.txt".to_owned(),
+        ),
+        ("in", "/base/inside".to_owned()),
+    ];
+    let (url, secrets) = redirecting_target(redirects.clone()).await;
+    let mut web = target(format!("{url}/base"), Duration::from_secs(10));
+    web.follow_redirects = true;
+    let (stack, _c) = relaying(
+        |_| {},
+        Default::default(),
+        BTreeMap::from([("web".to_owned(), web)]),
+    )
+    .await;
+    let with_credentials = |path: &str| {
+        Request::get(stack.url(path))
+            .header("authorization", "Bearer for-the-base-only")
+            .header("cookie", "session=for-the-base-only")
+            .body(full(Bytes::new()))
+            .unwrap()
+    };
+    for (name, location) in &redirects[..5] {
+        let answer = send(with_credentials(&format!("/relay/acme/web/{name}"))).await;
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (StatusCode::FOUND, "moved"),
+            "{name}: the client sees the redirect"
+        );
+        assert_eq!(answer.header("location"), Some(location.as_str()), "{name}");
+    }
+    assert_eq!(
+        secrets.load(Ordering::SeqCst),
+        0,
+        "nothing outside /base was requested"
+    );
+
+    let inside = send(with_credentials("/relay/acme/web/in")).await;
+    assert_eq!(
+        (inside.status, inside.text().as_str()),
+        (StatusCode::OK, "INSIDE auth=Bearer for-the-base-only"),
+        "a redirect under the base path is followed with the credentials"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 22 row 10: `;` parameters, overlong and look-alike dots
+
+#[tokio::test]
+async fn dot_segments_with_parameters_or_look_alike_dots_never_reach_the_target() {
+    let web = TestTarget::start().await;
+    let targets = BTreeMap::from([(
+        "web".to_owned(),
+        target(format!("{}/base", web.url()), Duration::from_secs(10)),
+    )]);
+    let (stack, _c) = relaying(|_| {}, Default::default(), targets).await;
+    for path in [
+        "/relay/acme/web/..;/admin/secret.txt",
+        "/relay/acme/web/..;x=1/admin/secret.txt",
+        "/relay/acme/web/%2e%2e;/admin/secret.txt",
+        "/relay/acme/web/..%3b/admin/secret.txt",
+        "/relay/acme/web/..%3B/admin/secret.txt",
+        "/relay/acme/web/%c0%ae%c0%ae/admin/secret.txt",
+        "/relay/acme/web/%ef%bc%8e%ef%bc%8e/admin/secret.txt",
+    ] {
+        let (status, text) = raw(
+            &stack,
+            format!("GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert_eq!(
+            header_of(&text, "x-relay-error").as_deref(),
+            Some("path-invalid"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        web.counters.requests.load(Ordering::SeqCst),
+        0,
+        "nothing reached the target"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 22: `[targets.NAME] encoded_slashes`
+
+#[tokio::test]
+async fn encoded_slashes_pass_byte_for_byte_only_where_the_target_allows_them() {
+    let web = TestTarget::start().await;
+    let strict = target(web.url(), Duration::from_secs(10));
+    let mut lenient = strict.clone();
+    lenient.encoded_slashes = relay_proto::path::EncodedSlashes::Pass;
+    let targets = BTreeMap::from([
+        ("strict".to_owned(), strict),
+        ("gitlab".to_owned(), lenient),
+    ]);
+    let (stack, _c) = relaying(|_| {}, Default::default(), targets).await;
+    for rest in [
+        "inspect/projects/group%2Fproject",
+        "inspect/discount/100%25",
+    ] {
+        let answer = get(&stack.url(&format!("/relay/acme/gitlab/{rest}"))).await;
+        assert_eq!(answer.status, StatusCode::OK, "{rest}: {}", answer.text());
+        let seen: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(seen["uri"], format!("/{rest}"), "byte for byte");
+
+        let refused = get(&stack.url(&format!("/relay/acme/strict/{rest}"))).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{rest}");
+        assert_eq!(refused.header("x-relay-error"), Some("path-invalid"));
+        assert!(
+            refused.text().contains("encoded_slashes"),
+            "the reason names the setting: {}",
+            refused.text()
+        );
+    }
+    for rest in [
+        "inspect/%252e%252e/admin",
+        "inspect/a%2F..%2F..%2Fadmin",
+        "inspect/a%252Fb",
+    ] {
+        let refused = get(&stack.url(&format!("/relay/acme/gitlab/{rest}"))).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{rest}");
+        assert_eq!(refused.header("x-relay-error"), Some("path-invalid"));
+    }
+    assert_eq!(web.counters.requests.load(Ordering::SeqCst), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 22 row 12: client-sent forwarding headers
+
+#[tokio::test]
+async fn client_forwarding_headers_reach_only_a_target_that_trusts_them() {
+    let web = TestTarget::start().await;
+    let plain = target(web.url(), Duration::from_secs(10));
+    let mut trusting = plain.clone();
+    trusting.trust_client_forwarded = true;
+    let targets = BTreeMap::from([("web".to_owned(), plain), ("trusting".to_owned(), trusting)]);
+    let (stack, _c) = relaying(|_| {}, Default::default(), targets).await;
+    let seen = |name: &'static str| {
+        let stack = &stack;
+        async move {
+            let answer = send(
+                Request::get(stack.url(&format!("/relay/acme/{name}/inspect")))
+                    .header("forwarded", "for=6.6.6.6")
+                    .header("x-forwarded-for", "6.6.6.6")
+                    .header("x-forwarded-host", "forged.example")
+                    .header("x-forwarded-prefix", "/forged")
+                    .header("x-real-ip", "6.6.6.6")
+                    .body(full(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+            let json: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+            let headers: Vec<(String, String)> = json["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    (
+                        h[0].as_str().unwrap().to_owned(),
+                        h[1].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            move |key: &str| -> Vec<String> {
+                headers
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+                    .collect()
+            }
+        }
+    };
+    let relay_element = format!(
+        "for=\"127.0.0.1\";host=\"{}\";proto=\"http\"",
+        stack.relay_addr
+    );
+    let web = seen("web").await;
+    assert_eq!(web("forwarded"), [relay_element.as_str()]);
+    assert_eq!(web("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(web("x-forwarded-host"), [stack.relay_addr.to_string()]);
+    assert_eq!(web("x-forwarded-prefix"), Vec::<String>::new());
+    assert_eq!(web("x-real-ip"), Vec::<String>::new());
+
+    let trusting = seen("trusting").await;
+    assert_eq!(
+        trusting("forwarded"),
+        ["for=6.6.6.6".to_owned(), relay_element]
+    );
+    assert_eq!(trusting("x-forwarded-for"), ["6.6.6.6, 127.0.0.1"]);
+    assert_eq!(trusting("x-real-ip"), ["6.6.6.6"]);
 }

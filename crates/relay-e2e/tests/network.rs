@@ -28,6 +28,7 @@ async fn a_blocked_network_is_detected_within_two_keep_alive_intervals() {
             follow_redirects: false,
             redirect_origins: Vec::new(),
             ca_file: None,
+            ..Default::default()
         },
     )]);
     let mut c = stack.connector_via(&format!("http://{}", proxy.addr), "flaky", &secret, targets);

@@ -75,6 +75,7 @@ async fn target_errors_map_to_404_502_504() {
                 follow_redirects: false,
                 redirect_origins: Vec::new(),
                 ca_file: None,
+                ..Default::default()
             },
         ),
         (
@@ -85,6 +86,7 @@ async fn target_errors_map_to_404_502_504() {
                 follow_redirects: false,
                 redirect_origins: Vec::new(),
                 ca_file: None,
+                ..Default::default()
             },
         ),
     ]);

@@ -136,6 +136,7 @@ pub async fn run(options: DevOptions, shutdown: CancellationToken) -> anyhow::Re
                 follow_redirects: false,
                 redirect_origins: Vec::new(),
                 ca_file: None,
+                ..Default::default()
             },
         )]),
         builtin_targets: true,

@@ -80,7 +80,7 @@ pub async fn handle(
     if !relay_proto::is_valid_tenant_name(path.tenant) {
         return unknown_tenant();
     }
-    if let Err(e) = relay_proto::path::check_rest(path.rest) {
+    if let Err(e) = relay_proto::path::check_rest_lenient(path.rest) {
         return error(StatusCode::BAD_REQUEST, "path-invalid", e.reason());
     }
     if let Some(coding) = unsupported_coding(&req) {
