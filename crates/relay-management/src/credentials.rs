@@ -43,24 +43,25 @@ pub enum Credential {
     Key { id: String, depth: usize },
 }
 
-/// Why a credential is no longer accepted (all answered 401).
+/// What went away, so that a credential is no longer accepted (all answered 401).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Refusal {
-    ClientGone,
-    TenantGone,
-    CreatorGone,
+enum Gone {
+    /// The token's management client: revoked, deleted, or re-created after the token.
+    Client,
+    /// The credential's tenant.
+    Tenant,
+    /// A credential in the chain that created the API key.
+    Creator,
 }
 
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
+impl From<Gone> for ApiError {
+    fn from(r: Gone) -> Self {
         ApiError::unauthorized(match r {
-            Refusal::ClientGone => {
-                "the management client this token was issued to was revoked or deleted"
-            }
-            Refusal::TenantGone => {
+            Gone::Client => "the management client this token was issued to was revoked or deleted",
+            Gone::Tenant => {
                 "the credential's tenant no longer exists; a re-created tenant of the same name needs its own credentials"
             }
-            Refusal::CreatorGone => {
+            Gone::Creator => {
                 "the credential that created this API key was revoked, expired or deleted"
             }
         })
@@ -119,10 +120,8 @@ impl CredentialStates {
             Some(client) => Ok(self.active_client(store, client).await??),
             // A tenant's clients go with it: say which went first.
             None => match &claims.tenant_id {
-                Some(id) if self.tenant(store, id).await?.is_none() => {
-                    Err(Refusal::TenantGone.into())
-                }
-                _ => Err(Refusal::ClientGone.into()),
+                Some(id) if self.tenant(store, id).await?.is_none() => Err(Gone::Tenant.into()),
+                _ => Err(Gone::Client.into()),
             },
         }
     }
@@ -132,15 +131,15 @@ impl CredentialStates {
         &self,
         store: &Store,
         client: ManagementClient,
-    ) -> Result<Result<ActiveClient, Refusal>, ApiError> {
+    ) -> Result<Result<ActiveClient, Gone>, ApiError> {
         if client.revoked_at.is_some() {
-            return Ok(Err(Refusal::ClientGone));
+            return Ok(Err(Gone::Client));
         }
         let tenant = match &client.tenant_id {
             None => None,
             Some(id) => match self.tenant(store, id).await? {
                 Some(tenant) => Some(tenant),
-                None => return Ok(Err(Refusal::TenantGone)),
+                None => return Ok(Err(Gone::Tenant)),
             },
         };
         Ok(Ok(ActiveClient { client, tenant }))
@@ -169,7 +168,7 @@ impl CredentialStates {
     /// credential that created it is still active and its tenant still exists.
     pub async fn key_depth(&self, store: &Store, key: &ApiKeyInfo) -> Result<usize, ApiError> {
         if let Some(id) = &key.tenant_id {
-            self.tenant(store, id).await?.ok_or(Refusal::TenantGone)?;
+            self.tenant(store, id).await?.ok_or(Gone::Tenant)?;
         }
         let mut current = key.clone();
         for depth in 0..=MAX_KEY_CHAIN {
@@ -178,10 +177,10 @@ impl CredentialStates {
                     .clients_by_id
                     .get(client, || store.management_client(client))
                     .await?
-                    .ok_or(Refusal::CreatorGone)?;
+                    .ok_or(Gone::Creator)?;
                 return match self.active_client(store, client).await? {
                     Ok(_) => Ok(depth),
-                    Err(_) => Err(Refusal::CreatorGone.into()),
+                    Err(_) => Err(Gone::Creator.into()),
                 };
             }
             let Some(parent) = &current.created_by_key else {
@@ -193,13 +192,13 @@ impl CredentialStates {
                 .get(parent, || store.api_key(parent))
                 .await?
                 .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > now))
-                .ok_or(Refusal::CreatorGone)?;
+                .ok_or(Gone::Creator)?;
             if let Some(id) = &parent.tenant_id {
-                self.tenant(store, id).await?.ok_or(Refusal::CreatorGone)?;
+                self.tenant(store, id).await?.ok_or(Gone::Creator)?;
             }
             current = parent;
         }
-        Err(Refusal::CreatorGone.into())
+        Err(Gone::Creator.into())
     }
 }
 
