@@ -3,6 +3,8 @@
 //!
 //! API keys are 32 random bytes, so a fast hash is enough: only their SHA-256 is stored, and
 //! a key is found by its hash (no per-key slow verification, no timing oracle on the id).
+//! A key records its creator ([`ApiKeyCreator`]) so that the management API can refuse it
+//! once that creator is gone.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
