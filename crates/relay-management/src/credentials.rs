@@ -31,7 +31,8 @@ pub const CACHE_TTL: Duration = Duration::from_secs(1);
 const STORE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Entries kept per cache at most (expired ones are pruned first).
 const CACHE_MAX: usize = 4096;
-/// Longest chain of API keys created by API keys; a key at the end of one cannot create more.
+/// Most keys above a key in its chain of keys created by keys; a key with this many above it
+/// cannot create more.
 pub const MAX_KEY_CHAIN: usize = 8;
 
 /// What a caller authenticated with, as recorded on the API keys it creates.
@@ -39,7 +40,7 @@ pub const MAX_KEY_CHAIN: usize = 8;
 pub enum Credential {
     /// A bearer token of this management client (id).
     Client(String),
-    /// This API key (id), `depth` keys below a creator-less key or a client.
+    /// This API key (id), with `depth` keys above it in the chain that created it.
     Key { id: String, depth: usize },
 }
 
@@ -157,48 +158,58 @@ impl CredentialStates {
         if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= now) {
             return Ok(false);
         }
-        match self.key_depth(store, key).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.status() == axum::http::StatusCode::UNAUTHORIZED => Ok(false),
-            Err(e) => Err(e),
-        }
+        Ok(self.chain(store, key).await?.is_ok())
     }
 
-    /// How many keys lie between `key` (active, just verified) and its root, if every
-    /// credential that created it is still active and its tenant still exists.
+    /// How many keys lie above `key` (active, just verified) in the chain that created it,
+    /// if every credential in that chain is still active and its tenant still exists.
     pub async fn key_depth(&self, store: &Store, key: &ApiKeyInfo) -> Result<usize, ApiError> {
-        if let Some(id) = &key.tenant_id {
-            self.tenant(store, id).await?.ok_or(Gone::Tenant)?;
+        Ok(self.chain(store, key).await??)
+    }
+
+    async fn chain(
+        &self,
+        store: &Store,
+        key: &ApiKeyInfo,
+    ) -> Result<Result<usize, Gone>, ApiError> {
+        if let Some(id) = &key.tenant_id
+            && self.tenant(store, id).await?.is_none()
+        {
+            return Ok(Err(Gone::Tenant));
         }
         let mut current = key.clone();
         for depth in 0..=MAX_KEY_CHAIN {
             if let Some(client) = &current.created_by_client {
-                let client = self
+                let Some(client) = self
                     .clients_by_id
                     .get(client, || store.management_client(client))
                     .await?
-                    .ok_or(Gone::Creator)?;
-                return match self.active_client(store, client).await? {
-                    Ok(_) => Ok(depth),
-                    Err(_) => Err(Gone::Creator.into()),
+                else {
+                    return Ok(Err(Gone::Creator));
                 };
+                let active = self.active_client(store, client).await?;
+                return Ok(active.map(|_| depth).map_err(|_| Gone::Creator));
             }
             let Some(parent) = &current.created_by_key else {
-                return Ok(depth);
+                return Ok(Ok(depth));
             };
             let now = now_ms();
-            let parent = self
+            let Some(parent) = self
                 .keys
                 .get(parent, || store.api_key(parent))
                 .await?
                 .filter(|k| k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > now))
-                .ok_or(Gone::Creator)?;
-            if let Some(id) = &parent.tenant_id {
-                self.tenant(store, id).await?.ok_or(Gone::Creator)?;
+            else {
+                return Ok(Err(Gone::Creator));
+            };
+            if let Some(id) = &parent.tenant_id
+                && self.tenant(store, id).await?.is_none()
+            {
+                return Ok(Err(Gone::Creator));
             }
             current = parent;
         }
-        Err(Gone::Creator.into())
+        Ok(Err(Gone::Creator))
     }
 }
 

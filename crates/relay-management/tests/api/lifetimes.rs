@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use relay_management::CACHE_TTL;
+use relay_management::{CACHE_TTL, MAX_KEY_CHAIN};
 use serde_json::{Value, json};
 
 use crate::harness::Stack;
@@ -53,6 +53,7 @@ on_both_stores!(
     revoked_client_tokens_stop_within_the_cache_interval,
     api_key_stops_with_the_client_whose_token_created_it,
     api_key_stops_with_the_key_that_created_it,
+    keys_created_by_keys_end_after_a_bounded_chain,
     credentials_the_store_cannot_confirm_are_refused,
 );
 
@@ -323,6 +324,31 @@ async fn api_key_stops_with_the_key_that_created_it(s: &Stack) {
         message(&answer).contains("created this API key"),
         "{answer}"
     );
+}
+
+/// Each key in a chain of keys creating keys is checked on every use, so the chain is
+/// bounded: a key with [`MAX_KEY_CHAIN`] keys above it may be used but creates no more.
+async fn keys_created_by_keys_end_after_a_bounded_chain(s: &Stack) {
+    let admin = bearer(&s.token("ops", RW, None).await);
+    let (_, mut key) = create_key(s, &admin, json!({"name": "root"})).await;
+    for depth in 1..=MAX_KEY_CHAIN {
+        key = create_key(s, &api_key(&key), json!({ "name": format!("k{depth}") }))
+            .await
+            .1;
+    }
+    let last = api_key(&key);
+    let (status, _) = call(s, Method::GET, "/management/tenants", &last, None).await;
+    assert_eq!(status, StatusCode::OK, "the deepest key works");
+    let (status, answer) = call(
+        s,
+        Method::POST,
+        "/management/apikeys",
+        &last,
+        Some(json!({"name": "one too many"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{answer}");
+    assert!(message(&answer).contains("chain"), "{answer}");
 }
 
 /// Fail closed: when the store cannot say whether a credential is still active, the request
