@@ -1,5 +1,6 @@
 //! Who is calling: a bearer token from the authority (validated against its JWKS) or an API
-//! key (`Authorization: ApiKey rk_…` or `X-Api-Key: rk_…`), reduced to a [`Principal`].
+//! key (`Authorization: ApiKey rk_…` or `X-Api-Key: rk_…`), re-checked against the store
+//! (see [`crate::credentials`]) and reduced to a [`Principal`].
 
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
@@ -7,6 +8,7 @@ use axum::http::request::Parts;
 use relay_token::{SCOPE_MANAGEMENT_READ, SCOPE_MANAGEMENT_WRITE, TokenError};
 
 use crate::AppState;
+use crate::credentials::{Credential, timed};
 use crate::error::ApiError;
 
 /// The authenticated caller.
@@ -16,11 +18,14 @@ pub struct Principal {
     pub name: String,
     pub read: bool,
     pub write: bool,
-    /// Lower-cased name of the only tenant this caller may see, if scoped.
+    /// Lower-cased name of the only tenant this caller may see, if scoped: the current
+    /// name of the tenant with [`Principal::tenant_id`].
     pub tenant: Option<String>,
     /// Id of that tenant: a re-created tenant of the same name is another tenant, which the
     /// caller may not see.
     pub tenant_id: Option<String>,
+    /// The credential used, recorded as the creator of API keys this caller creates.
+    pub credential: Credential,
 }
 
 impl Principal {
@@ -65,17 +70,17 @@ impl Principal {
     }
 }
 
-enum Credential<'a> {
+enum Presented<'a> {
     Bearer(&'a str),
     ApiKey(&'a str),
 }
 
-fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
+fn presented(headers: &HeaderMap) -> Result<Presented<'_>, ApiError> {
     if let Some(value) = headers.get("x-api-key") {
         let key = value
             .to_str()
             .map_err(|_| ApiError::unauthorized("malformed X-Api-Key"))?;
-        return Ok(Credential::ApiKey(key.trim()));
+        return Ok(Presented::ApiKey(key.trim()));
     }
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
@@ -89,9 +94,9 @@ fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
         .split_once(' ')
         .ok_or_else(|| ApiError::unauthorized("malformed Authorization header"))?;
     if scheme.eq_ignore_ascii_case("bearer") {
-        Ok(Credential::Bearer(rest.trim()))
+        Ok(Presented::Bearer(rest.trim()))
     } else if scheme.eq_ignore_ascii_case("apikey") {
-        Ok(Credential::ApiKey(rest.trim()))
+        Ok(Presented::ApiKey(rest.trim()))
     } else {
         Err(ApiError::unauthorized(
             "use `Authorization: Bearer …` or `ApiKey …`",
@@ -108,8 +113,8 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        match credential(&parts.headers)? {
-            Credential::Bearer(token) => {
+        match presented(&parts.headers)? {
+            Presented::Bearer(token) => {
                 let claims = match state.validator.validate(token).await {
                     Ok(claims) => claims,
                     Err(TokenError::Unavailable(e)) => {
@@ -121,7 +126,6 @@ impl FromRequestParts<AppState> for Principal {
                         return Err(ApiError::unauthorized("the token is not valid"));
                     }
                 };
-                let (read, write) = scopes_of(&claims.scope);
                 if claims.tenant.is_some() && claims.tenant_id.is_none() {
                     // Issued before tenant ids were in tokens: it cannot tell which of
                     // several tenants of that name (over time) it was meant for.
@@ -129,36 +133,41 @@ impl FromRequestParts<AppState> for Principal {
                         "the token names no tenant id; request a new one",
                     ));
                 }
+                let active = state
+                    .credentials
+                    .token_client(&state.store, &claims)
+                    .await?;
+                // Only scopes the client still holds.
+                let (read, write) = scopes_of(&claims.scope);
+                let (held_read, held_write) = scopes_of(&active.client.scopes);
                 Ok(Principal {
-                    name: claims.client_id,
-                    read,
-                    write,
-                    tenant: claims.tenant.map(|t| t.to_ascii_lowercase()),
-                    tenant_id: claims.tenant_id,
+                    name: active.client.name,
+                    read: read && held_read,
+                    write: write && held_write,
+                    tenant: active.tenant.as_ref().map(|t| t.name.to_ascii_lowercase()),
+                    tenant_id: active.tenant.map(|t| t.id),
+                    credential: Credential::Client(active.client.id),
                 })
             }
-            Credential::ApiKey(key) => {
-                let Some(info) = state
-                    .store
-                    .verify_api_key(key, relay_store::now_ms())
-                    .await?
+            Presented::ApiKey(key) => {
+                let Some(info) =
+                    timed(state.store.verify_api_key(key, relay_store::now_ms())).await?
                 else {
                     return Err(ApiError::unauthorized("the API key is not valid"));
                 };
+                let depth = state.credentials.key_depth(&state.store, &info).await?;
                 let tenant = match &info.tenant_id {
                     None => None,
-                    Some(id) => match state.store.tenant_by_id(id).await? {
-                        Some(t) => Some(t.name.to_ascii_lowercase()),
-                        None => return Err(ApiError::unauthorized("the API key is not valid")),
-                    },
+                    Some(id) => state.credentials.tenant(&state.store, id).await?,
                 };
                 let (read, write) = scopes_of(&info.scopes);
                 Ok(Principal {
                     name: info.name,
                     read,
                     write,
-                    tenant,
+                    tenant: tenant.map(|t| t.name.to_ascii_lowercase()),
                     tenant_id: info.tenant_id,
+                    credential: Credential::Key { id: info.id, depth },
                 })
             }
         }

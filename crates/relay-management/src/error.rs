@@ -85,6 +85,15 @@ impl ApiError {
         )
     }
 
+    /// The configuration database failed or did not answer: 503.
+    pub fn store_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "configuration database unavailable; retry later",
+        )
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,13 +115,11 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid { field, message } => Self::invalid(field, message),
             other => {
                 tracing::error!(error = %error_chain(&other), "Database operation failed.");
-                let mut e = Self::internal();
                 if matches!(other, StoreError::Pool(_) | StoreError::PoolTimeout) {
-                    e.status = StatusCode::SERVICE_UNAVAILABLE;
-                    e.code = "unavailable";
-                    e.message = "configuration database unavailable; retry later".into();
+                    Self::store_unavailable()
+                } else {
+                    Self::internal()
                 }
-                e
             }
         }
     }

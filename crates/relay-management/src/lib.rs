@@ -11,6 +11,8 @@
 //! Module map:
 //! - `config`  — [`Config`] (`management.toml`, `RELAY_MANAGEMENT__*`).
 //! - `auth`    — [`Principal`]: bearer tokens (JWKS via `relay_token::Validator`) and API keys.
+//! - `credentials` — whether a token's management client, an API key's tenant and the
+//!   credentials that created the key still exist and are active (store, 1 s cache).
 //! - `error`   — [`ApiError`], the JSON error answers.
 //! - `routes`  — [`router`]; `routes::tenants` (tenants and their configuration),
 //!   `routes::secrets`, `routes::live` (connections, nodes, request log), `routes::body`
@@ -22,8 +24,11 @@ pub mod config;
 pub mod openapi;
 
 mod auth;
+mod credentials;
 mod error;
 mod routes;
+
+use std::sync::Arc;
 
 use relay_store::Store;
 use tokio::net::TcpListener;
@@ -31,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::Principal;
 pub use config::{Config, ENV_PREFIX};
+pub use credentials::{CACHE_TTL, Credential, MAX_KEY_CHAIN};
 pub use error::{ApiError, ManagementError};
 pub use routes::router;
 
@@ -39,6 +45,8 @@ pub use routes::router;
 pub struct AppState {
     pub(crate) store: Store,
     pub(crate) validator: relay_token::Validator,
+    /// Recent answers about management credentials, shared by every request.
+    pub(crate) credentials: Arc<credentials::CredentialStates>,
     /// Token authority base URL (announced in the OpenAPI document).
     pub(crate) authority: String,
 }
@@ -54,6 +62,7 @@ impl AppState {
                 relay_core::https::client(config.identity.ca_file.as_deref())?,
             ),
             authority: config.identity.authority.clone(),
+            credentials: Arc::default(),
             store,
         })
     }

@@ -226,7 +226,7 @@ pub fn document_value(authority: &str) -> Value {
             },
             "/management/apikeys": {
                 "get": op("List API keys (never their values)", vec![], None, ("200", Some("List")), read),
-                "post": op("Create an API key (plaintext `key` in this answer only)", vec![], Some("NewApiKey"), ("201", Some("CreatedApiKey")), write),
+                "post": op("Create an API key (plaintext `key` in this answer only; it works only while the calling credential does)", vec![], Some("NewApiKey"), ("201", Some("CreatedApiKey")), write),
             },
             "/management/apikeys/{id}": {
                 "delete": op("Revoke an API key", vec![id_param("API key id")], None, ("204", None), write),

@@ -37,7 +37,7 @@ mod store;
 mod tenants;
 
 pub use error::{StoreError, redact_url};
-pub use management::{API_KEY_PREFIX, ApiKeyInfo, ManagementClient};
+pub use management::{API_KEY_PREFIX, ApiKeyCreator, ApiKeyInfo, ManagementClient};
 pub use models::{
     AckMode, ConnectionRecord, CredentialScope, NewConnection, NewTenant, OriginRecord, SecretInfo,
     SigningKeyRecord, Tenant, TenantConfig, VerifiedSecret,

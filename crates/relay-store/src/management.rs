@@ -3,6 +3,8 @@
 //!
 //! API keys are 32 random bytes, so a fast hash is enough: only their SHA-256 is stored, and
 //! a key is found by its hash (no per-key slow verification, no timing oracle on the id).
+//! A key records its creator ([`ApiKeyCreator`]) so that the management API can refuse it
+//! once that creator is gone.
 
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -47,6 +49,22 @@ pub struct ApiKeyInfo {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    /// The management client whose token created the key (see [`ApiKeyCreator`]).
+    pub created_by_client: Option<String>,
+    /// The API key that created the key.
+    pub created_by_key: Option<String>,
+}
+
+/// Who creates an API key. A key created by a credential is meant to work only while that
+/// credential does; the store records the creator, the management API enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKeyCreator<'a> {
+    /// Written directly to the database (`relayctl admin api-key`): no creator to outlive.
+    Database,
+    /// A bearer token of this management client (its id).
+    Client(&'a str),
+    /// This API key (its id).
+    Key(&'a str),
 }
 
 fn key_hash(plaintext: &str) -> String {
@@ -124,6 +142,37 @@ impl Store {
         })?)
     }
 
+    /// The management client with this id, revoked or not.
+    pub async fn management_client(
+        &self,
+        id: &str,
+    ) -> Result<Option<ManagementClient>, StoreError> {
+        Ok(with_conn!(self, |conn| {
+            management_clients::table
+                .find(id)
+                .select(ManagementClient::as_select())
+                .first(conn)
+                .await
+                .optional()
+        })?)
+    }
+
+    /// The management client named `name` (ignoring case), revoked or not.
+    pub async fn management_client_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<ManagementClient>, StoreError> {
+        let lower = name.to_ascii_lowercase();
+        Ok(with_conn!(self, |conn| {
+            management_clients::table
+                .filter(management_clients::name_lower.eq(&lower))
+                .select(ManagementClient::as_select())
+                .first(conn)
+                .await
+                .optional()
+        })?)
+    }
+
     /// Revokes a management client by name. `Ok(false)` if there is none.
     pub async fn revoke_management_client(&self, name: &str) -> Result<bool, StoreError> {
         let query = diesel::update(
@@ -171,13 +220,27 @@ impl Store {
         Ok(Some(client))
     }
 
-    /// Creates an API key and returns it with its plaintext (`rk_…`), shown once.
+    /// Creates an API key without a creator ([`ApiKeyCreator::Database`]) and returns it with
+    /// its plaintext (`rk_…`), shown once.
     pub async fn create_api_key(
         &self,
         name: &str,
         scopes: &str,
         tenant_id: Option<&str>,
         expires_at: Option<i64>,
+    ) -> Result<(ApiKeyInfo, String), StoreError> {
+        self.create_api_key_by(name, scopes, tenant_id, expires_at, ApiKeyCreator::Database)
+            .await
+    }
+
+    /// Creates an API key recording who created it and returns it with its plaintext.
+    pub async fn create_api_key_by(
+        &self,
+        name: &str,
+        scopes: &str,
+        tenant_id: Option<&str>,
+        expires_at: Option<i64>,
+        creator: ApiKeyCreator<'_>,
     ) -> Result<(ApiKeyInfo, String), StoreError> {
         validate_label(name)?;
         let now = now_ms();
@@ -197,6 +260,14 @@ impl Store {
             expires_at,
             revoked_at: None,
             last_used_at: None,
+            created_by_client: match creator {
+                ApiKeyCreator::Client(id) => Some(id.to_owned()),
+                _ => None,
+            },
+            created_by_key: match creator {
+                ApiKeyCreator::Key(id) => Some(id.to_owned()),
+                _ => None,
+            },
         };
         let values = (
             api_keys::id.eq(&info.id),
@@ -206,6 +277,8 @@ impl Store {
             api_keys::tenant_id.eq(&info.tenant_id),
             api_keys::created_at.eq(info.created_at),
             api_keys::expires_at.eq(info.expires_at),
+            api_keys::created_by_client.eq(&info.created_by_client),
+            api_keys::created_by_key.eq(&info.created_by_key),
         );
         with_conn!(self, |conn| {
             diesel::insert_into(api_keys::table)
@@ -224,6 +297,18 @@ impl Store {
                 .select(ApiKeyInfo::as_select())
                 .load(conn)
                 .await
+        })?)
+    }
+
+    /// The API key with this id, revoked or expired or not.
+    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKeyInfo>, StoreError> {
+        Ok(with_conn!(self, |conn| {
+            api_keys::table
+                .find(id)
+                .select(ApiKeyInfo::as_select())
+                .first(conn)
+                .await
+                .optional()
         })?)
     }
 

@@ -107,6 +107,8 @@ diesel::table! {
         expires_at -> Nullable<BigInt>,
         revoked_at -> Nullable<BigInt>,
         last_used_at -> Nullable<BigInt>,
+        created_by_client -> Nullable<Text>,
+        created_by_key -> Nullable<Text>,
     }
 }
 

@@ -2,28 +2,33 @@
 //! creation answer only; only its SHA-256 is stored, lists never contain it.
 //!
 //! No escalation: a key never gets a scope its creator lacks, and a tenant-scoped caller
-//! creates, sees and revokes keys of its own tenant only.
+//! creates, sees and revokes keys of its own tenant only (its tenant by id: a re-created
+//! tenant of the same name is not its own).
+//!
+//! No key outlives its creator: the key records the management client whose token, or the
+//! key, that created it, and is refused once that creator is revoked, expired or deleted
+//! (see [`crate::credentials`]).
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use relay_store::{ApiKeyInfo, now_ms};
+use relay_store::{ApiKeyCreator, ApiKeyInfo};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::body;
 use super::{opt_time, time};
 use crate::error::ApiError;
-use crate::{AppState, Principal};
+use crate::{AppState, Credential, MAX_KEY_CHAIN, Principal};
 
 const READ: &str = "management:read";
 const WRITE: &str = "management:write";
 
-/// The key as listed; `tenant` is the tenant's name (`None`: all tenants).
-fn key_json(key: &ApiKeyInfo, tenant: Option<&str>) -> Value {
-    let now = now_ms();
+/// The key as listed; `tenant` is the tenant's name (`None`: all tenants); `active`: whether
+/// it is accepted now (not revoked or expired, and its creators still active).
+fn key_json(key: &ApiKeyInfo, tenant: Option<&str>, active: bool) -> Value {
     json!({
         "id": key.id,
         "name": key.name,
@@ -33,26 +38,8 @@ fn key_json(key: &ApiKeyInfo, tenant: Option<&str>) -> Value {
         "expires_at": opt_time(key.expires_at),
         "last_used_at": opt_time(key.last_used_at),
         "revoked_at": opt_time(key.revoked_at),
-        "active": key.revoked_at.is_none() && key.expires_at.is_none_or(|e| e > now),
+        "active": active,
     })
-}
-
-/// The tenant id the caller's keys are limited to, or `None` for a global caller.
-async fn caller_tenant_id(
-    state: &AppState,
-    principal: &Principal,
-) -> Result<Option<String>, ApiError> {
-    match &principal.tenant {
-        None => Ok(None),
-        Some(name) => Ok(Some(
-            state
-                .store
-                .tenant_by_name(name)
-                .await?
-                .ok_or_else(ApiError::not_found)?
-                .id,
-        )),
-    }
 }
 
 pub(crate) async fn list(
@@ -60,7 +47,7 @@ pub(crate) async fn list(
     principal: Principal,
 ) -> Result<Json<Value>, ApiError> {
     principal.require_read()?;
-    let only = caller_tenant_id(&state, &principal).await?;
+    let only = principal.tenant_id.clone();
     let mut items = Vec::new();
     // Tenant names by id, each looked up once however many keys share it.
     let mut names: std::collections::HashMap<String, Option<String>> = Default::default();
@@ -76,7 +63,8 @@ pub(crate) async fn list(
             Some(id) => names.get(id).cloned().flatten(),
             None => None,
         };
-        items.push(key_json(&key, tenant.as_deref()));
+        let active = state.credentials.key_usable(&state.store, &key).await?;
+        items.push(key_json(&key, tenant.as_deref(), active));
     }
     Ok(Json(json!({ "total": items.len(), "items": items })))
 }
@@ -129,22 +117,35 @@ pub(crate) async fn create(
             "a key cannot have a scope its creator lacks",
         ));
     }
-    let tenant = match (&principal.tenant, input.tenant.as_deref()) {
-        (Some(own), Some(asked)) if !own.eq_ignore_ascii_case(asked) => {
-            return Err(ApiError::not_found());
+    let tenant = match (&principal.tenant_id, input.tenant.as_deref()) {
+        (Some(own), asked) => {
+            let own = state
+                .store
+                .tenant_by_id(own)
+                .await?
+                .ok_or_else(ApiError::not_found)?;
+            if asked.is_some_and(|a| !a.eq_ignore_ascii_case(&own.name)) {
+                return Err(ApiError::not_found());
+            }
+            Some(own)
         }
-        (Some(own), _) => Some(own.clone()),
-        (None, asked) => asked.map(str::to_owned),
-    };
-    let tenant = match tenant {
-        Some(name) => Some(
+        (None, Some(name)) => Some(
             state
                 .store
-                .tenant_by_name(&name)
+                .tenant_by_name(name)
                 .await?
                 .ok_or_else(|| ApiError::invalid("tenant", format!("no tenant '{name}'")))?,
         ),
-        None => None,
+        (None, None) => None,
+    };
+    let creator = match &principal.credential {
+        Credential::Client(id) => ApiKeyCreator::Client(id),
+        Credential::Key { depth, .. } if *depth >= MAX_KEY_CHAIN => {
+            return Err(ApiError::forbidden(format!(
+                "this API key was created by a chain of {MAX_KEY_CHAIN} keys and cannot create more"
+            )));
+        }
+        Credential::Key { id, .. } => ApiKeyCreator::Key(id),
     };
     let expires_at = body::expiry(input.expires_in.as_deref())?;
     let scopes = match (read, write) {
@@ -154,15 +155,16 @@ pub(crate) async fn create(
     };
     let (info, plaintext) = state
         .store
-        .create_api_key(
+        .create_api_key_by(
             &input.name,
             &scopes,
             tenant.as_ref().map(|t| t.id.as_str()),
             expires_at,
+            creator,
         )
         .await?;
     tracing::info!(key = %info.id, name = %info.name, by = %principal.name, "API key created.");
-    let mut answer = key_json(&info, tenant.as_ref().map(|t| t.name.as_str()));
+    let mut answer = key_json(&info, tenant.as_ref().map(|t| t.name.as_str()), true);
     answer["key"] = Value::String(plaintext);
     Ok(body::created_once(answer))
 }
@@ -173,7 +175,7 @@ pub(crate) async fn revoke(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     principal.require_write()?;
-    let only = caller_tenant_id(&state, &principal).await?;
+    let only = principal.tenant_id.clone();
     if only.is_some() {
         let visible = state
             .store
@@ -188,6 +190,7 @@ pub(crate) async fn revoke(
     if !state.store.revoke_api_key(&id).await? {
         return Err(ApiError::not_found());
     }
+    state.credentials.forget();
     tracing::info!(key = %id, by = %principal.name, "API key revoked.");
     Ok(StatusCode::NO_CONTENT)
 }

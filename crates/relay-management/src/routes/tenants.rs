@@ -71,10 +71,10 @@ pub(crate) async fn list(
     if filter.is_some_and(|f| f.len() > 64) {
         return Err(ApiError::invalid("filter", "must be at most 64 characters"));
     }
-    let (items, total) = match &principal.tenant {
+    let (items, total) = match &principal.tenant_id {
         None => state.store.list_tenants_page(filter, skip, take).await?,
         Some(own) => {
-            let mine = state.store.tenant_by_name(own).await?.filter(|t| {
+            let mine = state.store.tenant_by_id(own).await?.filter(|t| {
                 principal.may_see_tenant(t)
                     && filter.is_none_or(|f| {
                         t.name
@@ -194,6 +194,7 @@ pub(crate) async fn delete(
     if !state.store.delete_tenant(&tenant.id).await? {
         return Err(ApiError::not_found());
     }
+    state.credentials.forget();
     tracing::info!(tenant = %tenant.name, by = %principal.name, "Tenant deleted.");
     Ok(StatusCode::NO_CONTENT)
 }

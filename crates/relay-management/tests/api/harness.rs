@@ -32,6 +32,8 @@ enum Cleanup {
 
 pub struct Stack {
     pub store: Store,
+    /// The database's URL, for [`Stack::sql`].
+    url: String,
     pub api: SocketAddr,
     pub identity: SocketAddr,
     shutdown: CancellationToken,
@@ -97,6 +99,7 @@ impl Stack {
             }
         };
         let store = Store::connect(&url).await.unwrap();
+        let db_url = url.clone();
         store.migrate().await.unwrap();
         let shutdown = CancellationToken::new();
         let id_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -121,6 +124,7 @@ impl Stack {
         ));
         let stack = Stack {
             store,
+            url: db_url,
             api,
             identity,
             shutdown,
@@ -134,6 +138,28 @@ impl Stack {
         })
         .await;
         Some(stack)
+    }
+
+    /// Runs `statement` on the database through a connection of its own (not the store's
+    /// pool): what another tool or a failure does behind the services' backs.
+    pub async fn sql(&self, statement: &str) {
+        let statement = statement.to_owned();
+        if let Some(path) = self.url.strip_prefix("sqlite://") {
+            let path = path.to_owned();
+            tokio::task::spawn_blocking(move || {
+                use diesel::Connection;
+                let mut conn = diesel::SqliteConnection::establish(&path).unwrap();
+                diesel::RunQueryDsl::execute(diesel::sql_query(statement), &mut conn).unwrap();
+            })
+            .await
+            .unwrap();
+        } else {
+            let mut conn = AsyncPgConnection::establish(&self.url).await.unwrap();
+            diesel::sql_query(statement)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
     }
 
     /// A management client with `scopes` (and tenant scope) and a token for `scopes`.

@@ -5,3 +5,4 @@
 mod contract;
 mod fuzz;
 mod harness;
+mod lifetimes;

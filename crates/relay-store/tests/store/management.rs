@@ -1,7 +1,9 @@
 //! Management clients, API keys, the request log, tenant paging, configuration versions and
 //! disconnect requests.
 
-use relay_store::{NewConnection, RequestLogEntry, RequestLogFilter, Store, StoreError, now_ms};
+use relay_store::{
+    ApiKeyCreator, NewConnection, RequestLogEntry, RequestLogFilter, Store, StoreError, now_ms,
+};
 
 use crate::harness::store_tests;
 use crate::tenants::new_tenant;
@@ -107,6 +109,60 @@ async fn api_keys(store: Store) {
         .expect("verify")
         .expect("valid");
     assert_eq!(found.id, info.id);
+    assert_eq!(
+        (found.created_by_client, found.created_by_key),
+        (None, None)
+    );
+    // The creator is recorded, and read back by id.
+    let (client, _) = store
+        .create_management_client("key-maker", "management:read", None)
+        .await
+        .expect("client");
+    let (by_client, _) = store
+        .create_api_key_by(
+            "made",
+            "management:read",
+            None,
+            None,
+            ApiKeyCreator::Client(&client.id),
+        )
+        .await
+        .expect("key by client");
+    let (by_key, _) = store
+        .create_api_key_by(
+            "made by made",
+            "management:read",
+            None,
+            None,
+            ApiKeyCreator::Key(&by_client.id),
+        )
+        .await
+        .expect("key by key");
+    let read = store
+        .api_key(&by_key.id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(read.created_by_key.as_deref(), Some(by_client.id.as_str()));
+    assert_eq!(read.created_by_client, None);
+    let read = store
+        .api_key(&by_client.id)
+        .await
+        .expect("read")
+        .expect("found");
+    assert_eq!(read.created_by_client.as_deref(), Some(client.id.as_str()));
+    assert!(store.api_key("nope").await.expect("read").is_none());
+    assert_eq!(
+        store.management_client(&client.id).await.expect("read"),
+        Some(client.clone())
+    );
+    assert_eq!(
+        store
+            .management_client_by_name("KEY-MAKER")
+            .await
+            .expect("read"),
+        Some(client)
+    );
     assert!(
         store
             .verify_api_key("rk_wrong", now)
@@ -150,7 +206,7 @@ async fn api_keys(store: Store) {
             .expect("verify")
             .is_none()
     );
-    assert_eq!(store.list_api_keys().await.expect("list").len(), 2);
+    assert_eq!(store.list_api_keys().await.expect("list").len(), 4);
 }
 
 fn entry(tenant: &str, outcome: &str, started_at: i64) -> RequestLogEntry {
