@@ -760,8 +760,8 @@ async fn queue_mode_has_a_default_body_limit() {
 
 #[tokio::test]
 async fn a_tenant_cannot_spool_more_than_its_quota() {
-    // Two bodies of 1 200 bytes and their heads (about 1.1 KB each, counted too) fit.
-    let stack = Stack::start_with(|c| c.relay.spool_quota_bytes = 5000).await;
+    // Two bodies of 1 200 bytes and their heads (about 1.6 KB each, counted too) fit.
+    let stack = Stack::start_with(|c| c.relay.spool_quota_bytes = 6500).await;
     stack.tenant("acme").await;
     assert_eq!(queue(&stack, 1200).await.status, StatusCode::ACCEPTED);
     assert_eq!(queue(&stack, 1200).await.status, StatusCode::ACCEPTED);
