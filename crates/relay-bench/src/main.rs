@@ -41,6 +41,7 @@
 mod broker;
 mod cli;
 mod crossnode;
+mod hostile;
 mod load;
 mod procs;
 mod rathole;
@@ -100,6 +101,19 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let load_before = procs::load_average();
     let scratch = Scratch::new(args.keep_temp)?;
     eprintln!("scratch directory: {}", scratch.path().display());
+    // The attack rows run only when named, each on a stack of its own.
+    let attacks: Vec<&str> = args
+        .scenarios
+        .iter()
+        .map(String::as_str)
+        .filter(|s| [hostile::WINDOW_ZERO, hostile::QUEUE_FLOOD].contains(s))
+        .collect();
+    for attack in &attacks {
+        run_attack(&args, &binaries, &scratch, attack).await?;
+    }
+    if !attacks.is_empty() && args.scenarios.len() == attacks.len() {
+        return Ok(());
+    }
     let token_flood =
         args.scenarios.is_empty() || args.scenarios.iter().any(|s| s == tokenflood::TOKEN_FLOOD);
     if token_flood
@@ -289,6 +303,42 @@ async fn run_token_flood(
         .await
         .context("token-flood row")?;
     figures.print();
+    Ok(())
+}
+
+/// One attack row of [`hostile`], in a directory of its own.
+async fn run_attack(
+    args: &BenchArgs,
+    binaries: &Binaries,
+    scratch: &Scratch,
+    attack: &str,
+) -> anyhow::Result<()> {
+    let dir = scratch.path().join(attack);
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut target = target::spawn(&dir, args.large_size).await?;
+    eprintln!(
+        "measuring {attack}: {} ...",
+        humantime::format_duration(args.duration)
+    );
+    if attack == hostile::WINDOW_ZERO {
+        let mut relay = stack::Relay::start(binaries, &dir, target.addr).await?;
+        let figures = hostile::window_zero(&relay, args.duration).await?;
+        relay.ensure_running()?;
+        figures.print();
+        relay.connector.stop().await;
+        relay.server.stop().await;
+    } else {
+        let mut relay =
+            stack::Relay::start_with(binaries, &dir, target.addr, &hostile::queue_server_toml())
+                .await?;
+        let figures =
+            hostile::queue_flood(binaries, &relay, &dir, args.connections, args.duration).await?;
+        relay.ensure_running()?;
+        figures.print();
+        relay.connector.stop().await;
+        relay.server.stop().await;
+    }
+    target.service.stop().await;
     Ok(())
 }
 

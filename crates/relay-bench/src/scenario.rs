@@ -149,11 +149,15 @@ pub fn standard(
 /// Fails on `--scenarios` names that do not exist (checked before anything is started).
 pub fn check_selection(wanted: &[String]) -> anyhow::Result<()> {
     for name in wanted {
-        if name != SMALL && name != LARGE && name != crate::tokenflood::TOKEN_FLOOD {
-            bail!(
-                "unknown scenario `{name}`; known: {SMALL}, {LARGE}, {}",
-                crate::tokenflood::TOKEN_FLOOD
-            );
+        let known = [
+            SMALL,
+            LARGE,
+            crate::tokenflood::TOKEN_FLOOD,
+            crate::hostile::WINDOW_ZERO,
+            crate::hostile::QUEUE_FLOOD,
+        ];
+        if !known.contains(&name.as_str()) {
+            bail!("unknown scenario `{name}`; known: {}", known.join(", "));
         }
     }
     Ok(())

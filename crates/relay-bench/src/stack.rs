@@ -32,6 +32,16 @@ impl Relay {
         dir: &Path,
         target: SocketAddr,
     ) -> anyhow::Result<Relay> {
+        Self::start_with(binaries, dir, target, "").await
+    }
+
+    /// Like [`Relay::start`], with `extra_toml` appended to the server's configuration.
+    pub async fn start_with(
+        binaries: &Binaries,
+        dir: &Path,
+        target: SocketAddr,
+        extra_toml: &str,
+    ) -> anyhow::Result<Relay> {
         let database_url = format!("sqlite://{}", dir.join("relay.db").display());
         let secret_file = prepare_tenant(binaries, &database_url, dir).await?;
 
@@ -42,7 +52,7 @@ impl Relay {
             "[listen]\npublic = \"{public}\"\nidentity = \"{identity}\"\n\n\
              [database]\nurl = {}\n\n\
              [identity]\nauthority = \"http://{identity}\"\n\n\
-             [body_store]\npath = {}\n",
+             [body_store]\npath = {}\n{extra_toml}",
             toml_string(&database_url)?,
             toml_string(&dir.join("bodies").display().to_string())?,
         );
@@ -129,7 +139,7 @@ pub fn start_connector(
 }
 
 /// Runs `relayctl --database-url URL ARGS` and returns its stdout.
-async fn relayctl(
+pub async fn relayctl(
     binaries: &Binaries,
     database_url: &str,
     args: &[&str],
