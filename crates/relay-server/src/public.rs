@@ -86,14 +86,20 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
     tokio::join!(tunnels, connections);
 }
 
-/// On a tunnel-reserve slot: `None` for a tunnel upgrade, else 503 `connections-full` with
-/// `Connection: close`, and the connection is told to close (HTTP/2: GOAWAY).
+/// On a tunnel-reserve slot: `None` for a tunnel upgrade, and for the discovery document
+/// a connector fetches right before (answered, then the connection closes); else 503
+/// `connections-full` with `Connection: close`, and the connection is told to close
+/// (HTTP/2: GOAWAY).
 fn reserve_only(gate: &Gate, closer: &Closer, req: &Request<Incoming>) -> Option<Response<Body>> {
-    if req.method() == Method::GET
-        && req.uri().path() == relay_proto::TUNNEL_PATH
-        && req.version() == http::Version::HTTP_11
-    {
-        return None;
+    if req.method() == Method::GET && req.version() == http::Version::HTTP_11 {
+        match req.uri().path() {
+            relay_proto::TUNNEL_PATH => return None,
+            relay_proto::DISCOVERY_PATH => {
+                closer.close();
+                return None;
+            }
+            _ => {}
+        }
     }
     gate.count(Reason::ReserveNotTunnel);
     closer.close();

@@ -164,6 +164,11 @@ const CLOSE: usize = 2;
 const UPGRADED: usize = 4;
 const ONE_REQUEST: usize = 8;
 
+/// No request in flight, not upgraded, not evicted yet (closing after a response is fine).
+fn evictable(state: usize) -> bool {
+    state & !CLOSE == 0
+}
+
 /// The shared state of one admitted connection, seen by the gate (eviction) and by the
 /// connection's task (watchdog, requests).
 pub(crate) struct Slot {
@@ -172,7 +177,7 @@ pub(crate) struct Slot {
     reserve: bool,
     source: IpAddr,
     /// Requests in flight × [`ONE_REQUEST`], plus the flags [`EVICTED`], [`CLOSE`],
-    /// [`UPGRADED`]. Zero exactly when the connection may be evicted.
+    /// [`UPGRADED`]; see [`evictable`].
     state: AtomicUsize,
     /// Milliseconds after `epoch` when the last request ended (or the connection arrived).
     idle_since_ms: AtomicU64,
@@ -229,6 +234,15 @@ impl Slot {
     /// Whether the connection is to close (evicted, or asked to by [`Closer`]).
     pub(crate) fn closing(&self) -> bool {
         self.state.load(Ordering::Acquire) & (EVICTED | CLOSE) != 0
+    }
+
+    /// Marks the slot evicted if it may be: no request in flight, not upgraded.
+    fn try_evict(&self) -> bool {
+        self.state
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                evictable(state).then_some(state | EVICTED)
+            })
+            .is_ok()
     }
 
     fn request_close(&self, flag: usize) {
@@ -456,12 +470,7 @@ impl Gate {
                 continue;
             };
             let Some(slot) = weak.upgrade() else { continue };
-            if slot.idle_since_ms() != since
-                || slot
-                    .state
-                    .compare_exchange(0, EVICTED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-            {
+            if slot.idle_since_ms() != since || !slot.try_evict() {
                 continue;
             }
             self.release(inner, &slot);
@@ -483,7 +492,7 @@ impl Gate {
             .filter_map(|(i, slot)| {
                 let slot = slot.as_ref()?;
                 (slot.reserve == reserve
-                    && slot.state.load(Ordering::Acquire) == 0
+                    && evictable(slot.state.load(Ordering::Acquire))
                     && !slot.released.load(Ordering::Acquire))
                 .then(|| (slot.idle_since_ms(), i))
             })
