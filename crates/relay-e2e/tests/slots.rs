@@ -172,19 +172,26 @@ async fn a_tunnel_connects_while_every_client_slot_has_a_request_in_flight() {
         }
         busy.push(stream);
     }
-    // 15 client slots: the demo tunnel and 14 requests in flight.
+    // A new tunnel still gets a slot: the reserved one.
+    let other = stack.tenant("other").await;
+    let mut second = stack.connector("other", &other, &[]);
+    let connected = tokio::time::timeout(
+        Duration::from_secs(20),
+        second.live.wait_for(|live| *live >= 1),
+    )
+    .await;
+    assert!(
+        connected.is_ok(),
+        "no tunnel with {} requests in flight",
+        busy.len()
+    );
+    // 15 client slots: the demo tunnel and 14 requests in flight; the next request got a
+    // reserve slot and was turned away with an answer.
     assert_eq!(busy.len(), 14, "requests in flight");
     let answer = turned_away.unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    assert!(
-        answer.contains("x-relay-error: connections-full"),
-        "{answer}"
-    );
+    assert!(answer.contains("x-relay-error: connections-full"), "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
-    // A new tunnel still gets the reserved slot.
-    let other = stack.tenant("other").await;
-    let mut second = stack.connector("other", &other, &[]);
-    second.connected(1).await;
     assert_eq!(*connector.live.borrow(), 1, "the first tunnel dropped");
 }
 
