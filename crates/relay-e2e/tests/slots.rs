@@ -92,6 +92,19 @@ async fn hanging_target() -> (String, Arc<AtomicUsize>) {
     (url, accepted)
 }
 
+/// `relay_connections_refused_total{listener="public",reason}` of this process (the tests
+/// of this binary run in parallel: compare with `>=`).
+fn refused(reason: &str) -> u64 {
+    let mut e = relay_core::metrics::Exposition::new();
+    relay_core::conn::render_metrics(&mut e);
+    let needle =
+        format!("relay_connections_refused_total{{listener=\"public\",reason=\"{reason}\"}} ");
+    e.finish()
+        .lines()
+        .find_map(|l| l.strip_prefix(needle.as_str())?.parse().ok())
+        .unwrap_or(0)
+}
+
 fn small(max_connections: usize) -> ConnectionLimits {
     ConnectionLimits {
         max_connections,
@@ -136,6 +149,7 @@ async fn idle_keep_alive_connections_make_room_for_a_new_client_at_the_cap() {
         "newest closed"
     );
     assert_eq!(*connector.live.borrow(), 1, "the tunnel was evicted");
+    assert!(refused("evicted_idle") >= 9, "evictions not counted");
 }
 
 #[tokio::test]
@@ -190,8 +204,12 @@ async fn a_tunnel_connects_while_every_client_slot_has_a_request_in_flight() {
     assert_eq!(busy.len(), 14, "requests in flight");
     let answer = turned_away.unwrap_or_default();
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    assert!(answer.contains("x-relay-error: connections-full"), "{answer}");
+    assert!(
+        answer.contains("x-relay-error: connections-full"),
+        "{answer}"
+    );
     assert!(answer.contains("connection: close"), "{answer}");
+    assert!(refused("reserve_not_tunnel") >= 1, "the 503 not counted");
     assert_eq!(*connector.live.borrow(), 1, "the first tunnel dropped");
 }
 
