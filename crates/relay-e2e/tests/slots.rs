@@ -174,7 +174,8 @@ async fn a_tunnel_connects_while_every_client_slot_has_a_request_in_flight() {
             .unwrap();
         let reached = tokio::time::timeout(
             Duration::from_secs(5),
-            until(Duration::from_secs(5), "the request at the target", || {
+            // The outer timeout decides; `until`'s own deadline lies beyond it.
+            until(Duration::from_secs(60), "the request at the target", || {
                 let n = relayed.load(Ordering::SeqCst);
                 async move { (n > i).then_some(()) }
             }),

@@ -109,10 +109,12 @@ fn reserve_only(gate: &Gate, closer: &Closer, req: &Request<Incoming>) -> Option
         "every client connection slot is in use; the rest are kept for connector tunnels",
     );
     let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
+    if req.version() < http::Version::HTTP_2 {
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     headers.insert(
         http::header::RETRY_AFTER,
         http::HeaderValue::from_static("1"),

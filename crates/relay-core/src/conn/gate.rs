@@ -470,7 +470,11 @@ impl Gate {
                 continue;
             };
             let Some(slot) = weak.upgrade() else { continue };
-            if slot.idle_since_ms() != since || !slot.try_evict() {
+            // A permit drops under this lock: `released` is current here.
+            if slot.idle_since_ms() != since
+                || slot.released.load(Ordering::Acquire)
+                || !slot.try_evict()
+            {
                 continue;
             }
             self.release(inner, &slot);
