@@ -710,6 +710,59 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_past_its_lifetime_gets_goaway() {
+        let limits = ConnectionLimits {
+            max_lifetime: Duration::from_secs(10),
+            ..ConnectionLimits::default()
+        };
+        let gate = Gate::new("test-lifetime-h2", limits);
+        let permit = gate.admit([10, 0, 0, 8].into()).expect("a slot");
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(
+                http_body_util::Empty::<bytes::Bytes>::new(),
+            ))
+        });
+        let task = tokio::spawn(drive(
+            Arc::new(limits.builder()),
+            limits,
+            server,
+            ([10, 0, 0, 8], 4000).into(),
+            permit,
+            service,
+            CancellationToken::new(),
+        ));
+        let (mut send, conn) = hyper::client::conn::http2::handshake::<
+            _,
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioExecutor::new(), TokioIo::new(client))
+        .await
+        .expect("handshake");
+        let conn = tokio::spawn(conn);
+        let answer = send
+            .send_request(
+                Request::get("http://relay/")
+                    .body(http_body_util::Empty::new())
+                    .expect("request"),
+            )
+            .await
+            .expect("an answer before the end of life");
+        assert_eq!(answer.status(), http::StatusCode::OK);
+        // Well inside the idle timeout (60 s), past the lifetime (10 s).
+        tokio::time::timeout(Duration::from_secs(20), conn)
+            .await
+            .expect("the server ended the connection (GOAWAY)")
+            .expect("join")
+            .expect("a clean HTTP/2 close");
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the connection task ended")
+            .expect("join");
+        assert_eq!(gate.count_of(Reason::Lifetime), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_evicted_idle_connection_closes_and_a_busy_one_finishes() {
         let gate = Gate::new(
             "test-evicted-task",
