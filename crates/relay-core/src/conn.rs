@@ -6,7 +6,7 @@
 //! - [`ConnectionLimits`]: the `[connections]` section (serde, humantime durations).
 //! - [`gate`]: admission ([`Gate`], [`Permit`]): caps per listener and per source (IPv6 by
 //!   /64), the tunnel reserve, eviction of the oldest idle connection at the cap, counters by
-//!   [`Reason`].
+//!   [`Reason`] (`conn/stats.rs`: the counters and their metrics).
 //! - [`Gate::accept`]: the accept loop. A refused connection is accepted and closed at once
 //!   (no allocation, no task); accept errors (EMFILE) back off from 5 ms to 1 s instead of
 //!   spinning.
@@ -22,6 +22,7 @@
 //! closes and is never evicted.
 
 pub mod gate;
+mod stats;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -44,7 +45,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ConfigError;
 use gate::Slot;
-pub use gate::{Closer, Gate, Permit, Reason, render_metrics, source_key};
+pub use gate::{Closer, Gate, Permit, source_key};
+pub use stats::{Reason, render_metrics};
 
 /// `[connections]`: caps and timeouts of a listener's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -13,57 +13,21 @@
 //! Eviction never scans every slot per connection: a scan collects the oldest idle slots of
 //! one kind (a batch of `max_connections / 64`, at least 8) into a queue that later
 //! newcomers consume, each candidate re-checked (still idle since the same instant) when
-//! taken; a scan that finds none is not repeated within [`RESCAN_PAUSE`]. An evicted slot
+//! taken; a scan that finds none is not repeated within 100 ms. An evicted slot
 //! is released at once (the newcomer takes its place) and its connection closed gracefully;
 //! for the moment that takes, the process holds a few connections more than the cap.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::ConnectionLimits;
-use crate::metrics::Exposition;
-
-/// Why a connection was refused or closed by its listener's caps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Accepted and closed at once: every slot in use, none idle.
-    ListenerCap,
-    /// Accepted and closed at once: its source (IPv4 address, IPv6 /64) holds `max_per_source`.
-    SourceCap,
-    /// An idle connection closed to make room for a newcomer.
-    EvictedIdle,
-    /// A request other than a tunnel upgrade on a reserve slot: 503 and close.
-    ReserveNotTunnel,
-    /// Closed gracefully after `max_lifetime`.
-    Lifetime,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 5] = [
-        Reason::ListenerCap,
-        Reason::SourceCap,
-        Reason::EvictedIdle,
-        Reason::ReserveNotTunnel,
-        Reason::Lifetime,
-    ];
-
-    /// The metric label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Reason::ListenerCap => "listener_cap",
-            Reason::SourceCap => "source_cap",
-            Reason::EvictedIdle => "evicted_idle",
-            Reason::ReserveNotTunnel => "reserve_not_tunnel",
-            Reason::Lifetime => "lifetime",
-        }
-    }
-}
+use super::stats::{Reason, Stats, stats_for};
 
 /// The address a connection counts under for `max_per_source`: an IPv4 address (IPv4-mapped
 /// IPv6 included), or the /64 of an IPv6 address (one host usually has a whole /64).
@@ -74,77 +38,6 @@ pub fn source_key(ip: IpAddr) -> IpAddr {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
         },
-    }
-}
-
-/// Counters of all gates of one listener name in this process (tests start several), so
-/// that they never go down when a gate is dropped. Names are `&'static str`: bounded.
-struct Stats {
-    reasons: [AtomicU64; Reason::ALL.len()],
-    open: [AtomicUsize; 2],
-}
-
-type Listeners = Vec<(&'static str, Arc<Stats>)>;
-
-static STATS: LazyLock<Mutex<Listeners>> = LazyLock::new(Default::default);
-
-fn stats_for(name: &'static str) -> Arc<Stats> {
-    let Ok(mut all) = STATS.lock() else {
-        return Arc::new(Stats::new());
-    };
-    if let Some((_, stats)) = all.iter().find(|(n, _)| *n == name) {
-        return stats.clone();
-    }
-    let stats = Arc::new(Stats::new());
-    all.push((name, stats.clone()));
-    stats
-}
-
-impl Stats {
-    fn new() -> Stats {
-        Stats {
-            reasons: [const { AtomicU64::new(0) }; Reason::ALL.len()],
-            open: [const { AtomicUsize::new(0) }; 2],
-        }
-    }
-}
-
-/// Appends `relay_connections_open{listener,slot}` and
-/// `relay_connections_refused_total{listener,reason}` for every listener of this process.
-pub fn render_metrics(e: &mut Exposition) {
-    let all: Listeners = match STATS.lock() {
-        Ok(all) => all.clone(),
-        Err(_) => return,
-    };
-    e.describe(
-        "relay_connections_open",
-        "gauge",
-        "Open connections by listener and slot (reserve: kept for tunnel upgrades).",
-    );
-    for (name, stats) in &all {
-        for (i, slot) in ["client", "reserve"].iter().enumerate() {
-            e.sample(
-                "relay_connections_open",
-                &[("listener", name), ("slot", slot)],
-                stats.open[i].load(Ordering::Relaxed),
-            );
-        }
-    }
-    e.describe(
-        "relay_connections_refused_total",
-        "counter",
-        "Connections refused at a cap or closed to make room (evicted_idle), answered 503 on a \
-         tunnel-reserve slot (reserve_not_tunnel) or closed after max_lifetime, by listener \
-         and reason.",
-    );
-    for (name, stats) in &all {
-        for (i, reason) in Reason::ALL.iter().enumerate() {
-            e.sample(
-                "relay_connections_refused_total",
-                &[("listener", name), ("reason", reason.label())],
-                stats.reasons[i].load(Ordering::Relaxed),
-            );
-        }
     }
 }
 
@@ -352,7 +245,7 @@ impl Gate {
         self.stats.reasons[reason as usize].load(Ordering::Relaxed)
     }
 
-    /// Counts `reason` and, at most once per [`REPORT_EVERY`], logs the counts.
+    /// Counts `reason` and, at most once per 10 s, logs the counts.
     pub fn count(&self, reason: Reason) {
         self.stats.reasons[reason as usize].fetch_add(1, Ordering::Relaxed);
         if reason == Reason::Lifetime {
@@ -560,6 +453,8 @@ impl Drop for Permit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conn::render_metrics;
+    use crate::metrics::Exposition;
 
     fn limits(max_connections: usize, max_per_source: usize) -> ConnectionLimits {
         ConnectionLimits {
