@@ -1,26 +1,33 @@
 //! Connection limits of every listener: how many connections it holds (in all and per source
 //! address), how long a connection may stay silent before its first byte, before its first
-//! request head is complete, and without a request in flight; HTTP/2 keep-alive (PING).
+//! request head is complete, and without a request in flight, how long it may live at all;
+//! HTTP/2 keep-alive (PING).
 //!
 //! - [`ConnectionLimits`]: the `[connections]` section (serde, humantime durations).
-//! - [`Gate`]: the accept loop with the caps. At a cap a connection is accepted and closed at
-//!   once (no allocation, no task); accept errors (EMFILE) back off from 5 ms to 1 s instead
-//!   of spinning.
+//! - [`gate`]: admission ([`Gate`], [`Permit`]): caps per listener and per source (IPv6 by
+//!   /64), the tunnel reserve, eviction of the oldest idle connection at the cap, counters by
+//!   [`Reason`] (`conn/stats.rs`: the counters and their metrics).
+//! - [`Gate::accept`]: the accept loop. A refused connection is accepted and closed at once
+//!   (no allocation, no task); accept errors (EMFILE) back off from 5 ms to 1 s instead of
+//!   spinning.
 //! - [`serve_stream`]: one accepted connection: first-byte wait, optional TLS handshake, then
-//!   hyper (HTTP/1.1 and HTTP/2) under the idle watchdog.
+//!   hyper (HTTP/1.1 and HTTP/2) under the idle watchdog and the lifetime bound.
 //! - [`serve`]: the whole loop for listeners that need nothing else (identity, management,
 //!   metrics).
 //!
 //! Idle means no request in flight: a request counts from its head until its response body
 //! has been sent or dropped, so a slow target or a long streamed response is never cut. An
 //! upgraded connection (the tunnel endpoint) leaves hyper's connection future and with it the
-//! watchdog; it keeps its [`Permit`] until the upgraded stream closes.
+//! watchdog (and the lifetime bound); it keeps its [`Permit`] until the upgraded stream
+//! closes and is never evicted.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+pub mod gate;
+mod stats;
+
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -37,15 +44,28 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ConfigError;
+use gate::Slot;
+pub use gate::{Closer, Gate, Permit, source_key};
+pub use stats::{Reason, render_metrics};
 
 /// `[connections]`: caps and timeouts of a listener's connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionLimits {
-    /// Open connections the listener holds at most; more are accepted and closed at once.
+    /// Open connections the listener holds at most; at the cap the oldest idle one makes
+    /// room, and without an idle one a newcomer is accepted and closed at once.
     pub max_connections: usize,
-    /// Open connections one source IP address holds at most (0: no per-source cap).
+    /// Open connections one source holds at most (an IPv4 address, an IPv6 /64; 0: no
+    /// per-source cap).
     pub max_per_source: usize,
+    /// relay-server's public listener: slots of `max_connections` kept for tunnel upgrades
+    /// (default `max_connections / 16`). Other listeners reserve nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reserved_for_tunnels: Option<usize>,
+    /// Time a client connection may stay open in all; then it closes gracefully (HTTP/1.1:
+    /// `Connection: close` on the current response; HTTP/2: GOAWAY). Not tunnels.
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
     /// Time from accept to the first byte from the client.
     #[serde(with = "humantime_serde")]
     pub first_byte_timeout: Duration,
@@ -69,6 +89,8 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             max_connections: 16_384,
             max_per_source: 512,
+            reserved_for_tunnels: None,
+            max_lifetime: Duration::from_secs(3600),
             first_byte_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
@@ -88,6 +110,12 @@ impl ConnectionLimits {
         }
     }
 
+    /// Slots kept for tunnel upgrades on relay-server's public listener.
+    pub fn tunnel_reserve(&self) -> usize {
+        self.reserved_for_tunnels
+            .unwrap_or(self.max_connections / 16)
+    }
+
     /// Checks the values; errors name `{section}.key`.
     pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
         if self.max_connections == 0 {
@@ -96,7 +124,19 @@ impl ConnectionLimits {
                 "must be at least 1",
             ));
         }
+        if let Some(reserved) = self.reserved_for_tunnels
+            && reserved >= self.max_connections
+        {
+            return Err(ConfigError::key(
+                format!("{section}.reserved_for_tunnels"),
+                format!(
+                    "must be less than max_connections ({}): clients need a slot too",
+                    self.max_connections
+                ),
+            ));
+        }
         for (key, value) in [
+            ("max_lifetime", self.max_lifetime),
             ("first_byte_timeout", self.first_byte_timeout),
             ("header_timeout", self.header_timeout),
             ("idle_timeout", self.idle_timeout),
@@ -132,72 +172,12 @@ impl ConnectionLimits {
     }
 }
 
-/// The caps of one listener. Shared by its accept loop and the [`Permit`]s of its open
-/// connections.
-pub struct Gate {
-    name: &'static str,
-    limits: ConnectionLimits,
-    open: AtomicUsize,
-    sources: Mutex<HashMap<IpAddr, usize>>,
-    refused: AtomicU64,
-}
-
 /// Shortest and longest pause after a failed accept.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
 
 impl Gate {
-    /// `name` labels log lines ("public", "identity", …).
-    pub fn new(name: &'static str, limits: ConnectionLimits) -> Arc<Gate> {
-        Arc::new(Gate {
-            name,
-            limits,
-            open: AtomicUsize::new(0),
-            sources: Mutex::new(HashMap::new()),
-            refused: AtomicU64::new(0),
-        })
-    }
-
-    pub fn limits(&self) -> &ConnectionLimits {
-        &self.limits
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Connections refused at a cap since start.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
-    }
-
-    /// A permit for a connection from `ip`, or `None` at a cap.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Permit> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.limits.max_connections {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        if self.limits.max_per_source > 0 {
-            let Ok(mut sources) = self.sources.lock() else {
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                return None;
-            };
-            let count = sources.entry(ip).or_insert(0);
-            if *count >= self.limits.max_per_source {
-                drop(sources);
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                return None;
-            }
-            *count += 1;
-        }
-        Some(Permit {
-            gate: self.clone(),
-            ip,
-        })
-    }
-
     /// The next admitted connection on `listener`, or `None` once `shutdown` is cancelled.
-    /// Connections over a cap are closed at once; accept errors back off exponentially.
+    /// Refused connections are closed at once; accept errors back off exponentially.
     pub async fn accept(
         self: &Arc<Self>,
         listener: &TcpListener,
@@ -212,23 +192,12 @@ impl Gate {
             match accepted {
                 Ok((stream, remote)) => {
                     backoff = ACCEPT_BACKOFF.0;
-                    if let Some(permit) = self.admit(remote.ip()) {
-                        return Some((stream, remote, permit));
-                    }
-                    drop(stream);
-                    if self
-                        .refused
-                        .fetch_add(1, Ordering::Relaxed)
-                        .is_multiple_of(1024)
-                    {
-                        tracing::warn!(
-                            listener = self.name,
-                            %remote,
-                            open = self.open(),
-                            max_connections = self.limits.max_connections,
-                            max_per_source = self.limits.max_per_source,
-                            "Connection refused at the connection cap (logged once per 1024)."
-                        );
+                    match self.admit(remote.ip()) {
+                        Ok(permit) => return Some((stream, remote, permit)),
+                        Err(reason) => {
+                            drop(stream);
+                            self.count(reason);
+                        }
                     }
                 }
                 Err(e) => {
@@ -243,27 +212,6 @@ impl Gate {
                 }
             }
         }
-    }
-}
-
-/// One admitted connection; dropping it frees its place.
-pub struct Permit {
-    gate: Arc<Gate>,
-    ip: IpAddr,
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        if self.gate.limits.max_per_source > 0
-            && let Ok(mut sources) = self.gate.sources.lock()
-            && let Some(count) = sources.get_mut(&self.ip)
-        {
-            *count -= 1;
-            if *count == 0 {
-                sources.remove(&self.ip);
-            }
-        }
-        self.gate.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -310,30 +258,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Permitted<T> {
     }
 }
 
-/// Requests in flight on one connection, and since when none has been.
+/// Requests on one connection, for its watchdog; in flight and idle-since live in its
+/// gate [`Slot`] (eviction reads them too).
 struct Activity {
+    /// When the first request head is awaited from (after the first byte and TLS).
     started: Instant,
     requests: AtomicU64,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `started` when `in_flight` last dropped to zero.
-    idle_since_ms: AtomicU64,
-    /// Woken when the first request starts and whenever `in_flight` drops to zero.
+    slot: Arc<Slot>,
+    /// Woken when the first request starts and whenever none is in flight any more.
     changed: Notify,
 }
 
 impl Activity {
-    fn new() -> Arc<Activity> {
+    fn new(slot: Arc<Slot>) -> Arc<Activity> {
         Arc::new(Activity {
             started: Instant::now(),
             requests: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(0),
+            slot,
             changed: Notify::new(),
         })
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Resolves when the connection should close: `Expired::Header` when the first request
@@ -353,19 +296,17 @@ impl Activity {
                 }
                 continue;
             }
-            if self.in_flight.load(Ordering::Acquire) > 0 {
+            if self.slot.in_flight() > 0 {
                 notified.await;
                 continue;
             }
-            let since = self.idle_since_ms.load(Ordering::Acquire);
-            let deadline = self.started + Duration::from_millis(since) + idle;
+            let since = self.slot.idle_since_ms();
+            let deadline = self.slot.idle_since() + idle;
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {}
                 () = notified => continue,
             }
-            if self.in_flight.load(Ordering::Acquire) == 0
-                && self.idle_since_ms.load(Ordering::Acquire) == since
-            {
+            if self.slot.in_flight() == 0 && self.slot.idle_since_ms() == since {
                 return Expired::Idle;
             }
         }
@@ -382,7 +323,7 @@ struct InFlight(Arc<Activity>);
 
 impl InFlight {
     fn start(activity: &Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.slot.start_request();
         if activity.requests.fetch_add(1, Ordering::AcqRel) == 0 {
             activity.changed.notify_one();
         }
@@ -392,11 +333,8 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let activity = &self.0;
-        let now = activity.now_ms();
-        activity.idle_since_ms.store(now, Ordering::Release);
-        if activity.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            activity.changed.notify_one();
+        if self.0.slot.end_request() {
+            self.0.changed.notify_one();
         }
     }
 }
@@ -433,7 +371,9 @@ impl<B: Body> Body for TrackedBody<B> {
     }
 }
 
-/// `service` with every request counted in `activity`.
+/// `service` with every request counted in `activity`. A `101` response marks the
+/// connection upgraded (never evicted); a response on a closing connection (lifetime over,
+/// evicted, [`Closer`]) gets `Connection: close` over HTTP/1.1.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
@@ -454,9 +394,19 @@ where
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let guard = InFlight::start(&self.activity);
+        let http1 = req.version() < http::Version::HTTP_2;
         let future = self.inner.call(req);
         Box::pin(async move {
-            let response = future.await?;
+            let mut response = future.await?;
+            let slot = &guard.0.slot;
+            if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                slot.mark_upgraded();
+            } else if http1 && slot.closing() {
+                response.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             Ok(response.map(|inner| TrackedBody {
                 inner,
                 guard: Some(guard),
@@ -467,9 +417,9 @@ where
 
 /// Serves one accepted connection: waits for its first byte (`first_byte_timeout`), does the
 /// TLS handshake when `tls` is given, then serves `service` until the connection ends,
-/// misses `header_timeout` or `idle_timeout`, or `shutdown` is cancelled (then it closes
-/// gracefully: in-flight requests finish, HTTP/2 gets GOAWAY).
-/// The limits are those of the permit's [`Gate`].
+/// misses `header_timeout` or `idle_timeout`, reaches `max_lifetime`, is evicted by its gate,
+/// or `shutdown` is cancelled (then it closes gracefully: in-flight requests finish, HTTP/2
+/// gets GOAWAY). The limits are those of the permit's [`Gate`].
 pub async fn serve_stream<S, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
@@ -486,20 +436,30 @@ pub async fn serve_stream<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let limits = permit.gate.limits;
+    let limits = *permit.gate().limits();
+    let slot = permit.slot().clone();
     let mut first = [0u8; 1];
-    match tokio::time::timeout(limits.first_byte_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        Ok(_) => return,
-        Err(_) => {
-            tracing::debug!(%remote, "Closing a connection that sent nothing.");
-            return;
+    tokio::select! {
+        peeked = tokio::time::timeout(limits.first_byte_timeout, stream.peek(&mut first)) => {
+            match peeked {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) => return,
+                Err(_) => {
+                    tracing::debug!(%remote, "Closing a connection that sent nothing.");
+                    return;
+                }
+            }
         }
+        () = slot.close_requested() => return,
     }
     match tls {
         None => drive(builder, limits, stream, remote, permit, service, shutdown).await,
         Some(acceptor) => {
-            let Some(stream) = crate::tls::handshake(&acceptor, stream, remote).await else {
+            let stream = tokio::select! {
+                stream = crate::tls::handshake(&acceptor, stream, remote) => stream,
+                () = slot.close_requested() => return,
+            };
+            let Some(stream) = stream else {
                 return;
             };
             drive(builder, limits, stream, remote, permit, service, shutdown).await;
@@ -524,7 +484,9 @@ async fn drive<I, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let activity = Activity::new();
+    let slot = permit.slot().clone();
+    let gate = permit.gate().clone();
+    let activity = Activity::new(slot.clone());
     let service = Tracked {
         inner: service,
         activity: activity.clone(),
@@ -539,27 +501,52 @@ async fn drive<I, S, B>(
     tokio::pin!(conn);
     let expired = activity.expired(limits.header_timeout, limits.idle_timeout);
     tokio::pin!(expired);
-    let ended = tokio::select! {
-        ended = conn.as_mut() => ended,
-        why = &mut expired => {
-            match why {
+    let end_of_life = tokio::time::sleep_until(slot.admitted() + limits.max_lifetime);
+    tokio::pin!(end_of_life);
+    // Once set, the connection has been told to close gracefully and is left to finish.
+    let mut closing = false;
+    let ended = loop {
+        tokio::select! {
+            ended = conn.as_mut() => break ended,
+            why = &mut expired => match why {
                 Expired::Header => {
                     tracing::debug!(%remote, "Closing a connection whose request head did not arrive in time.");
                     return;
                 }
                 Expired::Idle => {
                     tracing::debug!(%remote, "Closing an idle connection.");
-                    conn.as_mut().graceful_shutdown();
+                    if !closing {
+                        conn.as_mut().graceful_shutdown();
+                    }
                     match tokio::time::timeout(limits.header_timeout, conn.as_mut()).await {
-                        Ok(ended) => ended,
+                        Ok(ended) => break ended,
+                        Err(_) => return,
+                    }
+                }
+            },
+            () = &mut end_of_life, if !closing && !slot.is_upgraded() => {
+                tracing::debug!(%remote, "Closing a connection at the end of its lifetime.");
+                gate.count(Reason::Lifetime);
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = slot.close_requested(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                if slot.is_evicted() {
+                    tracing::debug!(%remote, "Closing an idle connection to make room.");
+                    match tokio::time::timeout(limits.header_timeout, conn.as_mut()).await {
+                        Ok(ended) => break ended,
                         Err(_) => return,
                     }
                 }
             }
-        }
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
+            () = shutdown.cancelled() => {
+                if !closing {
+                    conn.as_mut().graceful_shutdown();
+                }
+                break conn.as_mut().await;
+            }
         }
     };
     if let Err(e) = ended {
@@ -616,34 +603,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn per_source_cap_frees_places_on_drop() {
-        let gate = Gate::new(
-            "test",
-            ConnectionLimits {
-                max_connections: 3,
-                max_per_source: 2,
-                ..ConnectionLimits::default()
-            },
-        );
-        let a: IpAddr = [10, 0, 0, 1].into();
-        let b: IpAddr = [10, 0, 0, 2].into();
-        let first = gate.admit(a);
-        let second = gate.admit(a);
-        assert!(first.is_some() && second.is_some());
-        assert!(gate.admit(a).is_none(), "third from one source");
-        let third = gate.admit(b);
-        assert!(third.is_some());
-        assert!(gate.admit(b).is_none(), "over the listener cap");
-        drop(first);
-        let again = gate.admit(a);
-        assert!(again.is_some());
-        assert_eq!(gate.open(), 3);
-        drop((second, third, again));
-        assert_eq!(gate.open(), 0);
-        assert!(gate.sources.lock().map(|s| s.is_empty()).unwrap_or(false));
-    }
-
-    #[test]
     fn zero_timeouts_are_refused_by_key() {
         let limits = ConnectionLimits {
             idle_timeout: Duration::ZERO,
@@ -653,5 +612,183 @@ mod tests {
             panic!("accepted a zero idle timeout");
         };
         assert_eq!(key, "connections.idle_timeout");
+    }
+
+    #[test]
+    fn a_reserve_as_large_as_the_cap_is_refused_by_key() {
+        let limits = ConnectionLimits {
+            max_connections: 16,
+            reserved_for_tunnels: Some(16),
+            ..ConnectionLimits::default()
+        };
+        let Err(ConfigError::Key { key, .. }) = limits.validate("connections") else {
+            panic!("accepted a reserve that leaves clients no slot");
+        };
+        assert_eq!(key, "connections.reserved_for_tunnels");
+        assert_eq!(ConnectionLimits::default().tunnel_reserve(), 1024);
+        let zero = ConnectionLimits {
+            max_lifetime: Duration::ZERO,
+            ..ConnectionLimits::default()
+        };
+        let Err(ConfigError::Key { key, .. }) = zero.validate("connections") else {
+            panic!("accepted a zero lifetime");
+        };
+        assert_eq!(key, "connections.max_lifetime");
+    }
+
+    /// Serves `drive` over an in-memory pipe; `/slow` answers once `release` is notified.
+    async fn pipe_connection(
+        gate: &Arc<Gate>,
+        release: Arc<Notify>,
+    ) -> (
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let limits = *gate.limits();
+        let permit = gate.admit([10, 0, 0, 9].into()).expect("a slot");
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let release = release.clone();
+            async move {
+                if req.uri().path() == "/slow" {
+                    release.notified().await;
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"ok"),
+                )))
+            }
+        });
+        let remote: SocketAddr = ([10, 0, 0, 9], 4000).into();
+        let task = tokio::spawn(drive(
+            Arc::new(limits.builder()),
+            limits,
+            server,
+            remote,
+            permit,
+            service,
+            CancellationToken::new(),
+        ));
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        (send, task)
+    }
+
+    fn get(path: &str) -> Request<http_body_util::Empty<bytes::Bytes>> {
+        Request::get(path)
+            .header(http::header::HOST, "relay")
+            .body(http_body_util::Empty::new())
+            .expect("request")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_past_its_lifetime_closes_after_the_response_in_flight() {
+        let gate = Gate::new(
+            "test-lifetime",
+            ConnectionLimits {
+                max_lifetime: Duration::from_secs(10),
+                ..ConnectionLimits::default()
+            },
+        );
+        let release = Arc::new(Notify::new());
+        let (mut send, task) = pipe_connection(&gate, release.clone()).await;
+        let early = send.send_request(get("/fast")).await.expect("early");
+        assert!(early.headers().get(http::header::CONNECTION).is_none());
+        let slow = tokio::spawn(send.send_request(get("/slow")));
+        // Paused clock: the sleep moves time past the lifetime while `/slow` is in flight.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        assert!(!task.is_finished(), "the request in flight was cut");
+        release.notify_one();
+        let late = slow.await.expect("join").expect("the response in flight");
+        assert_eq!(late.status(), http::StatusCode::OK);
+        assert_eq!(late.headers()[http::header::CONNECTION], "close");
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the connection closed after the response")
+            .expect("join");
+        assert_eq!(gate.count_of(Reason::Lifetime), 1);
+        assert_eq!(gate.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_past_its_lifetime_gets_goaway() {
+        let limits = ConnectionLimits {
+            max_lifetime: Duration::from_secs(10),
+            ..ConnectionLimits::default()
+        };
+        let gate = Gate::new("test-lifetime-h2", limits);
+        let permit = gate.admit([10, 0, 0, 8].into()).expect("a slot");
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(
+                http_body_util::Empty::<bytes::Bytes>::new(),
+            ))
+        });
+        let task = tokio::spawn(drive(
+            Arc::new(limits.builder()),
+            limits,
+            server,
+            ([10, 0, 0, 8], 4000).into(),
+            permit,
+            service,
+            CancellationToken::new(),
+        ));
+        let (mut send, conn) = hyper::client::conn::http2::handshake::<
+            _,
+            _,
+            http_body_util::Empty<bytes::Bytes>,
+        >(TokioExecutor::new(), TokioIo::new(client))
+        .await
+        .expect("handshake");
+        let conn = tokio::spawn(conn);
+        let answer = send
+            .send_request(
+                Request::get("http://relay/")
+                    .body(http_body_util::Empty::new())
+                    .expect("request"),
+            )
+            .await
+            .expect("an answer before the end of life");
+        assert_eq!(answer.status(), http::StatusCode::OK);
+        // Well inside the idle timeout (60 s), past the lifetime (10 s).
+        tokio::time::timeout(Duration::from_secs(20), conn)
+            .await
+            .expect("the server ended the connection (GOAWAY)")
+            .expect("join")
+            .expect("a clean HTTP/2 close");
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the connection task ended")
+            .expect("join");
+        assert_eq!(gate.count_of(Reason::Lifetime), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_evicted_idle_connection_closes_and_a_busy_one_finishes() {
+        let gate = Gate::new(
+            "test-evicted-task",
+            ConnectionLimits {
+                max_connections: 2,
+                max_per_source: 0,
+                ..ConnectionLimits::default()
+            },
+        );
+        let release = Arc::new(Notify::new());
+        let (mut busy, busy_task) = pipe_connection(&gate, release.clone()).await;
+        let slow = tokio::spawn(busy.send_request(get("/slow")));
+        let (mut idle, idle_task) = pipe_connection(&gate, release.clone()).await;
+        idle.send_request(get("/fast")).await.expect("fast");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let newcomer = gate.admit([10, 0, 0, 7].into());
+        assert!(newcomer.is_ok(), "no room made at the cap");
+        tokio::time::timeout(Duration::from_secs(1), idle_task)
+            .await
+            .expect("the evicted connection closed")
+            .expect("join");
+        assert!(!busy_task.is_finished());
+        release.notify_one();
+        let answer = slow.await.expect("join").expect("the busy one's response");
+        assert_eq!(answer.status(), http::StatusCode::OK);
     }
 }

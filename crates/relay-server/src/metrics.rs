@@ -389,5 +389,6 @@ pub(crate) fn render(state: &AppState) -> String {
         "Requests held on this node until their target acknowledges them (mode manual).",
         state.acks.pending(),
     );
+    relay_core::conn::render_metrics(&mut e);
     e.finish()
 }

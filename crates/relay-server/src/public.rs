@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use relay_core::conn::{Closer, Gate, Reason};
 use relay_proto::discovery::DiscoveryDocument;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +19,10 @@ use crate::relay::Mode;
 use crate::responses::{Body, error, json, text};
 
 /// Accepts connections until `shutdown`, then drains tunnels and open connections within
-/// the shutdown grace.
+/// the shutdown grace. `[connections] reserved_for_tunnels` of the slots are kept for tunnel
+/// upgrades: a connection admitted into that reserve may only make one (see [`reserve_only`]).
 pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: CancellationToken) {
-    let gate = relay_core::conn::Gate::new("public", state.config.connections);
+    let gate = Gate::with_tunnel_reserve("public", state.config.connections);
     let mut builder = gate.limits().builder();
     builder
         .http2()
@@ -40,10 +42,21 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
         };
         let service_state = state.clone();
         let streams = Arc::new(crate::streams::ConnStreams::default());
+        let reserve = permit
+            .is_reserve()
+            .then(|| (permit.gate().clone(), permit.closer()));
         let service = service_fn(move |req| {
             let state = service_state.clone();
             let streams = streams.clone();
-            async move { Ok::<_, Infallible>(route(&state, req, remote, &streams).await) }
+            let refused = reserve
+                .as_ref()
+                .and_then(|(gate, closer)| reserve_only(gate, closer, &req));
+            async move {
+                if let Some(refused) = refused {
+                    return Ok::<_, Infallible>(refused);
+                }
+                Ok(route(&state, req, remote, &streams).await)
+            }
         });
         // Upgraded tunnels leave the connection task (and its idle watchdog) at the upgrade;
         // their own HTTP/2 PINGs keep them alive.
@@ -73,6 +86,42 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, shutdown: Cancel
         }
     };
     tokio::join!(tunnels, connections);
+}
+
+/// On a tunnel-reserve slot: `None` for a tunnel upgrade, and for the discovery document
+/// a connector fetches right before (answered, then the connection closes); else 503
+/// `connections-full` with `Connection: close`, and the connection is told to close
+/// (HTTP/2: GOAWAY).
+fn reserve_only(gate: &Gate, closer: &Closer, req: &Request<Incoming>) -> Option<Response<Body>> {
+    if req.method() == Method::GET && req.version() == http::Version::HTTP_11 {
+        match req.uri().path() {
+            relay_proto::TUNNEL_PATH => return None,
+            relay_proto::DISCOVERY_PATH => {
+                closer.close();
+                return None;
+            }
+            _ => {}
+        }
+    }
+    gate.count(Reason::ReserveNotTunnel);
+    closer.close();
+    let mut response = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "connections-full",
+        "every client connection slot is in use; the rest are kept for connector tunnels",
+    );
+    let headers = response.headers_mut();
+    if req.version() < http::Version::HTTP_2 {
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
+    headers.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    Some(response)
 }
 
 async fn route(

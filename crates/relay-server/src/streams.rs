@@ -12,20 +12,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// The source a connection is counted under: IPv4 addresses (also IPv4-mapped IPv6) as
-/// they are, IPv6 by /64 — one host usually owns a whole /64.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-        },
-    }
-}
+use relay_core::conn::source_key;
 
 /// Open relayed requests of one client connection.
 #[derive(Default)]
@@ -117,17 +104,6 @@ impl Drop for StreamPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ipv6_counts_by_64_and_mapped_ipv4_as_ipv4() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
-        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().expect("ip");
-        let c: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
-        assert_eq!(source_key(a), source_key(b));
-        assert_ne!(source_key(a), source_key(c));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().expect("ip");
-        assert_eq!(source_key(mapped), IpAddr::from([192, 0, 2, 7]));
-    }
 
     #[test]
     fn caps_per_connection_and_per_source_free_on_drop() {
