@@ -1,9 +1,11 @@
-//! Token buckets at the token endpoint, checked before any secret is verified, so guessing a
-//! secret costs time and a flood cannot burn the service's CPU on argon2:
+//! Token buckets at the token endpoint, so guessing a secret costs time and a flood cannot
+//! burn the service's CPU on argon2:
 //! - per source address (IPv6 by /64), before anything else;
-//! - per `client_id`, for client ids that exist;
+//! - per (`client_id`, source address), spent only by secret checks that fail (taken before
+//!   the check, given back when it matches or never ran). Failures from one source thus never
+//!   lock the client out elsewhere, and a client that knows its secret is never slowed by it;
 //! - one bucket shared by every client id that does not exist, so random ids are limited
-//!   as a whole. While it is empty, unknown ids are answered `429` without a hash.
+//!   as a whole. While it is empty, unknown ids are answered without a hash.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -67,11 +69,27 @@ impl<K: Hash + Eq> Buckets<K> {
             Err(wait.ceil().max(1.0) as u64)
         }
     }
+
+    /// Gives back the token a [`Self::check`] of `key` took (capped at the burst). A bucket
+    /// swept meanwhile was full, so there is nothing to give back.
+    pub(crate) fn refund(&self, key: &K) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let burst = self.burst;
+        if let Some((tokens, _)) = state.buckets.get_mut(key) {
+            *tokens = (*tokens + 1.0).min(burst);
+        }
+    }
 }
+
+/// Whose failed secret checks a bucket counts: a client id (lower case) from one source
+/// (`None`: a router served without peer addresses).
+type ClientKey = (String, Option<IpAddr>);
 
 /// Every limit of the token endpoint.
 pub(crate) struct RateLimiter {
-    clients: Buckets<String>,
+    clients: Buckets<ClientKey>,
     sources: Buckets<IpAddr>,
     unknown: Buckets<()>,
 }
@@ -85,9 +103,23 @@ impl RateLimiter {
         }
     }
 
-    /// One request of the existing client `client_id` (any case).
-    pub(crate) fn check(&self, client_id: &str, now: Instant) -> Result<(), u64> {
-        self.clients.check(client_id.to_ascii_lowercase(), now)
+    /// Takes one token of the bucket of `client_id` (any case) from `source` before a secret
+    /// check whose outcome is not known yet. Hand the check's outcome to
+    /// [`Self::checked`]: only failures keep the token spent.
+    pub(crate) fn check(
+        &self,
+        client_id: &str,
+        source: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), u64> {
+        self.clients.check(client_key(client_id, source), now)
+    }
+
+    /// After a [`Self::check`]: unless the secret check `failed`, its token is given back.
+    pub(crate) fn checked(&self, client_id: &str, source: Option<IpAddr>, failed: bool) {
+        if !failed {
+            self.clients.refund(&client_key(client_id, source));
+        }
     }
 
     /// One request from `source` (an IPv6 address counts by its /64).
@@ -101,9 +133,13 @@ impl RateLimiter {
     }
 }
 
+fn client_key(client_id: &str, source: Option<IpAddr>) -> ClientKey {
+    (client_id.to_ascii_lowercase(), source.map(source_key))
+}
+
 /// IPv4 (and IPv4-mapped) addresses as they are, IPv6 by /64: one host usually has a whole
 /// /64 to pick addresses from.
-fn source_key(source: IpAddr) -> IpAddr {
+pub(crate) fn source_key(source: IpAddr) -> IpAddr {
     match source {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -134,13 +170,48 @@ mod tests {
     fn burst_then_refill() {
         let limiter = RateLimiter::new(&config());
         let t0 = Instant::now();
+        let a = Some("192.0.2.1".parse().expect("ip"));
         for _ in 0..3 {
-            assert_eq!(limiter.check("Ops", t0), Ok(()));
+            assert_eq!(limiter.check("Ops", a, t0), Ok(()));
         }
-        assert_eq!(limiter.check("ops", t0), Err(1), "same client, any case");
-        assert_eq!(limiter.check("other", t0), Ok(()), "buckets are per client");
-        assert_eq!(limiter.check("ops", t0 + Duration::from_secs(1)), Ok(()));
-        assert!(limiter.check("ops", t0 + Duration::from_secs(1)).is_err());
+        assert_eq!(limiter.check("ops", a, t0), Err(1), "same client, any case");
+        assert_eq!(
+            limiter.check("other", a, t0),
+            Ok(()),
+            "buckets are per client"
+        );
+        assert_eq!(limiter.check("ops", a, t0 + Duration::from_secs(1)), Ok(()));
+        assert!(
+            limiter
+                .check("ops", a, t0 + Duration::from_secs(1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn client_buckets_are_per_source_and_spent_only_by_failures() {
+        let limiter = RateLimiter::new(&config());
+        let t0 = Instant::now();
+        let a = Some("192.0.2.1".parse().expect("ip"));
+        let a_same_64 = Some("2001:db8::1".parse().expect("ip"));
+        let b = Some("192.0.2.2".parse().expect("ip"));
+        for _ in 0..3 {
+            assert_eq!(limiter.check("ops", a, t0), Ok(()));
+            limiter.checked("ops", a, true);
+        }
+        assert_eq!(limiter.check("ops", a, t0), Err(1), "a's failures spent it");
+        assert_eq!(limiter.check("ops", b, t0), Ok(()), "b has its own bucket");
+        limiter.checked("ops", b, false);
+        for _ in 0..10 {
+            assert_eq!(limiter.check("ops", b, t0), Ok(()), "successes are free");
+            limiter.checked("ops", b, false);
+        }
+        for _ in 0..3 {
+            assert_eq!(limiter.check("ops", a_same_64, t0), Ok(()));
+            limiter.checked("ops", a_same_64, true);
+        }
+        let other_in_64 = Some("2001:db8::2".parse().expect("ip"));
+        assert_eq!(limiter.check("ops", other_in_64, t0), Err(1), "IPv6 by /64");
     }
 
     #[test]
@@ -177,7 +248,7 @@ mod tests {
         assert_eq!(limiter.check_unknown(t0), Ok(()));
         assert_eq!(limiter.check_unknown(t0), Err(1));
         assert_eq!(
-            limiter.check("acme", t0),
+            limiter.check("acme", None, t0),
             Ok(()),
             "known clients unaffected"
         );
