@@ -14,7 +14,7 @@ const FLOODERS: usize = 64;
 const MAX_FLOOD: usize = 2_000;
 
 /// What the flood saw: (status, had `Retry-After`) per answer.
-type Seen = Vec<(StatusCode, bool)>;
+pub type Seen = Vec<(StatusCode, bool)>;
 
 /// `FLOODERS` tasks sending `form(n)` from 127.0.0.1 until `stop` (or `MAX_FLOOD` in all);
 /// `sent` counts answers so far.
@@ -24,17 +24,41 @@ fn flood(
     sent: &Arc<AtomicUsize>,
     form: fn(usize) -> String,
 ) -> Vec<tokio::task::JoinHandle<Seen>> {
-    let source: IpAddr = [127, 0, 0, 1].into();
-    (0..FLOODERS)
+    flood_from(
+        id,
+        &[[127, 0, 0, 1].into()],
+        FLOODERS,
+        MAX_FLOOD,
+        stop,
+        sent,
+        form,
+    )
+}
+
+/// `tasks` tasks sending `form(n)` until `stop` (or `max` in all), request `n` from
+/// `sources[n % sources.len()]`; `sent` counts requests so far.
+pub fn flood_from(
+    id: &Arc<TestIdentity>,
+    sources: &[IpAddr],
+    tasks: usize,
+    max: usize,
+    stop: &Arc<AtomicBool>,
+    sent: &Arc<AtomicUsize>,
+    form: fn(usize) -> String,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    let sources: Arc<[IpAddr]> = sources.into();
+    (0..tasks)
         .map(|_| {
-            let (id, stop, sent) = (id.clone(), stop.clone(), sent.clone());
+            let (id, stop, sent, sources) =
+                (id.clone(), stop.clone(), sent.clone(), sources.clone());
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let n = sent.fetch_add(1, Ordering::Relaxed);
-                    if n >= MAX_FLOOD {
+                    if n >= max {
                         break;
                     }
+                    let source = sources[n % sources.len()];
                     let answer = id.token_from(source, &form(n)).await;
                     seen.push((answer.status, answer.headers.contains_key("retry-after")));
                 }
@@ -45,7 +69,7 @@ fn flood(
 }
 
 /// Waits (bounded) until the flood has had `n` answers.
-async fn until_sent(sent: &AtomicUsize, n: usize) {
+pub async fn until_sent(sent: &AtomicUsize, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while sent.load(Ordering::Relaxed) < n {
         assert!(tokio::time::Instant::now() < deadline, "flood too slow");
@@ -53,7 +77,7 @@ async fn until_sent(sent: &AtomicUsize, n: usize) {
     }
 }
 
-async fn collect(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
+pub async fn collect(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await.expect("flooder"));
@@ -61,7 +85,7 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
     all
 }
 
-fn count(seen: &Seen, status: StatusCode) -> usize {
+pub fn count(seen: &Seen, status: StatusCode) -> usize {
     seen.iter().filter(|(s, _)| *s == status).count()
 }
 
