@@ -2,6 +2,8 @@
 //! real client from its token (issue 22 rows 5 and 6), and a remembered secret must never
 //! outlive its revocation or expiry.
 
+mod measure;
+
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
