@@ -8,8 +8,10 @@
 //! are not kept, and without the key the digests say nothing about them.
 //!
 //! Only a successful argon2 check inserts, so a flood of wrong secrets cannot push entries
-//! out; the size bound is a safety net (the oldest go first). Entries are not refreshed when
-//! they are used: each secret is hashed again at least once per `ttl`.
+//! out, and there is at most one entry per active secret; the size bound is a safety net (the
+//! oldest go first). An entry used in the second half of its `ttl` starts a new one, so a
+//! client that renews its token more often than every `ttl` stays recognised (one of its
+//! renewals falls into each second half), even while a flood keeps the hash pool full.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -71,15 +73,26 @@ impl Verified {
         mac.finalize().into_bytes().into()
     }
 
-    /// Whether `digest` verified less than `ttl` before `now`.
-    pub(crate) fn contains(&self, digest: &Digest, now: Instant) -> bool {
-        let Ok(state) = self.state.lock() else {
+    /// Whether `digest` verified (or was recognised) less than `ttl` before `now`; if so and
+    /// that was more than half a `ttl` ago, its lifetime starts again at `now`.
+    pub(crate) fn recognise(&self, digest: &Digest, now: Instant) -> bool {
+        let Ok(mut state) = self.state.lock() else {
             return false;
         };
-        state
+        let Some(age) = state
             .entries
             .get(digest)
-            .is_some_and(|at| now.saturating_duration_since(*at) < self.ttl)
+            .map(|at| now.saturating_duration_since(*at))
+        else {
+            return false;
+        };
+        if age >= self.ttl {
+            return false;
+        }
+        if age >= self.ttl / 2 {
+            Self::put(&mut state, *digest, now, self.ttl, self.max);
+        }
+        true
     }
 
     /// Remembers that `digest` verified at `now`.
@@ -87,14 +100,20 @@ impl Verified {
         if self.ttl.is_zero() || self.max == 0 {
             return;
         }
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        let State { entries, order } = &mut *state;
-        // Drop what has expired, and the oldest while full; amortised O(1) per insert.
+        if let Ok(mut state) = self.state.lock() {
+            Self::put(&mut state, digest, now, self.ttl, self.max);
+        }
+    }
+
+    /// Drops what has expired, and the oldest while full (amortised O(1)), then remembers
+    /// `digest` from `now`. A digest is put at most three times within one `ttl` (verified,
+    /// then recognised after half a `ttl` at most twice), so `order` stays below `4 × max`
+    /// and that bound never drops a live entry early.
+    fn put(state: &mut State, digest: Digest, now: Instant, ttl: Duration, max: usize) {
+        let State { entries, order } = state;
         while let Some(&(old, at)) = order.front() {
-            let expired = now.saturating_duration_since(at) >= self.ttl;
-            if !expired && entries.len() < self.max && order.len() < 2 * self.max {
+            let expired = now.saturating_duration_since(at) >= ttl;
+            if !expired && entries.len() < max && order.len() < 4 * max {
                 break;
             }
             order.pop_front();
@@ -137,21 +156,42 @@ mod tests {
     }
 
     #[test]
-    fn entries_expire_after_ttl() {
+    fn entries_expire_after_ttl_unless_used_in_its_second_half() {
         let v = Verified::new(Duration::from_secs(60), 10);
         let t0 = Instant::now();
+        let secs = |s| t0 + Duration::from_secs(s);
         let d = v.digest("acme", "s1", "h", "p");
-        assert!(!v.contains(&d, t0));
+        assert!(!v.recognise(&d, t0));
         v.insert(d, t0);
-        assert!(v.contains(&d, t0 + Duration::from_secs(59)));
-        assert!(!v.contains(&d, t0 + Duration::from_secs(60)));
-        // Inserting again later starts a new lifetime; the old one's expiry does not drop it.
-        v.insert(d, t0 + Duration::from_secs(30));
-        v.insert(
-            v.digest("acme", "s2", "h", "p"),
-            t0 + Duration::from_secs(61),
+        assert!(v.recognise(&d, secs(20)), "first half: no new lifetime");
+        assert!(!v.recognise(&d, secs(60)), "expired");
+
+        let e = v.digest("acme", "s2", "h", "p");
+        v.insert(e, secs(100));
+        assert!(
+            v.recognise(&e, secs(140)),
+            "second half: a new lifetime from 140"
         );
-        assert!(v.contains(&d, t0 + Duration::from_secs(61)));
+        assert!(v.recognise(&e, secs(190)));
+        v.insert(v.digest("acme", "s3", "h", "p"), secs(195));
+        assert!(
+            v.recognise(&e, secs(240)),
+            "the stale record of 100 did not drop it"
+        );
+        assert!(!v.recognise(&e, secs(300)));
+    }
+
+    #[test]
+    fn a_hot_entry_does_not_push_others_out() {
+        let v = Verified::new(Duration::from_secs(60), 2);
+        let t0 = Instant::now();
+        let (hot, other) = (v.digest("a", "1", "h", "p"), v.digest("b", "2", "h", "p"));
+        v.insert(hot, t0);
+        v.insert(other, t0);
+        for s in 0..600 {
+            assert!(v.recognise(&hot, t0 + Duration::from_millis(s * 100)));
+        }
+        assert!(v.recognise(&other, t0 + Duration::from_secs(59)));
     }
 
     #[test]
@@ -166,9 +206,9 @@ mod tests {
         }
         assert_eq!(v.len(), 3);
         let now = t0 + Duration::from_secs(5);
-        assert!(!v.contains(&digests[0], now));
-        assert!(!v.contains(&digests[1], now));
-        assert!(digests[2..].iter().all(|d| v.contains(d, now)));
+        assert!(!v.recognise(&digests[0], now));
+        assert!(!v.recognise(&digests[1], now));
+        assert!(digests[2..].iter().all(|d| v.recognise(d, now)));
     }
 
     #[test]
@@ -177,7 +217,7 @@ mod tests {
         let t0 = Instant::now();
         let d = v.digest("acme", "s1", "h", "p");
         v.insert(d, t0);
-        assert!(!v.contains(&d, t0));
+        assert!(!v.recognise(&d, t0));
         assert_eq!(v.len(), 0);
     }
 }

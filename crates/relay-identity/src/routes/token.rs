@@ -195,7 +195,7 @@ async fn tenant_secret(
         .map(|(id, phc)| (id.to_owned(), verified.digest(caller.id, id, phc, &secret)))
         .collect();
     let now = Instant::now();
-    if let Some((secret_id, _)) = digests.iter().find(|(_, d)| verified.contains(d, now)) {
+    if let Some((secret_id, _)) = digests.iter().find(|(_, d)| verified.recognise(d, now)) {
         tracing::debug!(client_id = %caller.id, "Secret recognised from a recent check.");
         return Ok(candidates.recently_matched(secret_id));
     }
