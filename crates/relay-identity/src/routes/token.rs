@@ -21,6 +21,7 @@ use super::client_auth::client_credentials;
 use crate::AppState;
 use crate::error::OAuthError;
 use crate::hashing::{HashError, Lane};
+use crate::metrics::{self, SecretCheck};
 use crate::rotation::KEY_EXPIRY_LEEWAY_MS;
 use crate::state::error_chain;
 
@@ -197,6 +198,7 @@ async fn tenant_secret(
     let now = Instant::now();
     if let Some((secret_id, _)) = digests.iter().find(|(_, d)| verified.recognise(d, now)) {
         tracing::debug!(client_id = %caller.id, "Secret recognised from a recent check.");
+        metrics::secret_check(SecretCheck::Remembered);
         return Ok(candidates.recently_matched(secret_id));
     }
     let matched = check_secret(
@@ -235,11 +237,18 @@ where
         .check(caller.id, caller.source, Instant::now())
     {
         tracing::info!(client_id = %caller.id, reason = "rate limited", "Token request rejected.");
+        metrics::secret_check(SecretCheck::Limited);
         return Err(OAuthError::rate_limited(retry_after));
     }
     let checked = state.hash_pool().run(lane, caller.source, check).await;
     let failed = checked.as_ref().is_ok_and(|t| !matched(t));
     state.limiter().checked(caller.id, caller.source, failed);
+    match &checked {
+        Ok(_) if failed => metrics::secret_check(SecretCheck::Failed),
+        Ok(_) => metrics::secret_check(SecretCheck::Matched),
+        Err(HashError::Busy) => metrics::secret_check(SecretCheck::Busy),
+        Err(HashError::Failed) => {}
+    }
     match checked {
         Ok(checked) => Ok(checked),
         Err(HashError::Busy) => {
@@ -272,8 +281,10 @@ async fn unknown_client(
         .check(client_id, caller.source, Instant::now())
     {
         tracing::info!(%client_id, reason = "rate limited", "Token request rejected.");
+        metrics::secret_check(SecretCheck::Limited);
         return OAuthError::rate_limited(retry_after);
     }
+    metrics::secret_check(SecretCheck::Failed);
     let started = tokio::time::Instant::now();
     let hashed = state.limiter().check_unknown(Instant::now()).is_ok()
         && state
