@@ -14,6 +14,11 @@
 //! Each source address (IPv6: its /64) holds at most `per_source` of the pool's places,
 //! running or queued; past that it alone is told [`HashError::Busy`], so one source or a few
 //! cannot fill the queue while others wait outside it.
+//!
+//! Sources where a secret verified lately ([`Lane::Proven`]) have a reserve of `queue` more
+//! places when the queue is full: hundreds of addresses that never knew a secret can fill
+//! the queue, but not the reserve, so a real client from such a source is still checked
+//! (after at most about `2 × queue / workers + 1` check times).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -32,6 +37,9 @@ pub(crate) enum Lane {
     Known,
     /// An unknown client id: the dummy check, at most one admitted at a time.
     Unknown,
+    /// A client id that exists, from a source where a secret verified lately: may take a
+    /// place of the reserve when the queue is full.
+    Proven,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +57,8 @@ pub(crate) struct HashPool {
     workers: Arc<Semaphore>,
     /// Admitted checks for unknown client ids: one permit.
     unknown: Arc<Semaphore>,
+    /// The reserve of [`Lane::Proven`]: `queue` permits.
+    reserve: Arc<Semaphore>,
     /// Moving average of a check's duration, in microseconds.
     typical_us: Arc<AtomicU64>,
     /// Places held by each source.
@@ -114,6 +124,7 @@ impl HashPool {
             admitted: Arc::new(Semaphore::new(workers + queue)),
             workers: Arc::new(Semaphore::new(workers)),
             unknown: Arc::new(Semaphore::new(UNKNOWN_LANE)),
+            reserve: Arc::new(Semaphore::new(queue.max(1))),
             typical_us: Arc::new(AtomicU64::new(FIRST_GUESS.as_micros() as u64)),
             sources: Arc::new(SourcePlaces {
                 max: per_source.max(1),
@@ -149,7 +160,7 @@ impl HashPool {
             Some(ip) => Some(self.sources.take(ip).ok_or(HashError::Busy)?),
         };
         let lane_place = match lane {
-            Lane::Known => None,
+            Lane::Known | Lane::Proven => None,
             Lane::Unknown => Some(
                 self.unknown
                     .clone()
@@ -157,11 +168,15 @@ impl HashPool {
                     .map_err(|_| HashError::Busy)?,
             ),
         };
-        let place = self
-            .admitted
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| HashError::Busy)?;
+        let place = match self.admitted.clone().try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) if lane == Lane::Proven => self
+                .reserve
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| HashError::Busy)?,
+            Err(_) => return Err(HashError::Busy),
+        };
         let worker = self
             .workers
             .clone()
@@ -353,6 +368,54 @@ mod tests {
         let _ = release2.send(());
         assert_eq!(first.await.ok(), Some(Ok(4)));
         assert_eq!(second.await.ok(), Some(Ok(5)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proven_sources_have_a_reserve_when_the_queue_is_full() {
+        let pool = Arc::new(HashPool::new(1, 1, 8));
+        let (started_tx, started) = mpsc::channel();
+        let (check, release) = gated(started_tx.clone(), 0);
+        let (queued_check, release_queued) = gated(started_tx, 1);
+        let running = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Known, None, check).await }
+        });
+        assert_eq!(started.recv_timeout(Duration::from_secs(10)), Ok(0));
+        let queued = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Known, None, queued_check).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pool.admitted.available_permits() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never queued");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            pool.run(Lane::Known, None, || 9).await,
+            Err(HashError::Busy)
+        );
+        let proven = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Proven, None, || 2).await }
+        });
+        while pool.reserve.available_permits() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never in the reserve"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            pool.run(Lane::Proven, None, || 9).await,
+            Err(HashError::Busy),
+            "the reserve is bounded too"
+        );
+        let _ = release.send(());
+        let _ = release_queued.send(());
+        assert_eq!(running.await.ok(), Some(Ok(0)));
+        assert_eq!(queued.await.ok(), Some(Ok(1)));
+        assert_eq!(proven.await.ok(), Some(Ok(2)));
+        assert_eq!(pool.reserve.available_permits(), 1, "the reserve is back");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,9 +17,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
+
+use crate::ratelimit::source_key;
 
 type Digest = [u8; 32];
 
@@ -28,6 +32,8 @@ pub(crate) struct Verified {
     ttl: Duration,
     max: usize,
     state: Mutex<State>,
+    /// Source keys (IPv6: /64) where a secret verified or was recognised lately → when.
+    sources: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 #[derive(Default)]
@@ -49,6 +55,7 @@ impl Verified {
             ttl,
             max,
             state: Mutex::new(State::default()),
+            sources: Mutex::new(HashMap::new()),
         }
     }
 
@@ -123,6 +130,35 @@ impl Verified {
         }
         entries.insert(digest, now);
         order.push_back((digest, now));
+    }
+
+    /// Remembers that a secret verified (or was recognised) for a request from `source`.
+    /// While full (`max` sources within `ttl`), new sources are not added.
+    pub(crate) fn source_proved(&self, source: IpAddr, now: Instant) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let Ok(mut sources) = self.sources.lock() else {
+            return;
+        };
+        let key = source_key(source);
+        if sources.len() >= self.max && !sources.contains_key(&key) {
+            let ttl = self.ttl;
+            sources.retain(|_, at| now.saturating_duration_since(*at) < ttl);
+            if sources.len() >= self.max {
+                return;
+            }
+        }
+        sources.insert(key, now);
+    }
+
+    /// Whether a secret verified for a request from `source` less than `ttl` before `now`.
+    pub(crate) fn proven_source(&self, source: IpAddr, now: Instant) -> bool {
+        self.sources.lock().is_ok_and(|sources| {
+            sources
+                .get(&source_key(source))
+                .is_some_and(|at| now.saturating_duration_since(*at) < self.ttl)
+        })
     }
 
     #[cfg(test)]
@@ -209,6 +245,22 @@ mod tests {
         assert!(!v.recognise(&digests[0], now));
         assert!(!v.recognise(&digests[1], now));
         assert!(digests[2..].iter().all(|d| v.recognise(d, now)));
+    }
+
+    #[test]
+    fn proven_sources_expire_count_by_prefix_and_are_bounded() {
+        let v = Verified::new(Duration::from_secs(60), 2);
+        let t0 = Instant::now();
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        v.source_proved(ip("2001:db8::1"), t0);
+        assert!(v.proven_source(ip("2001:db8::ffff"), t0), "same /64");
+        assert!(!v.proven_source(ip("2001:db8:0:1::1"), t0));
+        v.source_proved(ip("192.0.2.1"), t0);
+        v.source_proved(ip("192.0.2.2"), t0);
+        assert!(!v.proven_source(ip("192.0.2.2"), t0), "full: not added");
+        assert!(!v.proven_source(ip("192.0.2.1"), t0 + Duration::from_secs(60)));
+        v.source_proved(ip("192.0.2.2"), t0 + Duration::from_secs(60));
+        assert!(v.proven_source(ip("192.0.2.2"), t0 + Duration::from_secs(60)));
     }
 
     #[test]

@@ -199,12 +199,18 @@ async fn tenant_secret(
     if let Some((secret_id, _)) = digests.iter().find(|(_, d)| verified.recognise(d, now)) {
         tracing::debug!(client_id = %caller.id, "Secret recognised from a recent check.");
         metrics::secret_check(SecretCheck::Remembered);
+        if let Some(source) = caller.source {
+            verified.source_proved(source, now);
+        }
         return Ok(candidates.recently_matched(secret_id));
     }
+    let proven = caller
+        .source
+        .is_some_and(|source| verified.proven_source(source, now));
     let matched = check_secret(
         state,
         caller,
-        Lane::Known,
+        if proven { Lane::Proven } else { Lane::Known },
         move || candidates.check(&secret),
         Option::is_some,
     )
@@ -212,7 +218,11 @@ async fn tenant_secret(
     if let Some(matched) = &matched
         && let Some((_, digest)) = digests.iter().find(|(id, _)| id == matched.secret_id())
     {
-        verified.insert(*digest, Instant::now());
+        let now = Instant::now();
+        verified.insert(*digest, now);
+        if let Some(source) = caller.source {
+            verified.source_proved(source, now);
+        }
     }
     Ok(matched)
 }

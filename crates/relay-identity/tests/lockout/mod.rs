@@ -84,12 +84,38 @@ fn sources(n: u8) -> Vec<IpAddr> {
     (1..=n).map(|i| IpAddr::from([127, 0, 1, i])).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_verified_lately_gets_its_token_while_many_sources_fill_the_hash_pool() {
-    let seed = Seed::new().await;
-    flood_targets(&seed, 10).await;
+/// Tenants `{prefix}0` … with a secret each, as (name, secret).
+async fn real_clients(seed: &Seed, prefix: &str, n: usize) -> Vec<(String, String)> {
+    let mut real = Vec::new();
+    for i in 0..n {
+        let tenant = seed
+            .store
+            .create_tenant(NewTenant {
+                name: format!("{prefix}{i}"),
+                ..NewTenant::default()
+            })
+            .await
+            .expect("tenant");
+        let (_, secret) = seed
+            .store
+            .create_secret(&tenant.id, None, CredentialScope::Client)
+            .await
+            .expect("secret");
+        real.push((tenant.name, secret));
+    }
+    real
+}
+
+/// A pool of 1 worker and 2 queued places; `acme` gets its token from 127.0.0.2 once; then 64
+/// requests at a time of wrong secrets for 10 known tenants from 40 addresses, and while they
+/// keep the pool full, each of `asks` (client id, secret) from 127.0.0.2. Their answers.
+async fn asked_during_a_many_source_flood(
+    seed: &Seed,
+    asks: &[(String, String)],
+) -> Vec<(StatusCode, String)> {
+    flood_targets(seed, 10).await;
     let id = Arc::new(
-        TestIdentity::serve_with(&seed, |config| {
+        TestIdentity::serve_with(seed, |config| {
             config.hashing.workers = 1;
             config.hashing.queue = 2;
             config.rate_limit.burst = 100_000;
@@ -114,9 +140,9 @@ async fn a_client_that_verified_lately_gets_its_token_while_many_sources_fill_th
     });
     until_sent(&sent, 300).await;
     let mut answers = Vec::new();
-    for _ in 0..10 {
+    for (client_id, secret) in asks {
         let answer = id
-            .token_from(real_source, &id.form("acme", &id.secret))
+            .token_from(real_source, &id.form(client_id, secret))
             .await;
         answers.push((answer.status, answer.json.to_string()));
     }
@@ -130,8 +156,26 @@ async fn a_client_that_verified_lately_gets_its_token_while_many_sources_fill_th
         "the flood never filled the pool ({} answers)",
         seen.len()
     );
-    for (status, body) in &answers {
-        assert_eq!(*status, StatusCode::OK, "{body}");
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_verified_lately_gets_its_token_while_many_sources_fill_the_hash_pool() {
+    let seed = Seed::new().await;
+    let asks = vec![("acme".to_owned(), seed.secret.clone()); 10];
+    for (status, body) in asked_during_a_many_source_flood(&seed, &asks).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_client_from_an_address_that_verified_lately_is_checked_while_many_sources_fill_the_pool()
+ {
+    let seed = Seed::new().await;
+    // Never asked before, so each needs a full check; their address has had a token.
+    let asks = real_clients(&seed, "new", 3).await;
+    for (status, body) in asked_during_a_many_source_flood(&seed, &asks).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
 
@@ -139,23 +183,7 @@ async fn a_client_that_verified_lately_gets_its_token_while_many_sources_fill_th
 async fn one_source_cannot_fill_the_hash_pool() {
     let seed = Seed::new().await;
     // Real clients that have never asked: each needs a full check.
-    let mut real = Vec::new();
-    for i in 0..5 {
-        let tenant = seed
-            .store
-            .create_tenant(NewTenant {
-                name: format!("real{i}"),
-                ..NewTenant::default()
-            })
-            .await
-            .expect("tenant");
-        let (_, secret) = seed
-            .store
-            .create_secret(&tenant.id, None, CredentialScope::Client)
-            .await
-            .expect("secret");
-        real.push((tenant.name, secret));
-    }
+    let real = real_clients(&seed, "real", 5).await;
     let id = Arc::new(
         TestIdentity::serve_with(&seed, |config| {
             config.hashing.workers = 1;
