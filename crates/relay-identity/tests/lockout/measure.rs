@@ -10,8 +10,9 @@
 //! `RELAY_ATTACK_TASKS` (256) requests in flight, paced to `RELAY_ATTACK_RATE` (2900)/s.
 //! Default configuration in both. Meanwhile the real client (`acme`, from 127.0.0.2; its
 //! secret verified once before the attack) asks for a token `RELAY_ATTACK_SECONDS` (20)
-//! times, 1.13 s apart, once the attack is under way; in row 6 a client that has never asked
-//! (`cold{n}`) asks once each time too. Prints the fraction of 200s and the statuses seen.
+//! times, 1.13 s apart, once the attack is under way; in row 6 each time also a client that
+//! has never asked from the same address (`cold{n}`) and one from an address never seen
+//! (`fresh{n}` from 127.0.3.n). Prints the fraction of 200s and the statuses seen.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -85,12 +86,16 @@ async fn measure_lockout_attack() {
     for i in 0..tenants {
         tenant_with_secret(&seed, format!("victim{i}")).await;
     }
-    let mut cold = Vec::new();
+    let (mut cold, mut fresh) = (Vec::new(), Vec::new());
     if row != 5 {
         for i in 0..seconds {
             cold.push((
                 format!("cold{i}"),
                 tenant_with_secret(&seed, format!("cold{i}")).await,
+            ));
+            fresh.push((
+                format!("fresh{i}"),
+                tenant_with_secret(&seed, format!("fresh{i}")).await,
             ));
         }
     }
@@ -142,6 +147,7 @@ async fn measure_lockout_attack() {
     let started = Instant::now();
     let mut warm_statuses = Vec::new();
     let mut cold_statuses = Vec::new();
+    let mut fresh_statuses = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(1130));
     for second in 0..seconds {
         tick.tick().await;
@@ -150,6 +156,11 @@ async fn measure_lockout_attack() {
         if let Some((name, secret)) = cold.get(second as usize) {
             let answer = id.token_from(real, &id.form(name, secret)).await;
             cold_statuses.push(answer.status.as_u16());
+        }
+        if let Some((name, secret)) = fresh.get(second as usize) {
+            let address = IpAddr::from([127, 0, 3, second as u8 + 1]);
+            let answer = id.token_from(address, &id.form(name, secret)).await;
+            fresh_statuses.push(answer.status.as_u16());
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -171,8 +182,12 @@ async fn measure_lockout_attack() {
     );
     if !cold_statuses.is_empty() {
         println!(
-            "row {row}: real clients asking for the first time: {}",
+            "row {row}: first-time clients from the real client's address: {}",
             summary(&cold_statuses)
+        );
+        println!(
+            "row {row}: first-time clients from addresses never seen: {}",
+            summary(&fresh_statuses)
         );
     }
 }
