@@ -15,6 +15,11 @@
 //! running or queued; past that it alone is told [`HashError::Busy`], so one source or a few
 //! cannot fill the queue while others wait outside it.
 //!
+//! Checks for client ids under attack (more failed checks from all sources together than
+//! their bucket allows, see `ratelimit`) have a lane of `queue / 4` places (at least one), so
+//! wrong secrets for a few known ids from any number of addresses leave the rest of the queue
+//! to the other clients.
+//!
 //! Sources where a secret verified lately ([`Lane::Proven`]) have a reserve of `queue` more
 //! places when the queue is full: hundreds of addresses that never knew a secret can fill
 //! the queue, but not the reserve, so a real client from such a source is still checked
@@ -40,6 +45,9 @@ pub(crate) enum Lane {
     /// A client id that exists, from a source where a secret verified lately: may take a
     /// place of the reserve when the queue is full.
     Proven,
+    /// A client id that exists and is under attack (many failed checks lately): at most a
+    /// quarter of the queue (at least one place) is admitted at a time.
+    Suspect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +67,8 @@ pub(crate) struct HashPool {
     unknown: Arc<Semaphore>,
     /// The reserve of [`Lane::Proven`]: `queue` permits.
     reserve: Arc<Semaphore>,
+    /// Admitted checks of [`Lane::Suspect`]: `queue / 4` permits, at least one.
+    suspect: Arc<Semaphore>,
     /// Moving average of a check's duration, in microseconds.
     typical_us: Arc<AtomicU64>,
     /// Places held by each source.
@@ -125,6 +135,7 @@ impl HashPool {
             workers: Arc::new(Semaphore::new(workers)),
             unknown: Arc::new(Semaphore::new(UNKNOWN_LANE)),
             reserve: Arc::new(Semaphore::new(queue.max(1))),
+            suspect: Arc::new(Semaphore::new((queue / 4).max(1))),
             typical_us: Arc::new(AtomicU64::new(FIRST_GUESS.as_micros() as u64)),
             sources: Arc::new(SourcePlaces {
                 max: per_source.max(1),
@@ -163,6 +174,12 @@ impl HashPool {
             Lane::Known | Lane::Proven => None,
             Lane::Unknown => Some(
                 self.unknown
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| HashError::Busy)?,
+            ),
+            Lane::Suspect => Some(
+                self.suspect
                     .clone()
                     .try_acquire_owned()
                     .map_err(|_| HashError::Busy)?,
@@ -368,6 +385,51 @@ mod tests {
         let _ = release2.send(());
         assert_eq!(first.await.ok(), Some(Ok(4)));
         assert_eq!(second.await.ok(), Some(Ok(5)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn client_ids_under_attack_hold_a_quarter_of_the_queue_at_most() {
+        let pool = Arc::new(HashPool::new(1, 8, 8));
+        let (started_tx, started) = mpsc::channel();
+        let (check, release) = gated(started_tx.clone(), 0);
+        let (queued_check, release_queued) = gated(started_tx, 1);
+        let running = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Suspect, None, check).await }
+        });
+        assert_eq!(started.recv_timeout(Duration::from_secs(10)), Ok(0));
+        let queued = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Suspect, None, queued_check).await }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while pool.suspect.available_permits() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never queued");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            pool.run(Lane::Suspect, None, || 9).await,
+            Err(HashError::Busy),
+            "8 / 4 = 2 places"
+        );
+        let known = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.run(Lane::Known, None, || 2).await }
+        });
+        let _ = release.send(());
+        let _ = release_queued.send(());
+        assert_eq!(running.await.ok(), Some(Ok(0)));
+        assert_eq!(queued.await.ok(), Some(Ok(1)));
+        assert_eq!(
+            known.await.ok(),
+            Some(Ok(2)),
+            "other clients are still admitted"
+        );
+        assert_eq!(
+            pool.suspect.available_permits(),
+            2,
+            "the lane is free again"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

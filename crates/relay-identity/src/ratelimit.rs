@@ -4,6 +4,10 @@
 //! - per (`client_id`, source address), spent only by secret checks that fail (taken before
 //!   the check, given back when it matches or never ran). Failures from one source thus never
 //!   lock the client out elsewhere, and a client that knows its secret is never slowed by it;
+//! - per `client_id` from all sources together, also spent only by failures and never
+//!   refusing anyone: while it is empty the client id is under attack, and its checks go to
+//!   a small lane of the hash pool, so wrong secrets for a few known ids from many addresses
+//!   cannot crowd the other clients out of the pool;
 //! - one bucket shared by every client id that does not exist, so random ids are limited
 //!   as a whole. While it is empty, unknown ids are answered without a hash.
 
@@ -90,6 +94,8 @@ type ClientKey = (String, Option<IpAddr>);
 /// Every limit of the token endpoint.
 pub(crate) struct RateLimiter {
     clients: Buckets<ClientKey>,
+    /// Failures per client id (lower case), from any source.
+    attacked: Buckets<String>,
     sources: Buckets<IpAddr>,
     unknown: Buckets<()>,
 }
@@ -98,6 +104,7 @@ impl RateLimiter {
     pub(crate) fn new(config: &RateLimitConfig) -> Self {
         Self {
             clients: Buckets::new(config.burst, config.per_minute),
+            attacked: Buckets::new(config.burst, config.per_minute),
             sources: Buckets::new(config.per_source_burst, config.per_source_per_minute),
             unknown: Buckets::new(config.unknown_burst, config.unknown_per_minute),
         }
@@ -115,10 +122,31 @@ impl RateLimiter {
         self.clients.check(client_key(client_id, source), now)
     }
 
-    /// After a [`Self::check`]: unless the secret check `failed`, its token is given back.
-    pub(crate) fn checked(&self, client_id: &str, source: Option<IpAddr>, failed: bool) {
-        if !failed {
-            self.clients.refund(&client_key(client_id, source));
+    /// Before a secret check for `client_id` (any case): takes one token of its bucket for
+    /// all sources together (the same `burst` and `per_minute`), or says `false`, taking none,
+    /// while it is empty: the id has had more failed checks lately than that allows, it is
+    /// under attack. Refuses nothing; the caller picks the pool's lane by it.
+    pub(crate) fn take_attack_token(&self, client_id: &str, now: Instant) -> bool {
+        self.attacked
+            .check(client_id.to_ascii_lowercase(), now)
+            .is_ok()
+    }
+
+    /// After a [`Self::check`] (and [`Self::take_attack_token`], if it took one): unless the
+    /// secret check `failed`, the tokens are given back.
+    pub(crate) fn checked(
+        &self,
+        client_id: &str,
+        source: Option<IpAddr>,
+        failed: bool,
+        attack_token: bool,
+    ) {
+        if failed {
+            return;
+        }
+        self.clients.refund(&client_key(client_id, source));
+        if attack_token {
+            self.attacked.refund(&client_id.to_ascii_lowercase());
         }
     }
 
@@ -197,21 +225,48 @@ mod tests {
         let b = Some("192.0.2.2".parse().expect("ip"));
         for _ in 0..3 {
             assert_eq!(limiter.check("ops", a, t0), Ok(()));
-            limiter.checked("ops", a, true);
+            limiter.checked("ops", a, true, false);
         }
         assert_eq!(limiter.check("ops", a, t0), Err(1), "a's failures spent it");
         assert_eq!(limiter.check("ops", b, t0), Ok(()), "b has its own bucket");
-        limiter.checked("ops", b, false);
+        limiter.checked("ops", b, false, false);
         for _ in 0..10 {
             assert_eq!(limiter.check("ops", b, t0), Ok(()), "successes are free");
-            limiter.checked("ops", b, false);
+            limiter.checked("ops", b, false, false);
         }
         for _ in 0..3 {
             assert_eq!(limiter.check("ops", a_same_64, t0), Ok(()));
-            limiter.checked("ops", a_same_64, true);
+            limiter.checked("ops", a_same_64, true, false);
         }
         let other_in_64 = Some("2001:db8::2".parse().expect("ip"));
         assert_eq!(limiter.check("ops", other_in_64, t0), Err(1), "IPv6 by /64");
+    }
+
+    #[test]
+    fn failures_from_all_sources_mark_a_client_id_under_attack() {
+        let limiter = RateLimiter::new(&config());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.take_attack_token("Ops", t0));
+            limiter.checked("ops", None, true, true);
+        }
+        assert!(
+            !limiter.take_attack_token("OPS", t0),
+            "three failures, burst 3"
+        );
+        assert!(limiter.take_attack_token("other", t0));
+        limiter.checked("other", None, false, true);
+        assert!(
+            limiter.take_attack_token("ops", t0 + Duration::from_secs(1)),
+            "refilled"
+        );
+        for _ in 0..5 {
+            assert!(
+                limiter.take_attack_token("other", t0),
+                "successes give it back"
+            );
+            limiter.checked("other", None, false, true);
+        }
     }
 
     #[test]

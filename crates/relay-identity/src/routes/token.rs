@@ -52,7 +52,9 @@ struct TokenResponse {
 /// secret that verified against one of those lately is accepted without a hash
 /// ([`Verified`]). Otherwise the (client id, source) bucket, then at most one secret check
 /// per stored credential of that one client id, in the bounded [`HashPool`] where each
-/// source holds a share at most; only a failed check keeps the bucket's token spent.
+/// source holds a share at most; only a failed check keeps the bucket's token spent. Checks
+/// for a client id under attack (many failures from all sources) use the pool's small lane;
+/// those from a source where a secret verified lately may use its reserve.
 /// Unknown client ids share one bucket and the pool's one-place lane; see [`unknown_client`].
 ///
 /// [`HashPool`]: crate::hashing::HashPool
@@ -250,9 +252,18 @@ where
         metrics::secret_check(SecretCheck::Limited);
         return Err(OAuthError::rate_limited(retry_after));
     }
+    // Taken before the check so that concurrent checks for one id cannot all pass as "not
+    // under attack"; only a failure keeps it spent.
+    let attack_token = state.limiter().take_attack_token(caller.id, Instant::now());
+    let lane = match lane {
+        Lane::Known if !attack_token => Lane::Suspect,
+        lane => lane,
+    };
     let checked = state.hash_pool().run(lane, caller.source, check).await;
     let failed = checked.as_ref().is_ok_and(|t| !matched(t));
-    state.limiter().checked(caller.id, caller.source, failed);
+    state
+        .limiter()
+        .checked(caller.id, caller.source, failed, attack_token);
     match &checked {
         Ok(_) if failed => metrics::secret_check(SecretCheck::Failed),
         Ok(_) => metrics::secret_check(SecretCheck::Matched),

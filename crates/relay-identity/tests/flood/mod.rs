@@ -24,26 +24,25 @@ fn flood(
     sent: &Arc<AtomicUsize>,
     form: fn(usize) -> String,
 ) -> Vec<tokio::task::JoinHandle<Seen>> {
+    let failed = Arc::new(AtomicUsize::new(0));
     flood_from(
         id,
         &[[127, 0, 0, 1].into()],
-        FLOODERS,
-        MAX_FLOOD,
+        (FLOODERS, MAX_FLOOD),
         stop,
-        sent,
+        (sent, &failed),
         form,
     )
 }
 
 /// `tasks` tasks sending `form(n)` until `stop` (or `max` in all), request `n` from
-/// `sources[n % sources.len()]`; `sent` counts requests so far.
+/// `sources[n % sources.len()]`; `sent` counts requests so far, `failed` the `401` answers.
 pub fn flood_from(
     id: &Arc<TestIdentity>,
     sources: &[IpAddr],
-    tasks: usize,
-    max: usize,
+    (tasks, max): (usize, usize),
     stop: &Arc<AtomicBool>,
-    sent: &Arc<AtomicUsize>,
+    (sent, failed): (&Arc<AtomicUsize>, &Arc<AtomicUsize>),
     form: fn(usize) -> String,
 ) -> Vec<tokio::task::JoinHandle<Seen>> {
     let sources: Arc<[IpAddr]> = sources.into();
@@ -51,6 +50,7 @@ pub fn flood_from(
         .map(|_| {
             let (id, stop, sent, sources) =
                 (id.clone(), stop.clone(), sent.clone(), sources.clone());
+            let failed = failed.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -60,6 +60,9 @@ pub fn flood_from(
                     }
                     let source = sources[n % sources.len()];
                     let answer = id.token_from(source, &form(n)).await;
+                    if answer.status == StatusCode::UNAUTHORIZED {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     seen.push((answer.status, answer.headers.contains_key("retry-after")));
                 }
                 seen
@@ -68,7 +71,7 @@ pub fn flood_from(
         .collect()
 }
 
-/// Waits (bounded) until the flood has had `n` answers.
+/// Waits (bounded) until `sent` (the flood's requests, or its `401`s) reaches `n`.
 pub async fn until_sent(sent: &AtomicUsize, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while sent.load(Ordering::Relaxed) < n {
