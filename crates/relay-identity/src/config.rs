@@ -48,9 +48,11 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
-    /// Requests a client (an existing `client_id`) may make at once.
+    /// Failed secret checks one source address (IPv6: one /64) may make for one `client_id`
+    /// at once. Only failures spend it, and each source has its own, so failures from
+    /// elsewhere never lock a client out.
     pub burst: u32,
-    /// Requests per minute a client regains.
+    /// Failed checks per minute a (`client_id`, source) pair regains.
     pub per_minute: u32,
     /// Requests one source address (IPv6: one /64) may make at once.
     pub per_source_burst: u32,
@@ -75,7 +77,8 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// `[hashing]`: the pool secret checks (argon2id, 19 MiB and tens of milliseconds each) run in.
+/// `[hashing]`: the pool secret checks (argon2id, 19 MiB and tens of milliseconds each) run
+/// in, and the memory of recently verified secrets that spares them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HashingConfig {
@@ -83,6 +86,15 @@ pub struct HashingConfig {
     pub workers: usize,
     /// Checks waiting for a worker; past them the token endpoint answers `503`.
     pub queue: usize,
+    /// Checks (running plus waiting) one source address (IPv6: one /64) may hold at once;
+    /// past it that source is answered `503` while others are still checked.
+    pub per_source: usize,
+    /// How long a secret that verified is recognised without a new hash (by a keyed digest;
+    /// its revoked/expired state is still read from the database each time). 0: off.
+    #[serde(with = "humantime_serde")]
+    pub verified_ttl: Duration,
+    /// Verified secrets remembered at most (the oldest are forgotten first).
+    pub verified_entries: usize,
 }
 
 impl Default for HashingConfig {
@@ -90,6 +102,9 @@ impl Default for HashingConfig {
         Self {
             workers: 0,
             queue: 16,
+            per_source: 2,
+            verified_ttl: Duration::from_secs(90 * 60),
+            verified_entries: 10_000,
         }
     }
 }
@@ -215,6 +230,21 @@ impl Config {
                 "workers at most 256 and queue at most 4096",
             ));
         }
+        if self.hashing.per_source == 0 {
+            return Err(ConfigError::key("hashing.per_source", "must be at least 1"));
+        }
+        if self.hashing.verified_ttl > Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::key(
+                "hashing.verified_ttl",
+                "must be at most 24h (0 turns it off)",
+            ));
+        }
+        if self.hashing.verified_entries > 1_000_000 {
+            return Err(ConfigError::key(
+                "hashing.verified_entries",
+                "must be at most 1000000",
+            ));
+        }
         Ok(())
     }
 
@@ -249,6 +279,9 @@ mod tests {
             config.keys.rotation_interval,
             Duration::from_secs(30 * 86400)
         );
+        assert_eq!(config.hashing.per_source, 2);
+        assert_eq!(config.hashing.verified_ttl, Duration::from_secs(90 * 60));
+        assert_eq!(config.hashing.verified_entries, 10_000);
         assert!(
             !format!("{config:?}").contains("/tmp/x.db"),
             "database URL is masked"
@@ -285,6 +318,18 @@ mod tests {
                 "keys.publish_ahead",
             ),
             ("[database]\n", "database.url"),
+            (
+                "[database]\nurl = \"sqlite://x\"\n[hashing]\nper_source = 0\n",
+                "hashing.per_source",
+            ),
+            (
+                "[database]\nurl = \"sqlite://x\"\n[hashing]\nverified_ttl = \"2d\"\n",
+                "hashing.verified_ttl",
+            ),
+            (
+                "[database]\nurl = \"sqlite://x\"\n[hashing]\nverified_cache = 1\n",
+                "verified_cache",
+            ),
         ];
         for (text, key) in cases {
             let err = load(text).expect_err(text).to_string();

@@ -14,9 +14,12 @@
 //! - `rotation` — the pure rotation plan over (keys, now, policy), unit-tested with
 //!   explicit times.
 //! - `keys`     — loading, creating and deleting keys in the DB; the in-memory key ring.
-//! - `ratelimit` — token buckets per source address, per `client_id` and one for all
-//!   unknown client ids at the token endpoint (429 + Retry-After).
-//! - `hashing`  — the bounded pool secret checks run in (503 + Retry-After past its queue).
+//! - `ratelimit` — token buckets per source address, per (`client_id`, source) for failed
+//!   secret checks, and one for all unknown client ids at the token endpoint (429 +
+//!   Retry-After).
+//! - `hashing`  — the bounded pool secret checks run in, shared fairly between sources
+//!   (503 + Retry-After past its queue or a source's share).
+//! - `verified` — keyed digests of secrets that verified lately, recognised without argon2.
 //! - `error`    — [`IdentityError`]; RFC 6749 §5.2 error answers.
 //!
 //! The service never migrates the database by itself (`relay-identity --migrate` or
@@ -31,6 +34,7 @@ mod ratelimit;
 pub mod rotation;
 mod routes;
 mod state;
+mod verified;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -1,9 +1,15 @@
-//! Token buckets at the token endpoint, checked before any secret is verified, so guessing a
-//! secret costs time and a flood cannot burn the service's CPU on argon2:
+//! Token buckets at the token endpoint, so guessing a secret costs time and a flood cannot
+//! burn the service's CPU on argon2:
 //! - per source address (IPv6 by /64), before anything else;
-//! - per `client_id`, for client ids that exist;
+//! - per (`client_id`, source address), spent only by secret checks that fail (taken before
+//!   the check, given back when it matches or never ran). Failures from one source thus never
+//!   lock the client out elsewhere, and a client that knows its secret is never slowed by it;
+//! - per `client_id` from all sources together, also spent only by failures and never
+//!   refusing anyone: while it is empty the client id is under attack, and its checks go to
+//!   a small lane of the hash pool, so wrong secrets for a few known ids from many addresses
+//!   cannot crowd the other clients out of the pool;
 //! - one bucket shared by every client id that does not exist, so random ids are limited
-//!   as a whole. While it is empty, unknown ids are answered `429` without a hash.
+//!   as a whole. While it is empty, unknown ids are answered without a hash.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -67,11 +73,29 @@ impl<K: Hash + Eq> Buckets<K> {
             Err(wait.ceil().max(1.0) as u64)
         }
     }
+
+    /// Gives back the token a [`Self::check`] of `key` took (capped at the burst). A bucket
+    /// swept meanwhile was full, so there is nothing to give back.
+    pub(crate) fn refund(&self, key: &K) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let burst = self.burst;
+        if let Some((tokens, _)) = state.buckets.get_mut(key) {
+            *tokens = (*tokens + 1.0).min(burst);
+        }
+    }
 }
+
+/// Whose failed secret checks a bucket counts: a client id (lower case) from one source
+/// (`None`: a router served without peer addresses).
+type ClientKey = (String, Option<IpAddr>);
 
 /// Every limit of the token endpoint.
 pub(crate) struct RateLimiter {
-    clients: Buckets<String>,
+    clients: Buckets<ClientKey>,
+    /// Failures per client id (lower case), from any source.
+    attacked: Buckets<String>,
     sources: Buckets<IpAddr>,
     unknown: Buckets<()>,
 }
@@ -80,14 +104,50 @@ impl RateLimiter {
     pub(crate) fn new(config: &RateLimitConfig) -> Self {
         Self {
             clients: Buckets::new(config.burst, config.per_minute),
+            attacked: Buckets::new(config.burst, config.per_minute),
             sources: Buckets::new(config.per_source_burst, config.per_source_per_minute),
             unknown: Buckets::new(config.unknown_burst, config.unknown_per_minute),
         }
     }
 
-    /// One request of the existing client `client_id` (any case).
-    pub(crate) fn check(&self, client_id: &str, now: Instant) -> Result<(), u64> {
-        self.clients.check(client_id.to_ascii_lowercase(), now)
+    /// Takes one token of the bucket of `client_id` (any case) from `source` before a secret
+    /// check whose outcome is not known yet. Hand the check's outcome to
+    /// [`Self::checked`]: only failures keep the token spent.
+    pub(crate) fn check(
+        &self,
+        client_id: &str,
+        source: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), u64> {
+        self.clients.check(client_key(client_id, source), now)
+    }
+
+    /// Before a secret check for `client_id` (any case): takes one token of its bucket for
+    /// all sources together (the same `burst` and `per_minute`), or says `false`, taking none,
+    /// while it is empty: the id has had more failed checks lately than that allows, it is
+    /// under attack. Refuses nothing; the caller picks the pool's lane by it.
+    pub(crate) fn take_attack_token(&self, client_id: &str, now: Instant) -> bool {
+        self.attacked
+            .check(client_id.to_ascii_lowercase(), now)
+            .is_ok()
+    }
+
+    /// After a [`Self::check`] (and [`Self::take_attack_token`], if it took one): unless the
+    /// secret check `failed`, the tokens are given back.
+    pub(crate) fn checked(
+        &self,
+        client_id: &str,
+        source: Option<IpAddr>,
+        failed: bool,
+        attack_token: bool,
+    ) {
+        if failed {
+            return;
+        }
+        self.clients.refund(&client_key(client_id, source));
+        if attack_token {
+            self.attacked.refund(&client_id.to_ascii_lowercase());
+        }
     }
 
     /// One request from `source` (an IPv6 address counts by its /64).
@@ -101,9 +161,13 @@ impl RateLimiter {
     }
 }
 
+fn client_key(client_id: &str, source: Option<IpAddr>) -> ClientKey {
+    (client_id.to_ascii_lowercase(), source.map(source_key))
+}
+
 /// IPv4 (and IPv4-mapped) addresses as they are, IPv6 by /64: one host usually has a whole
 /// /64 to pick addresses from.
-fn source_key(source: IpAddr) -> IpAddr {
+pub(crate) fn source_key(source: IpAddr) -> IpAddr {
     match source {
         IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -134,13 +198,75 @@ mod tests {
     fn burst_then_refill() {
         let limiter = RateLimiter::new(&config());
         let t0 = Instant::now();
+        let a = Some("192.0.2.1".parse().expect("ip"));
         for _ in 0..3 {
-            assert_eq!(limiter.check("Ops", t0), Ok(()));
+            assert_eq!(limiter.check("Ops", a, t0), Ok(()));
         }
-        assert_eq!(limiter.check("ops", t0), Err(1), "same client, any case");
-        assert_eq!(limiter.check("other", t0), Ok(()), "buckets are per client");
-        assert_eq!(limiter.check("ops", t0 + Duration::from_secs(1)), Ok(()));
-        assert!(limiter.check("ops", t0 + Duration::from_secs(1)).is_err());
+        assert_eq!(limiter.check("ops", a, t0), Err(1), "same client, any case");
+        assert_eq!(
+            limiter.check("other", a, t0),
+            Ok(()),
+            "buckets are per client"
+        );
+        assert_eq!(limiter.check("ops", a, t0 + Duration::from_secs(1)), Ok(()));
+        assert!(
+            limiter
+                .check("ops", a, t0 + Duration::from_secs(1))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn client_buckets_are_per_source_and_spent_only_by_failures() {
+        let limiter = RateLimiter::new(&config());
+        let t0 = Instant::now();
+        let a = Some("192.0.2.1".parse().expect("ip"));
+        let a_same_64 = Some("2001:db8::1".parse().expect("ip"));
+        let b = Some("192.0.2.2".parse().expect("ip"));
+        for _ in 0..3 {
+            assert_eq!(limiter.check("ops", a, t0), Ok(()));
+            limiter.checked("ops", a, true, false);
+        }
+        assert_eq!(limiter.check("ops", a, t0), Err(1), "a's failures spent it");
+        assert_eq!(limiter.check("ops", b, t0), Ok(()), "b has its own bucket");
+        limiter.checked("ops", b, false, false);
+        for _ in 0..10 {
+            assert_eq!(limiter.check("ops", b, t0), Ok(()), "successes are free");
+            limiter.checked("ops", b, false, false);
+        }
+        for _ in 0..3 {
+            assert_eq!(limiter.check("ops", a_same_64, t0), Ok(()));
+            limiter.checked("ops", a_same_64, true, false);
+        }
+        let other_in_64 = Some("2001:db8::2".parse().expect("ip"));
+        assert_eq!(limiter.check("ops", other_in_64, t0), Err(1), "IPv6 by /64");
+    }
+
+    #[test]
+    fn failures_from_all_sources_mark_a_client_id_under_attack() {
+        let limiter = RateLimiter::new(&config());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.take_attack_token("Ops", t0));
+            limiter.checked("ops", None, true, true);
+        }
+        assert!(
+            !limiter.take_attack_token("OPS", t0),
+            "three failures, burst 3"
+        );
+        assert!(limiter.take_attack_token("other", t0));
+        limiter.checked("other", None, false, true);
+        assert!(
+            limiter.take_attack_token("ops", t0 + Duration::from_secs(1)),
+            "refilled"
+        );
+        for _ in 0..5 {
+            assert!(
+                limiter.take_attack_token("other", t0),
+                "successes give it back"
+            );
+            limiter.checked("other", None, false, true);
+        }
     }
 
     #[test]
@@ -177,7 +303,7 @@ mod tests {
         assert_eq!(limiter.check_unknown(t0), Ok(()));
         assert_eq!(limiter.check_unknown(t0), Err(1));
         assert_eq!(
-            limiter.check("acme", t0),
+            limiter.check("acme", None, t0),
             Ok(()),
             "known clients unaffected"
         );

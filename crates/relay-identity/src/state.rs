@@ -11,6 +11,7 @@ use crate::hashing::HashPool;
 use crate::keys::{KeyManager, KeyRing};
 use crate::ratelimit::RateLimiter;
 use crate::rotation::RotationPolicy;
+use crate::verified::Verified;
 use crate::{Config, IdentityError};
 pub(crate) use relay_core::error_chain;
 
@@ -30,6 +31,7 @@ struct Inner {
     keys: KeyManager,
     limiter: RateLimiter,
     hash_pool: HashPool,
+    verified: Verified,
 }
 
 impl AppState {
@@ -46,11 +48,14 @@ impl AppState {
         keys.rotate().await?;
         let issuer = config.issuer();
         let limiter = RateLimiter::new(&config.rate_limit);
-        let hash_pool = HashPool::new(config.hashing.workers, config.hashing.queue);
+        let hashing = &config.hashing;
+        let hash_pool = HashPool::new(hashing.workers, hashing.queue, hashing.per_source);
+        let verified = Verified::new(hashing.verified_ttl, hashing.verified_entries);
         Ok(Self {
             inner: Arc::new(Inner {
                 limiter,
                 hash_pool,
+                verified,
                 config,
                 issuer,
                 store,
@@ -78,6 +83,10 @@ impl AppState {
 
     pub(crate) fn hash_pool(&self) -> &HashPool {
         &self.inner.hash_pool
+    }
+
+    pub(crate) fn verified(&self) -> &Verified {
+        &self.inner.verified
     }
 
     pub(crate) fn key_ring(&self) -> Arc<KeyRing> {

@@ -3,6 +3,8 @@
 mod common;
 #[path = "flood/mod.rs"]
 mod flood;
+#[path = "lockout/mod.rs"]
+mod lockout;
 
 use std::time::Duration;
 

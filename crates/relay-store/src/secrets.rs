@@ -69,6 +69,13 @@ pub struct MatchedSecret {
     scope: String,
 }
 
+impl MatchedSecret {
+    /// The id of the secret that matched.
+    pub fn secret_id(&self) -> &str {
+        &self.secret_id
+    }
+}
+
 impl SecretCandidates {
     /// Whether the tenant has no usable secret (then nothing can match).
     pub fn is_empty(&self) -> bool {
@@ -86,6 +93,30 @@ impl SecretCandidates {
         self.secrets
             .into_iter()
             .find(|(_, phc, _)| verifies(phc, plaintext))
+            .map(|(secret_id, _, scope)| MatchedSecret {
+                tenant,
+                secret_id,
+                scope,
+            })
+    }
+
+    /// `(secret id, PHC hash)` of each candidate, for a caller that remembers which
+    /// plaintexts matched which hash recently (a keyed digest, never the plaintext).
+    pub fn hashes(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.secrets
+            .iter()
+            .map(|(id, phc, _)| (id.as_str(), phc.as_str()))
+    }
+
+    /// The candidate `secret_id` as matched, without hashing: only for a caller that saw
+    /// this very hash (see [`Self::hashes`]) match the presented plaintext moments ago.
+    /// `None` unless `secret_id` is still a candidate (not revoked, not expired), so a
+    /// remembered match never outlives its secret.
+    pub fn recently_matched(self, secret_id: &str) -> Option<MatchedSecret> {
+        let tenant = self.tenant;
+        self.secrets
+            .into_iter()
+            .find(|(id, _, _)| id == secret_id)
             .map(|(secret_id, _, scope)| MatchedSecret {
                 tenant,
                 secret_id,

@@ -9,7 +9,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use relay_store::{CredentialScope, now_ms};
+use relay_store::{CredentialScope, MatchedSecret, SecretCandidates, now_ms};
 
 use relay_token::{
     AUDIENCE_MANAGEMENT, AUDIENCE_RELAY, Claims, SCOPE_CLIENT, SCOPE_CONNECTOR,
@@ -21,6 +21,7 @@ use super::client_auth::client_credentials;
 use crate::AppState;
 use crate::error::OAuthError;
 use crate::hashing::{HashError, Lane};
+use crate::metrics::{self, SecretCheck};
 use crate::rotation::KEY_EXPIRY_LEEWAY_MS;
 use crate::state::error_chain;
 
@@ -46,12 +47,18 @@ struct TokenResponse {
 
 /// Authenticates the tenant client and answers with a signed access token.
 ///
-/// Order of checks: the source address's bucket, then parsing, then the client id's bucket,
-/// then a database lookup (no hash yet), then at most one secret check per stored
-/// credential of that one client id, in the bounded [`HashPool`]. Unknown client ids share
-/// one bucket and the pool's one-place lane; see [`unknown_client`].
+/// Order of checks: the source address's bucket, then parsing, then a database lookup (no
+/// hash yet: the tenant and its secrets that are neither revoked nor expired). A presented
+/// secret that verified against one of those lately is accepted without a hash
+/// ([`Verified`]). Otherwise the (client id, source) bucket, then at most one secret check
+/// per stored credential of that one client id, in the bounded [`HashPool`] where each
+/// source holds a share at most; only a failed check keeps the bucket's token spent. Checks
+/// for a client id under attack (many failures from all sources) use the pool's small lane;
+/// those from a source where a secret verified lately may use its reserve.
+/// Unknown client ids share one bucket and the pool's one-place lane; see [`unknown_client`].
 ///
 /// [`HashPool`]: crate::hashing::HashPool
+/// [`Verified`]: crate::verified::Verified
 pub(crate) async fn issue(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -113,12 +120,12 @@ async fn handle(
         tracing::info!(reason = "malformed client_id", "Token request rejected.");
         return Err(OAuthError::invalid_client(basic));
     }
-    if let Err(retry_after) = state.limiter().check(&credentials.id, Instant::now()) {
-        tracing::info!(client_id = %credentials.id, reason = "rate limited", "Token request rejected.");
-        return Err(OAuthError::rate_limited(retry_after));
-    }
+    let caller = Caller {
+        id: &credentials.id,
+        source,
+    };
     if management {
-        return management_token(state, &credentials.id, credentials.secret, basic, scope).await;
+        return management_token(state, &caller, credentials.secret, basic, scope).await;
     }
     let now = now_ms();
     let candidates = state
@@ -130,10 +137,9 @@ async fn handle(
             OAuthError::server_error()
         })?;
     let Some(candidates) = candidates.filter(|c| !c.is_empty()) else {
-        return Err(unknown_client(state, &credentials.id, credentials.secret, basic).await);
+        return Err(unknown_client(state, &caller, credentials.secret, basic).await);
     };
-    let secret = credentials.secret;
-    let matched = check_secret(state, Lane::Known, move || candidates.check(&secret)).await?;
+    let matched = tenant_secret(state, &caller, candidates, credentials.secret).await?;
     let verified = match matched {
         None => Ok(None),
         Some(matched) => state.store().record_secret_use(matched, now).await,
@@ -171,13 +177,100 @@ async fn handle(
     Ok(token_response(token, expires_in, scope))
 }
 
-/// Runs one secret check in the bounded pool: `503` + `Retry-After` when its queue is full.
-async fn check_secret<T, F>(state: &AppState, lane: Lane, check: F) -> Result<T, OAuthError>
+/// Who asks for a token: the client id as presented, from which source address.
+struct Caller<'a> {
+    id: &'a str,
+    /// `None` when the router is served without peer addresses.
+    source: Option<IpAddr>,
+}
+
+/// The tenant secret `secret` is among `candidates`: recognised from a recent match without
+/// a hash, else by one check in the pool, which is then remembered.
+async fn tenant_secret(
+    state: &AppState,
+    caller: &Caller<'_>,
+    candidates: SecretCandidates,
+    secret: String,
+) -> Result<Option<MatchedSecret>, OAuthError> {
+    let verified = state.verified();
+    let digests: Vec<(String, [u8; 32])> = candidates
+        .hashes()
+        .map(|(id, phc)| (id.to_owned(), verified.digest(caller.id, id, phc, &secret)))
+        .collect();
+    let now = Instant::now();
+    if let Some((secret_id, _)) = digests.iter().find(|(_, d)| verified.recognise(d, now)) {
+        tracing::debug!(client_id = %caller.id, "Secret recognised from a recent check.");
+        metrics::secret_check(SecretCheck::Remembered);
+        if let Some(source) = caller.source {
+            verified.source_proved(source, now);
+        }
+        return Ok(candidates.recently_matched(secret_id));
+    }
+    let proven = caller
+        .source
+        .is_some_and(|source| verified.proven_source(source, now));
+    let matched = check_secret(
+        state,
+        caller,
+        if proven { Lane::Proven } else { Lane::Known },
+        move || candidates.check(&secret),
+        Option::is_some,
+    )
+    .await?;
+    if let Some(matched) = &matched
+        && let Some((_, digest)) = digests.iter().find(|(id, _)| id == matched.secret_id())
+    {
+        let now = Instant::now();
+        verified.insert(*digest, now);
+        if let Some(source) = caller.source {
+            verified.source_proved(source, now);
+        }
+    }
+    Ok(matched)
+}
+
+/// Runs one secret check for `caller` in the bounded pool. Refused with `429` +
+/// `Retry-After` while the caller's (client id, source) bucket is empty, and with `503` +
+/// `Retry-After` when the pool's queue is full or the source holds its share. The bucket's
+/// token stays spent only if the check ran and `matched` says it failed.
+async fn check_secret<T, F>(
+    state: &AppState,
+    caller: &Caller<'_>,
+    lane: Lane,
+    check: F,
+    matched: fn(&T) -> bool,
+) -> Result<T, OAuthError>
 where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    match state.hash_pool().run(lane, check).await {
+    if let Err(retry_after) = state
+        .limiter()
+        .check(caller.id, caller.source, Instant::now())
+    {
+        tracing::info!(client_id = %caller.id, reason = "rate limited", "Token request rejected.");
+        metrics::secret_check(SecretCheck::Limited);
+        return Err(OAuthError::rate_limited(retry_after));
+    }
+    // Taken before the check so that concurrent checks for one id cannot all pass as "not
+    // under attack"; only a failure keeps it spent.
+    let attack_token = state.limiter().take_attack_token(caller.id, Instant::now());
+    let lane = match lane {
+        Lane::Known if !attack_token => Lane::Suspect,
+        lane => lane,
+    };
+    let checked = state.hash_pool().run(lane, caller.source, check).await;
+    let failed = checked.as_ref().is_ok_and(|t| !matched(t));
+    state
+        .limiter()
+        .checked(caller.id, caller.source, failed, attack_token);
+    match &checked {
+        Ok(_) if failed => metrics::secret_check(SecretCheck::Failed),
+        Ok(_) => metrics::secret_check(SecretCheck::Matched),
+        Err(HashError::Busy) => metrics::secret_check(SecretCheck::Busy),
+        Err(HashError::Failed) => {}
+    }
+    match checked {
         Ok(checked) => Ok(checked),
         Err(HashError::Busy) => {
             tracing::debug!(reason = "secret checks busy", "Token request rejected.");
@@ -191,22 +284,35 @@ where
 }
 
 /// The answer to an unknown client id: `invalid_client`, as for a wrong secret, after about
-/// as long as a secret check takes. The dummy check runs only while the bucket shared by all
-/// unknown ids has a token and the pool's one-place lane for them is free; otherwise a timer
-/// stands in for it. So random ids cost no more than one pool place and a bounded rate of
-/// hashes, and the answer still does not tell whether the client id exists (apart from
-/// timing differences under load).
+/// as long as a secret check takes. The (client id, source) bucket is spent as by a failed
+/// check, so its `429` does not tell unknown ids from known ones either. The dummy check runs
+/// only while the bucket shared by all unknown ids has a token and the pool's one-place lane
+/// for them is free; otherwise a timer stands in for it. So random ids cost no more than one
+/// pool place and a bounded rate of hashes, and the answer still does not tell whether the
+/// client id exists (apart from timing differences under load).
 async fn unknown_client(
     state: &AppState,
-    client_id: &str,
+    caller: &Caller<'_>,
     secret: String,
     basic: bool,
 ) -> OAuthError {
+    let client_id = caller.id;
+    if let Err(retry_after) = state
+        .limiter()
+        .check(client_id, caller.source, Instant::now())
+    {
+        tracing::info!(%client_id, reason = "rate limited", "Token request rejected.");
+        metrics::secret_check(SecretCheck::Limited);
+        return OAuthError::rate_limited(retry_after);
+    }
+    metrics::secret_check(SecretCheck::Failed);
     let started = tokio::time::Instant::now();
     let hashed = state.limiter().check_unknown(Instant::now()).is_ok()
         && state
             .hash_pool()
-            .run(Lane::Unknown, move || relay_store::verify_dummy(&secret))
+            .run(Lane::Unknown, caller.source, move || {
+                relay_store::verify_dummy(&secret)
+            })
             .await
             .is_ok();
     if hashed {
@@ -223,11 +329,12 @@ async fn unknown_client(
 /// check: the management client's when one has this name, else the tenant's.
 async fn management_token(
     state: &AppState,
-    client_id: &str,
+    caller: &Caller<'_>,
     secret: String,
     basic: bool,
     scope: String,
 ) -> Result<Response, OAuthError> {
+    let client_id = caller.id;
     let lookup_failed = |e: relay_store::StoreError| {
         tracing::error!(error = %error_chain(&e), "Looking up a management client failed.");
         OAuthError::server_error()
@@ -239,7 +346,14 @@ async fn management_token(
         .map_err(lookup_failed)?;
     let client = match candidate {
         Some(candidate) => {
-            check_secret(state, Lane::Known, move || candidate.check(&secret)).await?
+            check_secret(
+                state,
+                caller,
+                Lane::Known,
+                move || candidate.check(&secret),
+                Option::is_some,
+            )
+            .await?
         }
         None => {
             // A tenant asking for management scopes authenticated fine but may not have them.
@@ -249,9 +363,10 @@ async fn management_token(
                 .await
                 .map_err(lookup_failed)?;
             let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
-                return Err(unknown_client(state, client_id, secret, basic).await);
+                return Err(unknown_client(state, caller, secret, basic).await);
             };
-            if check_secret(state, Lane::Known, move || tenant.check(&secret).is_some()).await? {
+            let check = move || tenant.check(&secret).is_some();
+            if check_secret(state, caller, Lane::Known, check, |m| *m).await? {
                 return Err(OAuthError::invalid_scope());
             }
             None

@@ -14,7 +14,7 @@ const FLOODERS: usize = 64;
 const MAX_FLOOD: usize = 2_000;
 
 /// What the flood saw: (status, had `Retry-After`) per answer.
-type Seen = Vec<(StatusCode, bool)>;
+pub type Seen = Vec<(StatusCode, bool)>;
 
 /// `FLOODERS` tasks sending `form(n)` from 127.0.0.1 until `stop` (or `MAX_FLOOD` in all);
 /// `sent` counts answers so far.
@@ -24,18 +24,45 @@ fn flood(
     sent: &Arc<AtomicUsize>,
     form: fn(usize) -> String,
 ) -> Vec<tokio::task::JoinHandle<Seen>> {
-    let source: IpAddr = [127, 0, 0, 1].into();
-    (0..FLOODERS)
+    let failed = Arc::new(AtomicUsize::new(0));
+    flood_from(
+        id,
+        &[[127, 0, 0, 1].into()],
+        (FLOODERS, MAX_FLOOD),
+        stop,
+        (sent, &failed),
+        form,
+    )
+}
+
+/// `tasks` tasks sending `form(n)` until `stop` (or `max` in all), request `n` from
+/// `sources[n % sources.len()]`; `sent` counts requests so far, `failed` the `401` answers.
+pub fn flood_from(
+    id: &Arc<TestIdentity>,
+    sources: &[IpAddr],
+    (tasks, max): (usize, usize),
+    stop: &Arc<AtomicBool>,
+    (sent, failed): (&Arc<AtomicUsize>, &Arc<AtomicUsize>),
+    form: fn(usize) -> String,
+) -> Vec<tokio::task::JoinHandle<Seen>> {
+    let sources: Arc<[IpAddr]> = sources.into();
+    (0..tasks)
         .map(|_| {
-            let (id, stop, sent) = (id.clone(), stop.clone(), sent.clone());
+            let (id, stop, sent, sources) =
+                (id.clone(), stop.clone(), sent.clone(), sources.clone());
+            let failed = failed.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
                     let n = sent.fetch_add(1, Ordering::Relaxed);
-                    if n >= MAX_FLOOD {
+                    if n >= max {
                         break;
                     }
+                    let source = sources[n % sources.len()];
                     let answer = id.token_from(source, &form(n)).await;
+                    if answer.status == StatusCode::UNAUTHORIZED {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     seen.push((answer.status, answer.headers.contains_key("retry-after")));
                 }
                 seen
@@ -44,8 +71,8 @@ fn flood(
         .collect()
 }
 
-/// Waits (bounded) until the flood has had `n` answers.
-async fn until_sent(sent: &AtomicUsize, n: usize) {
+/// Waits (bounded) until `sent` (the flood's requests, or its `401`s) reaches `n`.
+pub async fn until_sent(sent: &AtomicUsize, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while sent.load(Ordering::Relaxed) < n {
         assert!(tokio::time::Instant::now() < deadline, "flood too slow");
@@ -53,7 +80,7 @@ async fn until_sent(sent: &AtomicUsize, n: usize) {
     }
 }
 
-async fn collect(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
+pub async fn collect(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await.expect("flooder"));
@@ -61,7 +88,7 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Seen>>) -> Seen {
     all
 }
 
-fn count(seen: &Seen, status: StatusCode) -> usize {
+pub fn count(seen: &Seen, status: StatusCode) -> usize {
     seen.iter().filter(|(s, _)| *s == status).count()
 }
 
