@@ -96,6 +96,8 @@ pub(crate) fn render() -> String {
             counter.get(),
         );
     }
+    // Connections refused or closed at the listener's caps, by reason.
+    relay_core::conn::render_metrics(&mut x);
     x.finish()
 }
 
