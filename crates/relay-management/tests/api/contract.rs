@@ -317,6 +317,7 @@ async fn config(s: &Stack, admin: &str, reader: &str) {
         "keep_alive_interval": "5s", "reconnect_min_delay": "1s", "reconnect_max_delay": "1m",
         "request_expiry": "30s", "max_body_bytes": 1048576, "concurrency_limit": 8,
         "acknowledge_mode": "connector-received", "tracing": true, "require_client_token": false,
+        "max_tunnels": 4,
     });
     let (status, body) = s
         .call(
@@ -348,6 +349,8 @@ async fn config(s: &Stack, admin: &str, reader: &str) {
         ),
         (json!({"concurrency_limit": 0}), "concurrency_limit"),
         (json!({"concurrency_limit": 70000}), "concurrency_limit"),
+        (json!({"max_tunnels": 0}), "max_tunnels"),
+        (json!({"max_tunnels": 5000}), "max_tunnels"),
         (json!({"max_body_bytes": -1}), "max_body_bytes"),
         (json!({"acknowledge_mode": "sometimes"}), "acknowledge_mode"),
         (json!({"request_expiry": "0s"}), "request_expiry"),
