@@ -31,8 +31,9 @@ use crate::stack::{Relay, TARGET, TENANT, relayctl};
 
 pub const WINDOW_ZERO: &str = "window-zero";
 pub const QUEUE_FLOOD: &str = "queue-flood";
-/// Streams the window-zero client opens (40 × 2 MiB of tunnel window > its 64 MiB).
-const WINDOW_ZERO_STREAMS: usize = 40;
+/// Streams the window-zero client opens: 100 × 2 MiB of tunnel window is more than the
+/// connector's two tunnels (the default `tunnels_per_relay`) hold, 64 MiB each.
+const WINDOW_ZERO_STREAMS: usize = 100;
 const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Request expiry of the queue-flood server, so the "after" memory comes soon.
