@@ -165,6 +165,35 @@ impl http_body::Body for CountingBody {
 }
 
 /// The text exposition of this node's metrics.
+/// What the isolation bounds did: stalled responses reset, single-node queue counts.
+fn render_bounds(state: &AppState, e: &mut Exposition) {
+    e.single(
+        "relay_stalled_responses_reset_total",
+        "counter",
+        "Responses reset because their client took no frame in time (client_write_timeout) \
+         or its source had too many stalled (max_stalled_per_source).",
+        state.watchdog.resets(),
+    );
+    e.single(
+        "relay_queue_requests",
+        "gauge",
+        "Single-node queue mode: requests waiting on this node for a connector.",
+        state.spool.requests(),
+    );
+    e.single(
+        "relay_queue_expired_total",
+        "counter",
+        "Single-node queue mode: queued requests that expired undelivered.",
+        state.spool_events.expired.load(Ordering::Relaxed),
+    );
+    e.single(
+        "relay_queue_refused_total",
+        "counter",
+        "Single-node queue mode: requests refused at queue_max_requests(_per_tenant).",
+        state.spool_events.refused.load(Ordering::Relaxed),
+    );
+}
+
 pub(crate) fn render(state: &AppState) -> String {
     let mut e = Exposition::new();
     e.describe(
@@ -272,31 +301,7 @@ pub(crate) fn render(state: &AppState) -> String {
         "Requests currently running through this node's tunnels.",
         inflight,
     );
-    e.single(
-        "relay_stalled_responses_reset_total",
-        "counter",
-        "Responses reset because their client took no frame in time (client_write_timeout) \
-         or its source had too many stalled (max_stalled_per_source).",
-        state.watchdog.resets(),
-    );
-    e.single(
-        "relay_queue_requests",
-        "gauge",
-        "Single-node queue mode: requests waiting on this node for a connector.",
-        state.spool.requests(),
-    );
-    e.single(
-        "relay_queue_expired_total",
-        "counter",
-        "Single-node queue mode: queued requests that expired undelivered.",
-        state.spool_events.expired.load(Ordering::Relaxed),
-    );
-    e.single(
-        "relay_queue_refused_total",
-        "counter",
-        "Single-node queue mode: requests refused at queue_max_requests(_per_tenant).",
-        state.spool_events.refused.load(Ordering::Relaxed),
-    );
+    render_bounds(state, &mut e);
     if state.config.metrics.tenant_label {
         e.describe(
             "relay_tenant_tunnels",

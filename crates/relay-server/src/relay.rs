@@ -166,17 +166,7 @@ pub async fn handle(
         state.config.relay.max_streams_per_source,
     ) {
         Ok(permit) => permit,
-        Err(refused) => {
-            let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "stream-limit",
-                refused.reason(),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
-        }
+        Err(refused) => return refused.response(),
     };
     let wait = state.config.relay.connector_wait.min(tenant.request_expiry);
     let tunnel = match &state.cross {

@@ -30,7 +30,21 @@ pub enum Refused {
 }
 
 impl Refused {
-    pub fn reason(self) -> String {
+    /// `429 stream-limit` with `Retry-After: 1`.
+    pub fn response(self) -> http::Response<crate::responses::Body> {
+        let mut response = crate::responses::error(
+            http::StatusCode::TOO_MANY_REQUESTS,
+            "stream-limit",
+            self.reason(),
+        );
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        response
+    }
+
+    fn reason(self) -> String {
         match self {
             Refused::Connection(max) => {
                 format!("this connection already has {max} relayed requests open")

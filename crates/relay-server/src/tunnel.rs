@@ -107,21 +107,7 @@ pub async fn accept(
         .replaceable(&tenant.id, &replaces, claims.secret_id.as_deref());
     let cap = tenant.max_tunnels + usize::from(old.is_some());
     let Some(slot) = state.registry.reserve(&tenant.id, cap) else {
-        if state.tunnel_refusals.begins(&tenant.id) {
-            tracing::warn!(tenant = %tenant.key, %remote, max_tunnels = tenant.max_tunnels, "Tunnel refused: the tenant holds its maximum of tunnels on this node (logged once a minute per tenant).");
-        }
-        let mut response = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "tunnel-limit",
-            format!(
-                "the tenant already holds {} tunnels on this relay node (tenant setting max_tunnels)",
-                tenant.max_tunnels
-            ),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
-        return response;
+        return tunnel_limit(state, &tenant, remote);
     };
     let auth = TunnelAuth {
         tenant_id: tenant.id.clone(),
@@ -249,6 +235,29 @@ pub async fn accept(
     if let Ok(v) = HeaderValue::from_str(&tunnel_id) {
         h.insert(headers::TUNNEL_ID, v);
     }
+    response
+}
+
+/// `429 tunnel-limit`: the tenant holds `max_tunnels` on this node already.
+fn tunnel_limit(
+    state: &AppState,
+    tenant: &crate::tenants::TenantEntry,
+    remote: SocketAddr,
+) -> Response<Body> {
+    if state.tunnel_refusals.begins(&tenant.id) {
+        tracing::warn!(tenant = %tenant.key, %remote, max_tunnels = tenant.max_tunnels, "Tunnel refused: the tenant holds its maximum of tunnels on this node (logged once a minute per tenant).");
+    }
+    let mut response = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "tunnel-limit",
+        format!(
+            "the tenant already holds {} tunnels on this relay node (tenant setting max_tunnels)",
+            tenant.max_tunnels
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
     response
 }
 
