@@ -8,6 +8,7 @@ let
   uid = "65532";
   dataDir = "/var/lib/relay";
   settingsFormat = pkgs.formats.toml { };
+  specs = import ./config.nix { inherit dataDir; };
 
   passwd = pkgs.runCommand "relay-image-passwd" { } ''
     mkdir -p $out/etc
@@ -16,24 +17,21 @@ let
   '';
 
   # Defaults for a container: listen on all interfaces, SQLite and bodies in the volume.
-  # Mount another file over /etc/relay/<service>.toml, or override single keys with
+  # Mount another file over /etc/relay/<file>, or override single keys with
   # RELAY_<SERVICE>__<KEY> variables.
-  defaultConfig = name: settings: pkgs.runCommand "relay-image-${name}-config" { } ''
-    install -Dm644 ${settingsFormat.generate "${name}.toml" settings} $out/etc/relay/${name}.toml
+  defaultConfig = name: file: settings: pkgs.runCommand "relay-image-${name}-config" { } ''
+    install -Dm644 ${settingsFormat.generate file settings} $out/etc/relay/${file}
   '';
-  sqlite = "sqlite://${dataDir}/relay.db";
 
-  image =
-    { binary
-    , ports ? [ ]
-    , defaults ? null
-    , env ? [ ]
-    , cmd ? [ ]
-    }:
+  image = binary:
+    let
+      spec = specs.${binary};
+      defaults = lib.optional (spec ? settings) (defaultConfig binary spec.file spec.settings);
+    in
     dockerTools.buildLayeredImage {
       name = binary;
       tag = version;
-      contents = [ pkgs.cacert passwd ] ++ lib.optional (defaults != null) defaults;
+      contents = [ pkgs.cacert passwd ] ++ defaults;
       fakeRootCommands = ''
         mkdir -p .${dataDir} tmp
         chown ${uid}:${uid} .${dataDir}
@@ -41,12 +39,13 @@ let
         chmod 1777 tmp
       '';
       config = {
+        # Only the binary: `docker run IMAGE check-config` keeps the configuration, which
+        # comes from Env (oci/config.nix).
         Entrypoint = [ (lib.getExe packages.${binary}) ];
-        Cmd = cmd;
         User = "${uid}:${uid}";
         WorkingDir = dataDir;
-        Env = [ "SSL_CERT_FILE=${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt" ] ++ env;
-        ExposedPorts = lib.genAttrs (map (p: "${toString p}/tcp") ports) (_: { });
+        Env = [ "SSL_CERT_FILE=${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt" ] ++ spec.env;
+        ExposedPorts = lib.genAttrs (map (p: "${toString p}/tcp") (spec.ports or [ ])) (_: { });
         Volumes.${dataDir} = { };
         Labels = {
           "org.opencontainers.image.title" = binary;
@@ -56,47 +55,4 @@ let
       };
     };
 in
-{
-  image-relay-server = image {
-    binary = "relay-server";
-    ports = [ 5000 5002 ];
-    defaults = defaultConfig "server" {
-      listen = { public = "0.0.0.0:5000"; identity = "0.0.0.0:5002"; };
-      database.url = sqlite;
-      body_store.path = "${dataDir}/bodies";
-    };
-    env = [ "RELAY_SERVER_CONFIG=/etc/relay/server.toml" ];
-  };
-
-  image-relay-identity = image {
-    binary = "relay-identity";
-    ports = [ 5002 ];
-    defaults = defaultConfig "identity" {
-      listen.public = "0.0.0.0:5002";
-      database.url = sqlite;
-    };
-    cmd = [ "--config" "/etc/relay/identity.toml" ];
-  };
-
-  image-relay-management = image {
-    binary = "relay-management";
-    ports = [ 5004 ];
-    defaults = defaultConfig "management" {
-      listen.public = "0.0.0.0:5004";
-      database.url = sqlite;
-    };
-    cmd = [ "--config" "/etc/relay/management.toml" ];
-  };
-
-  # Configured through RELAY_CONNECTOR__* variables (or a mounted file and
-  # RELAY_CONNECTOR_CONFIG); the secret is a mounted file.
-  image-relay-connector = image {
-    binary = "relay-connector";
-    env = [ "RELAY_CONNECTOR__SECRET_FILE=/run/secrets/relay-connector-secret" ];
-  };
-
-  image-relayctl = image {
-    binary = "relayctl";
-    env = [ "RELAY_DATABASE_URL=${sqlite}" ];
-  };
-}
+lib.mapAttrs' (binary: _: lib.nameValuePair "image-${binary}" (image binary)) specs

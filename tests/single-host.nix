@@ -98,10 +98,10 @@ pkgs.testers.runNixOSTest {
         )
 
     with subtest("a broker wiped of its user gets it back"):
-        host.succeed("rabbitmqctl delete_user relay")
+        host.succeed("su -s /bin/sh rabbitmq -c \"rabbitmqctl delete_user relay\"")
         host.succeed("systemctl restart rabbitmq.service")
         host.wait_for_unit("relay-rabbitmq-setup.service")
-        host.succeed("rabbitmqctl list_users --silent | cut -f1 | grep -x relay")
+        host.succeed("su -s /bin/sh rabbitmq -c \"rabbitmqctl list_users --silent\" | cut -f1 | grep -x relay")
         host.wait_until_succeeds(
             "curl -sf http://127.0.0.1:5000/relay/acme/web/marker.txt | grep -x ${marker}", timeout=90
         )

@@ -3,7 +3,13 @@
 //! Environment variables named `{prefix}__A__B` set key `a.b` (lower-cased). Values are parsed
 //! as TOML values where possible (`30`, `true`, `["a", "b"]`) and taken as strings otherwise,
 //! so `RELAY_CONNECTOR__TARGETS__WEB__TIMEOUT=30s` works.
+//!
+//! `K` and `K_file` (`database.url` and `database.url_file`) are two spellings of one
+//! setting: a variable for either replaces both as the file has them, so an image whose
+//! file holds a default `url` takes `…__DATABASE__URL_FILE` as written. Both in the file, or
+//! both as variables, stays an error for `validate()` to report.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -69,12 +75,24 @@ pub fn load_from<T: DeserializeOwned>(
         .filter(|(k, _)| k.starts_with(&marker))
         .collect();
     overrides.sort();
-    for (var, value) in overrides {
-        let path: Vec<String> = var[marker.len()..]
-            .split("__")
-            .map(str::to_ascii_lowercase)
-            .collect();
-        apply_override(&mut root, &path, parse_env_value(&value)).map_err(|message| {
+    let overrides: Vec<(String, Vec<String>, String)> = overrides
+        .into_iter()
+        .map(|(var, value)| {
+            let path = var[marker.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            (var, path, value)
+        })
+        .collect();
+    let env_paths: HashSet<&[String]> = overrides.iter().map(|(_, p, _)| p.as_slice()).collect();
+    for (var, path, value) in &overrides {
+        if let Some(sibling) = file_sibling(path)
+            && !env_paths.contains(sibling.as_slice())
+        {
+            remove_key(&mut root, &sibling);
+        }
+        apply_override(&mut root, path, parse_env_value(value)).map_err(|message| {
             ConfigError::Env {
                 var: var.clone(),
                 message,
@@ -93,6 +111,34 @@ pub fn load_from<T: DeserializeOwned>(
             message: e.into_inner().to_string(),
         }
     })
+}
+
+/// `a.k_file` for `a.k` and `a.k` for `a.k_file`: the other spelling of the same setting.
+fn file_sibling(path: &[String]) -> Option<Vec<String>> {
+    let (last, parents) = path.split_last()?;
+    let other = match last.strip_suffix("_file") {
+        Some("") => return None,
+        Some(base) => base.to_owned(),
+        None => format!("{last}_file"),
+    };
+    let mut sibling = parents.to_vec();
+    sibling.push(other);
+    Some(sibling)
+}
+
+/// Removes `path` from `root` if it is there; a missing table or key is no error.
+fn remove_key(root: &mut toml::Table, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut table = root;
+    for part in parents {
+        match table.get_mut(part) {
+            Some(toml::Value::Table(t)) => table = t,
+            _ => return,
+        }
+    }
+    table.remove(last);
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {
@@ -164,6 +210,12 @@ mod tests {
         listen: Listen,
     }
 
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WithDatabase {
+        database: crate::database::DatabaseConfig,
+    }
+
     #[derive(Debug, Default, Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Listen {
@@ -195,6 +247,68 @@ mod tests {
         assert_eq!(cfg.name, "a");
         assert_eq!(cfg.listen.port, 8080);
         assert_eq!(cfg.listen.wait, Some(Duration::from_secs(30)));
+    }
+
+    const FILE_WITH_URL: &str = "[database]\nurl = \"sqlite:///var/lib/relay/relay.db\"\n";
+
+    #[test]
+    fn env_url_file_replaces_the_files_url() {
+        let cfg: WithDatabase = load_from(
+            FILE_WITH_URL,
+            "server.toml",
+            "RELAY_X",
+            env(&[("RELAY_X__DATABASE__URL_FILE", "/run/secrets/db-url")]),
+        )
+        .expect("loads");
+        assert!(cfg.database.url.is_none(), "{:?}", cfg.database);
+        assert_eq!(
+            cfg.database.url_file.as_deref(),
+            Some(Path::new("/run/secrets/db-url"))
+        );
+        cfg.database.validate().expect("one of the two is set");
+    }
+
+    #[test]
+    fn env_url_replaces_the_files_url_file() {
+        let cfg: WithDatabase = load_from(
+            "[database]\nurl_file = \"/run/secrets/db-url\"\n",
+            "server.toml",
+            "RELAY_X",
+            env(&[("RELAY_X__DATABASE__URL", "postgres://relay@db/relay")]),
+        )
+        .expect("loads");
+        assert!(cfg.database.url_file.is_none(), "{:?}", cfg.database);
+        cfg.database.validate().expect("one of the two is set");
+    }
+
+    #[test]
+    fn url_and_url_file_both_as_variables_stay_an_error() {
+        let cfg: WithDatabase = load_from(
+            FILE_WITH_URL,
+            "server.toml",
+            "RELAY_X",
+            env(&[
+                ("RELAY_X__DATABASE__URL", "postgres://relay@db/relay"),
+                ("RELAY_X__DATABASE__URL_FILE", "/run/secrets/db-url"),
+            ]),
+        )
+        .expect("loads");
+        let err = cfg.database.validate().expect_err("both set");
+        assert!(err.to_string().contains("database.url_file"), "{err}");
+        assert!(err.to_string().contains("only one of"), "{err}");
+    }
+
+    #[test]
+    fn url_and_url_file_both_in_the_file_stay_an_error() {
+        let cfg: WithDatabase = load_from(
+            "[database]\nurl = \"sqlite://a.db\"\nurl_file = \"/run/secrets/db-url\"\n",
+            "server.toml",
+            "RELAY_X",
+            env(&[]),
+        )
+        .expect("loads");
+        let err = cfg.database.validate().expect_err("both set");
+        assert!(err.to_string().contains("database.url_file"), "{err}");
     }
 
     #[test]

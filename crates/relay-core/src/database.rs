@@ -43,7 +43,9 @@ impl DatabaseConfig {
             (None, None) => Err(ConfigError::key("database.url", "set `url` or `url_file`")),
             (Some(_), Some(_)) => Err(ConfigError::key(
                 "database.url_file",
-                "set only one of `url` and `url_file`",
+                "set only one of `url` and `url_file`: both are in the same file, or both are \
+                 set by variables (a `…__DATABASE__URL` or `…__DATABASE__URL_FILE` variable \
+                 alone replaces either one from the file)",
             )),
             (Some(url), None) => check_scheme(url.expose()),
             (None, Some(_)) => Ok(()),

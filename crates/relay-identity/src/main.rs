@@ -12,11 +12,17 @@ use relay_store::Store;
 #[command(name = "relay-identity", version)]
 struct Cli {
     /// TOML configuration file; `RELAY_IDENTITY__SECTION__KEY` variables override it.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "RELAY_IDENTITY_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// Apply pending database migrations before serving. Off by default: in multi-node
     /// deployments `relayctl migrate` runs them once; convenient for a local SQLite file.
-    #[arg(long)]
+    /// The image turns it on with `RELAY_IDENTITY_MIGRATE=true` (`false` turns it off).
+    #[arg(long, env = "RELAY_IDENTITY_MIGRATE")]
     migrate: bool,
     #[command(subcommand)]
     command: Option<Command>,

@@ -13,7 +13,12 @@ use relay_store::Store;
 #[command(name = "relay-management", version)]
 struct Cli {
     /// TOML configuration file; `RELAY_MANAGEMENT__SECTION__KEY` variables override it.
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "RELAY_MANAGEMENT_CONFIG"
+    )]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,

@@ -108,10 +108,6 @@ in
         type = types.package;
         default = pkgs.postgresql;
       };
-      port = mkOption {
-        type = types.port;
-        default = 5432;
-      };
       dataDir = mkOption {
         type = types.path;
         default = "/var/lib/postgresql/${pg.package.psqlSchema}";
@@ -148,8 +144,16 @@ in
         });
         default = [ ];
       };
+      # 25.11 has the port here; the old top-level `port` is a renamed alias, left out so
+      # that nothing here starts to use it.
       settings = mkOption {
-        type = types.attrsOf (types.oneOf [ types.bool types.float types.int types.str ]);
+        type = types.submodule {
+          freeformType = types.attrsOf (types.oneOf [ types.bool types.float types.int types.str ]);
+          options.port = mkOption {
+            type = types.port;
+            default = 5432;
+          };
+        };
         default = { };
       };
     };
