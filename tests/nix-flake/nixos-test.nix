@@ -2,8 +2,11 @@
 # nixpkgs' test framework (nixos/lib/testing/*.nix, 25.11), so a misspelt top-level option
 # fails as in nixpkgs. Each node is a module evaluation of its own: the Relay modules with
 # their real options (so nothing undeclared under services.relay), `nixpkgs.overlays` as
-# nixpkgs has it (read-only unless `node.pkgsReadOnly = false`), and everything else NixOS
-# declares as loose stand-ins; failed assertions fail. The test's derivation holds the
+# nixpkgs has it (read-only unless `node.pkgsReadOnly = false`), the options the VM tests
+# set on PostgreSQL, RabbitMQ, NFS, fileSystems, systemd and virtualisation with their 25.11
+# names and types (tests/nix-eval/stubs, copied next to this file as ./nixos-stubs, and
+# `virtualisation` below), and everything else NixOS declares as loose stand-ins; failed
+# assertions fail. The test's derivation holds the
 # test script and each node's rendered systemd, environment, networking, users, services
 # and system.checks, so instantiating it evaluates all of them.
 { lib, make, hostPkgs }:
@@ -25,7 +28,6 @@ let
     "containers"
     "documentation"
     "environment"
-    "fileSystems"
     "fonts"
     "hardware"
     "i18n"
@@ -39,10 +41,8 @@ let
     "specialisation"
     "swapDevices"
     "system"
-    "systemd"
     "time"
     "users"
-    "virtualisation"
     "xdg"
     "zramSwap"
   ];
@@ -64,13 +64,10 @@ let
     "loki"
     "minio"
     "mysql"
-    "nfs"
     "nginx"
     "openssh"
-    "postgresql"
     "prometheus"
     "qemuGuest"
-    "rabbitmq"
     "redis"
     "resolved"
     "rpcbind"
@@ -108,8 +105,20 @@ let
     merge = lib.mergeOneOption;
   };
 
+  # What the VM tests set under `virtualisation` (virtualisation/qemu-vm.nix and docker.nix,
+  # 25.11); `fileSystems` there has the type of the top-level `fileSystems`.
+  virtualisation = { options, ... }: {
+    options.virtualisation = {
+      memorySize = option types.ints.positive 1024;
+      diskSize = option (types.nullOr types.ints.positive) 1024;
+      fileSystems = option options.fileSystems.type { };
+      docker.enable = option types.bool false;
+    };
+  };
+
   # The part of NixOS every node gets.
   nixos = { readOnly, nodes }: { config, name, ... }: {
+    imports = [ ./nixos-stubs/systemd.nix ./nixos-stubs/services.nix virtualisation ];
     options = lib.genAttrs namespaces (_: option loose { }) // {
       services = lib.genAttrs services (_: option loose { });
       assertions = option (types.listOf types.unspecified) [ ];
@@ -130,13 +139,6 @@ let
       };
       nixpkgs.overlays = lib.mkIf readOnly hostPkgs.overlays;
       networking.hostName = lib.mkDefault name;
-      services.rabbitmq = lib.mapAttrs (_: lib.mkDefault) {
-        package = hostPkgs.rabbitmq-server;
-        dataDir = "/var/lib/rabbitmq";
-        port = 5672;
-        listenAddress = "127.0.0.1";
-      };
-      services.postgresql.package = lib.mkDefault hostPkgs.postgresql;
     };
   };
 
@@ -153,6 +155,10 @@ let
         else v;
       shown = lib.filterAttrs (n: _: lib.elem n rendered) node.config // {
         services = removeAttrs (node.config.services or { }) [ "relay" ];
+        # Options without a default that are unset; when set, unitConfig holds them.
+        systemd = node.config.systemd // {
+          services = lib.mapAttrs (_: s: removeAttrs s [ "startLimitBurst" "startLimitIntervalSec" ]) node.config.systemd.services;
+        };
       };
     in
     if failed != [ ] then

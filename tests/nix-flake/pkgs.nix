@@ -22,6 +22,7 @@ let
     curl = "curl";
     deadnix = "deadnix";
     docker = "docker";
+    findutils = null;
     gnugrep = "grep";
     gnused = "sed";
     jq = "jq";
@@ -47,6 +48,8 @@ let
     in
     lib.mapAttrs leaf leaves // {
       inherit lib system hostPlatform overlays;
+      # The postgresql module's dataDir default names the major version (25.11: 17).
+      postgresql = leaf "postgresql" leaves.postgresql // { psqlSchema = "17"; };
       buildPlatform = hostPlatform;
       config = { };
       callPackage = lib.callPackageWith final;
