@@ -76,7 +76,7 @@ impl Watchdog {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(WAITING - 1)
+        ms_since(self.epoch)
     }
 
     /// Responses reset so far (stalled clients).
@@ -211,8 +211,13 @@ struct Watched<G> {
 
 impl<G> Watched<G> {
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(WAITING - 1)
+        ms_since(self.epoch)
     }
+}
+
+/// Milliseconds since `epoch`, below the [`WAITING`] bit.
+fn ms_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis()).map_or(WAITING - 1, |ms| ms.min(WAITING - 1))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -176,7 +176,8 @@ fn head_bytes(parts: &http::request::Parts) -> u64 {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 32)
         .sum();
-    (headers + parts.uri.to_string().len() + HEAD_OVERHEAD) as u64
+    let uri = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    (headers + uri + HEAD_OVERHEAD) as u64
 }
 
 /// What a queued request costs in memory beyond its headers (task, parts, bookkeeping).
